@@ -1,0 +1,76 @@
+"""DRClassifier: the shared backbone plus a 5-grade head, scored by quadratic weighted kappa.
+
+The encoder can be frozen for the first ``freeze_epochs`` (in ``eval`` mode, so BatchNorm statistics
+learnt in pre-training are not overwritten by a randomly initialised head's first noisy gradients),
+then everything trains end to end.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCohenKappa
+
+from ssl_dr.backbone import Backbone
+from ssl_dr.data.records import NUM_GRADES
+from ssl_dr.optim import configure_optimizers
+
+
+class DRClassifier(L.LightningModule):
+    """Grades 0-4 from a fundus image; logs ``{val,test}/{loss,acc,qwk}``."""
+
+    def __init__(self, backbone: Backbone, optimizer: partial, scheduler: partial | None = None,
+                 head_dropout: float = 0.2, freeze_epochs: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
+        self.backbone = backbone
+        self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(backbone.num_features, NUM_GRADES))
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.freeze_epochs = freeze_epochs
+        self.qwk = nn.ModuleDict({s: MulticlassCohenKappa(NUM_GRADES, weights="quadratic") for s in ("val", "test")})
+        self.acc = nn.ModuleDict({s: MulticlassAccuracy(NUM_GRADES, average="micro") for s in ("val", "test")})
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images))
+
+    @property
+    def encoder_frozen(self) -> bool:
+        """True during the warm-up epochs in which only the head learns."""
+        return self.current_epoch < self.freeze_epochs
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Set every batch: Lightning puts the whole module back in train mode after validation.
+        self.backbone.requires_grad_(not self.encoder_frozen)
+        if self.encoder_frozen:
+            self.backbone.eval()
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, grades = batch
+        loss = F.cross_entropy(self(images), grades)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(grades))
+        return loss
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+        images, grades = batch
+        logits = self(images)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, grades), on_epoch=True, batch_size=len(grades))
+        preds = logits.argmax(dim=1)
+        self.qwk[stage](preds, grades)
+        self.acc[stage](preds, grades)
+        self.log(f"{stage}/qwk", self.qwk[stage], prog_bar=True, on_epoch=True)
+        self.log(f"{stage}/acc", self.acc[stage], on_epoch=True)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def configure_optimizers(self) -> Any:
+        return configure_optimizers(self, self.optimizer_factory, self.scheduler_factory)

@@ -1,0 +1,1 @@
+"""Data: readers -> records -> splits -> datasets/datamodules (data flows one way)."""

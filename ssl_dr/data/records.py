@@ -1,0 +1,46 @@
+"""The one currency every reader produces: a record per image.
+
+Readers differ (APTOS csv + folder, the synthetic generator, later EyePACS and generic CSVs), but
+everything downstream — splits, pretext pool, datasets — only sees ``Record`` lists, so a new data
+source never touches training code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+NUM_GRADES = 5
+
+
+@dataclass(frozen=True)
+class Record:
+    """One fundus image: where it is, its DR grade (``None`` when unlabelled) and its patient group."""
+
+    id_code: str
+    path: Path
+    grade: int | None
+    group: str | None = None
+
+
+class DataError(ValueError):
+    """Bad user data or settings; the message names the file/field and the fix (shown without traceback)."""
+
+
+def labelled(records: Sequence[Record]) -> list[Record]:
+    """Records that carry a grade (the only ones folds, fractions and metrics may use)."""
+    return [r for r in records if r.grade is not None]
+
+
+def pool_fingerprint(records: Sequence[Record]) -> str:
+    """Content address of an image pool: ids and file sizes, never labels.
+
+    Used to decide whether a stored pretext result was trained on exactly this pool; labels are left
+    out on purpose because the pretext never reads them.
+    """
+    digest = hashlib.sha256()
+    for rec in sorted(records, key=lambda r: r.id_code):
+        digest.update(f"{rec.id_code}\t{rec.path.stat().st_size}\n".encode())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,39 @@
+"""Loggers per phase, built from ``cfg.logger``: the CSV logger writes into ``<run>/<phase>/``, the
+W&B run is named after arm/fraction/fold and typed ``pretext`` or ``finetune`` so a dashboard can
+group and filter a sweep."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.utils import get_class, instantiate
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+
+def build_loggers(cfg: DictConfig, phase: str, run_name: str) -> list[Logger]:
+    """Instantiate every logger in ``cfg.logger`` for one phase and give it the run's config."""
+    loggers: list[Logger] = []
+    for logger_cfg in (cfg.get("logger") or {}).values():
+        if logger_cfg is None:
+            continue
+        cls = get_class(logger_cfg._target_)
+        extra: dict[str, Any] = {}
+        if issubclass(cls, CSVLogger):
+            extra = {"name": phase, "version": ""}
+        elif issubclass(cls, WandbLogger):
+            extra = {"name": run_name, "job_type": phase}
+        logger = instantiate(logger_cfg, **extra)
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        loggers.append(logger)
+    return loggers
+
+
+def close_loggers(loggers: list[Logger], failed: bool) -> None:
+    """Finish W&B runs so the next phase (or sweep job) starts a new one, also after a failure."""
+    for logger in loggers:
+        logger.finalize("failed" if failed else "success")
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            wandb.finish(exit_code=1 if failed else 0)

@@ -1,0 +1,17 @@
+"""Completing the config's partial optimiser/scheduler (``_partial_: true``) for a module."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from lightning import LightningModule
+
+
+def configure_optimizers(module: LightningModule, optimizer: partial, scheduler: partial | None) -> Any:
+    """All parameters go to the optimiser; frozen ones simply get no gradient (so unfreezing later
+    needs no new optimiser). The scheduler steps once per epoch."""
+    opt = optimizer(params=module.parameters())
+    if scheduler is None:
+        return opt
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler(optimizer=opt), "interval": "epoch"}}

@@ -1,0 +1,43 @@
+"""Shared fixtures: the real Hydra config, composed with tiny CPU settings and tmp_path outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+from ssl_dr.train import CONFIG_DIR
+
+# Small enough for ~seconds per phase on 2 CPU cores, still the real DenseNet121 and real pipeline.
+TINY = [
+    "data.source.num_labelled=60",
+    "data.source.num_unlabelled=8",
+    "data.source.image_size=32",
+    "data.image_size=32",
+    "data.batch_size=8",
+    "pretext.batch_size=4",
+    "pretext.max_epochs=1",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=2",
+    "logger=csv",
+]
+
+
+def compose_cfg(root: Path, overrides: list[str], run: str = "run") -> DictConfig:
+    """Compose ``train.yaml`` as the CLI would, with outputs under ``root``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"paths.root_dir={root}", *overrides])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(root / "outputs" / run)
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    """Factory: ``tiny_cfg("experiment=rotation", ..., run="a")``."""
+    return lambda *overrides, run="run": compose_cfg(tmp_path, [*TINY, *overrides], run=run)

@@ -1,0 +1,82 @@
+"""End to end through the real config: both experiments run, leave the contract's files, and an
+identical pretext is reused instead of retrained."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from ssl_dr.train import CONFIG_DIR, train
+from tests.conftest import TINY
+
+
+def test_rotation_then_baseline_share_split_and_reuse_pretext(tiny_cfg, tmp_path):
+    rot = train(tiny_cfg("experiment=rotation", run="rot"))
+    out = Path(rot["output_dir"])
+    assert rot["arm"] == "rotation" and rot["pretext/reused"] is False
+    assert 0.0 <= rot["pretext/val_acc"] <= 1.0
+    for name in ("metrics.json", "split.csv", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
+                 "finetune/metrics.csv", "pretext/metrics.csv"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["test/qwk"] == pytest.approx(rot["test/qwk"])
+    assert {"val/qwk_best", "test/qwk", "test/acc", "label_fraction", "fold", "arm"} <= saved.keys()
+    split = pd.read_csv(out / "split.csv")
+    assert list(split.columns) == ["id_code", "diagnosis", "role"]
+    assert saved["num_test"] == (split.role == "test").sum()
+
+    again = train(tiny_cfg("experiment=rotation", "data.label_fraction=0.5", run="rot2"))
+    assert again["pretext/reused"] is True and again["pretext/key"] == rot["pretext/key"]
+    assert not (Path(again["output_dir"]) / "pretext").exists()
+
+    base = train(tiny_cfg("experiment=baseline", run="base"))
+    assert base["arm"] == "baseline" and "pretext/key" not in base
+    assert pd.read_csv(Path(base["output_dir"]) / "split.csv").equals(split)
+
+
+def test_changed_pretext_setting_is_not_reused(tiny_cfg):
+    first = train(tiny_cfg("experiment=rotation", "trainer.max_epochs=1", run="a"))
+    other = train(tiny_cfg("experiment=rotation", "trainer.max_epochs=1", "pretext.module.head_hidden=32", run="b"))
+    assert other["pretext/reused"] is False and other["pretext/key"] != first["pretext/key"]
+
+
+def test_every_experiment_composes():
+    for name in sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml")):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(config_name="train", overrides=[f"experiment={name}"])
+        assert cfg.arm == name
+
+
+def test_cli_from_another_directory_writes_hydra_files_and_wandb(tmp_path):
+    """The real command, run outside the repo: configs are found, outputs land under the cwd."""
+    env = {**os.environ, "WANDB_SILENT": "true"}
+    overrides = [o for o in TINY if not o.startswith("logger=")]
+    result = subprocess.run([sys.executable, "-m", "ssl_dr.train", "experiment=baseline", *overrides],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((tmp_path / "outputs" / "baseline" / "runs").iterdir())
+    assert len(runs) == 1
+    run = runs[0]
+    assert (run / ".hydra" / "config.yaml").is_file()
+    assert json.loads((run / "metrics.json").read_text())["arm"] == "baseline"
+    assert list((run / "wandb").glob("offline-run-*")), "no offline W&B run"
+    assert f"outputs in {run}" in result.stdout.replace(str(tmp_path.resolve()), str(tmp_path)) or \
+        "outputs in" in result.stdout
+    assert "test/qwk =" in result.stdout
+
+
+def test_bad_setting_ends_in_one_clear_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "ssl_dr.train", "experiment=baseline", *TINY, "data.fold=7"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "data.fold=7 is outside [0, 5)" in result.stderr
+    assert "Traceback" not in result.stderr
