@@ -37,8 +37,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ssl_dr.data.records import NUM_GRADES
+
 GRADE_MIX: tuple[float, ...] = (0.49, 0.10, 0.27, 0.05, 0.08)
-NUM_GRADES = 5
 GRADE_NAMES = ("none", "mild", "moderate", "severe", "proliferative")
 EYES = ("left", "right")
 GENERATOR_VERSION = 1
