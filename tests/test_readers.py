@@ -1,4 +1,5 @@
-"""The APTOS reader turns a folder into records and reports every problem in the CSV at once."""
+"""The CSV reader (APTOS / EyePACS / generic settings) turns a folder into records and reports every problem
+in the CSV at once."""
 
 from pathlib import Path
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssl_dr.data.aptos import AptosSource
+from ssl_dr.data.csv_source import CsvSource
 from ssl_dr.data.datasets import read_rgb
 from ssl_dr.data.records import DataError
 
@@ -14,6 +15,13 @@ from ssl_dr.data.records import DataError
 def write_image(path: Path, mode: str = "RGB", size: tuple[int, int] = (40, 40)) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new(mode, size, color=120 if mode in ("L", "I;16") else None).save(path)
+
+
+APTOS_TEST = [{"csv": "test.csv", "image_dir": "test_images"}]
+
+
+def aptos(root: Path) -> CsvSource:
+    return CsvSource(root, unlabelled_tables=APTOS_TEST)
 
 
 def make_folder(root: Path, rows: list[str], test_ids: tuple[str, ...] = ()) -> Path:
@@ -30,45 +38,45 @@ def make_folder(root: Path, rows: list[str], test_ids: tuple[str, ...] = ()) -> 
 
 def test_reads_labelled_and_unlabelled(tmp_path):
     root = make_folder(tmp_path / "aptos", ["a,0", "b,4", "c,2"], test_ids=("t1", "t2"))
-    records = AptosSource(root).load()
+    records = aptos(root).load()
     assert [(r.id_code, r.grade) for r in records] == [("a", 0), ("b", 4), ("c", 2), ("t1", None), ("t2", None)]
     assert records[0].path == root / "train_images" / "a.png"
-    assert len(AptosSource(root, use_unlabelled=False).load()) == 3
+    assert len(CsvSource(root).load()) == 3
 
 
 def test_missing_root_names_setting(tmp_path):
-    with pytest.raises(DataError, match="does not exist: set data.source.root"):
-        AptosSource(tmp_path / "nope").load()
+    with pytest.raises(DataError, match="does not exist: set data.root"):
+        aptos(tmp_path / "nope").load()
 
 
 def test_missing_csv(tmp_path):
     (tmp_path / "train_images").mkdir()
     with pytest.raises(DataError, match="train.csv not found"):
-        AptosSource(tmp_path).load()
+        aptos(tmp_path).load()
 
 
 def test_missing_column(tmp_path):
     root = make_folder(tmp_path, ["a,0"])
     (root / "train.csv").write_text("id_code,level\na,0\n")
     with pytest.raises(DataError, match=r"lacks column\(s\) \['diagnosis'\]"):
-        AptosSource(root).load()
+        aptos(root).load()
 
 
 def test_all_bad_rows_reported_together(tmp_path):
     root = make_folder(tmp_path, ["a,0", "b,7", "c,", "d,1"])
     (root / "train.csv").write_text("id_code,diagnosis\na,0\nb,7\nc,\nd,1\n../etc,1\nghost,2\n")
     with pytest.raises(DataError) as info:
-        AptosSource(root).load()
+        aptos(root).load()
     message = str(info.value)
     assert "4 problem(s)" in message
     assert "row 3: diagnosis '7'" in message and "row 4: diagnosis ''" in message
-    assert "row 6: id_code '../etc'" in message and "row 7: no image" in message
+    assert "row 6: id '../etc'" in message and "row 7: no image" in message
 
 
 def test_duplicate_ids(tmp_path):
     root = make_folder(tmp_path, ["a,0", "b,1"], test_ids=("a",))
-    with pytest.raises(DataError, match=r"duplicate id_code\(s\).*\['a'\]"):
-        AptosSource(root).load()
+    with pytest.raises(DataError, match=r"duplicate id\(s\).*\['a'\]"):
+        aptos(root).load()
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "I;16", "CMYK"])
@@ -84,3 +92,35 @@ def test_unreadable_image_is_named(tmp_path):
     path.write_bytes(b"\x89PNG garbage")
     with pytest.raises(DataError, match="cannot read image .*broken.png"):
         read_rgb(path)
+
+
+def test_eyepacs_layout_groups_both_eyes(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "trainLabels.csv").write_text("image,level\n10_left,0\n10_right,2\n13_left,4\n")
+    for i in ("10_left", "10_right", "13_left"):
+        write_image(tmp_path / "train" / f"{i}.jpeg")
+    write_image(tmp_path / "test" / "99_left.jpeg")
+    source = CsvSource(tmp_path, csv="trainLabels.csv", image_dir="train", id_column="image", label_column="level",
+                       group_pattern=r"^(.+)_(?:left|right)$", unlabelled_dirs=["test"])
+    records = source.load()
+    assert [(r.id_code, r.grade, r.group) for r in records] == [
+        ("10_left", 0, "10"), ("10_right", 2, "10"), ("13_left", 4, "13"), ("99_left", None, None)]
+    assert records[0].path.suffix == ".jpeg"
+
+
+def test_generic_csv_with_group_column_and_extensions(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "export.csv").write_text("file,grade,patient\nx1.tif,1,p1\nx2,3,p1\n")
+    write_image(tmp_path / "imgs" / "x1.tif")
+    write_image(tmp_path / "imgs" / "x2.JPG")
+    records = CsvSource(tmp_path, csv="export.csv", image_dir="imgs", id_column="file", label_column="grade",
+                        group_column="patient").load()
+    assert [(r.path.name, r.grade, r.group) for r in records] == [("x1.tif", 1, "p1"), ("x2.JPG", 3, "p1")]
+
+
+def test_missing_configured_column_names_config(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "export.csv").write_text("file,grade\nx1,1\n")
+    with pytest.raises(DataError, match=r"lacks column\(s\) \['patient'\].*data.source"):
+        CsvSource(tmp_path, csv="export.csv", image_dir="imgs", id_column="file", label_column="grade",
+                  group_column="patient").load()

@@ -1,0 +1,397 @@
+"""Sweep folder -> the paper's table (MIN / AVG / MAX test QWK over folds) + a QWK-vs-fraction plot.
+
+Why a module of its own: a sweep where a job crashed or was deleted must never turn quietly into a 4-fold
+average printed next to 5-fold ones. Every expected job (arm x label fraction x fold, from ``multirun.yaml``
+and the job configs) without a result is named at the top of the report, and the CLI exits 1. Arms are
+compared with the ``baseline`` arm fold by fold (same split, paired), with a t interval, because the spread
+between folds is larger than most differences between arms.
+
+``python -m ssl_dr.report <sweep_dir> [--no-paper-reference]`` writes ``report.md``, ``report.csv``,
+``report_paired.csv`` and ``qwk_vs_fraction.png`` into the sweep folder; exit 0 complete, 1 incomplete,
+2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from itertools import product
+from pathlib import Path
+
+import pandas as pd
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from omegaconf import OmegaConf
+from scipy import stats
+
+PAPER_ROTATION_AVG: dict[float, float] = {0.05: 0.294, 0.10: 0.432, 0.25: 0.575, 0.50: 0.680, 1.00: 0.725}
+"""Published numbers of the paper this project reproduces: AVG test QWK over its 5 folds of the rotation-pretext
+DenseNet121, per label fraction (the "AVG" row of its results table). Drawn as the dashed reference line."""
+
+BASELINE = "baseline"
+CONFIDENCE = 0.95
+FINISHED, FAILED = "finished", "failed"
+TABLE_COLUMNS = ["arm", "label_fraction", "folds_present", "folds_expected", "qwk_min", "qwk_avg", "qwk_max", "qwk_std"]
+PAIRED_COLUMNS = ["arm", "baseline", "label_fraction", "pairs", "folds", "diff_mean", "ci_low", "ci_high"]
+# job config keys that identify a job, and the sweep override keys that set them
+CONFIG_KEYS = {"arm": "arm", "label_fraction": "data.label_fraction", "fold": "data.fold"}
+EXPERIMENT = "experiment"
+
+
+class ReportError(ValueError):
+    """The sweep folder cannot be reported on (missing, no jobs, a malformed file); the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Gap:
+    """An expected job (arm x fraction x fold) without a finished result."""
+
+    kind: str  # MISSING (no job folder) | FAILED (job folder without a usable metrics.json)
+    arm: str
+    label_fraction: float
+    fold: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: arm={self.arm} fraction={self.label_fraction:g} fold={self.fold} ({self.reason})"
+
+
+@dataclass
+class SweepResults:
+    """Per-job rows (``job, arm, label_fraction, fold, experiment, status, test_qwk, reason``), the expected
+    value sets (the report covers their cartesian product) and the expected jobs without a result."""
+
+    sweep_dir: Path
+    jobs: pd.DataFrame
+    arms: list[str]
+    fractions: list[float]
+    folds: list[int]
+    gaps: list[Gap]
+    expected_from: str
+
+    @property
+    def finished(self) -> pd.DataFrame:
+        return self.jobs[self.jobs.status == FINISHED]
+
+
+@dataclass
+class ReportFiles:
+    """What ``write_report`` wrote (``paired_csv`` is None when there is no baseline to pair with)."""
+
+    markdown: Path
+    csv: Path
+    paired_csv: Path | None
+    plot: Path
+    table: pd.DataFrame
+    paired: pd.DataFrame
+    gaps: list[Gap] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.gaps
+
+
+# ---------------------------------------------------------------- reading the sweep folder
+
+
+def _fraction(value: object) -> float:
+    return round(float(value), 6)  # 0.1 from a config and "0.10" from multirun.yaml are one fraction
+
+
+def _job_dirs(sweep_dir: Path) -> list[Path]:
+    if not sweep_dir.is_dir():
+        raise ReportError(f"{sweep_dir}: no such folder; pass a Hydra multirun folder (outputs/<arm>/multiruns/<stamp>)")
+    dirs = [d for d in sweep_dir.iterdir() if (d / ".hydra" / "config.yaml").is_file() or (d / "metrics.json").is_file()]
+    if not dirs:
+        hint = " (this is a single run's folder, not a sweep)" if (sweep_dir / ".hydra").is_dir() else ""
+        raise ReportError(f"{sweep_dir}: no job folders (<job>/.hydra/config.yaml or <job>/metrics.json){hint}; "
+                          "pass the multirun folder that holds the numbered job folders")
+    return sorted(dirs, key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name))
+
+
+def _read_metrics(path: Path) -> dict:
+    try:
+        metrics = json.loads(path.read_text())
+        metrics["test/qwk"] = float(metrics["test/qwk"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ReportError(f"{path}: malformed metrics.json ({type(err).__name__}: {err}); re-run that job, or delete "
+                          "its folder to have it reported as missing") from None
+    return metrics
+
+
+def _read_identity(job_dir: Path, metrics: dict | None) -> dict:
+    """arm / label_fraction / fold of a job: from its Hydra config (there even if it crashed), else metrics.json."""
+    path = job_dir / ".hydra" / "config.yaml"
+    try:
+        cfg = OmegaConf.load(path) if path.is_file() else OmegaConf.create(metrics)
+        values = {name: OmegaConf.select(cfg, key if path.is_file() else name) for name, key in CONFIG_KEYS.items()}
+        if None in values.values():
+            raise KeyError(f"needs {', '.join(CONFIG_KEYS.values())}")
+        return {"arm": str(values["arm"]), "label_fraction": _fraction(values["label_fraction"]),
+                "fold": int(values["fold"])}
+    except Exception as err:  # yaml / omegaconf / conversion errors all mean: not a readable ssl_dr job config
+        source = path if path.is_file() else job_dir / "metrics.json"
+        raise ReportError(f"{source}: cannot read the job's arm, fraction and fold ({err}); is this an ssl_dr "
+                          "sweep? Delete the folder to have the job reported as missing") from None
+
+
+def _experiment(job_dir: Path) -> str | None:
+    path = job_dir / ".hydra" / "overrides.yaml"
+    lines = OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else []
+    picked = [line.split("=", 1)[1] for line in lines if line.split("=", 1)[0].lstrip("+~") == EXPERIMENT]
+    return picked[-1] if picked else None
+
+
+def _last_log_line(job_dir: Path) -> str | None:
+    logs = sorted(job_dir.glob("*.log"), key=lambda p: (p.name == "train.log", p.stat().st_mtime))
+    lines = [line.strip() for line in logs[-1].read_text(errors="replace").splitlines() if line.strip()] if logs else []
+    return lines[-1][:300] if lines else None
+
+
+def _read_job(job_dir: Path) -> dict:
+    metrics_path = job_dir / "metrics.json"
+    metrics = _read_metrics(metrics_path) if metrics_path.is_file() else None
+    row = {"job": job_dir.name, **_read_identity(job_dir, metrics), "experiment": _experiment(job_dir),
+           "status": FAILED, "test_qwk": math.nan, "reason": ""}
+    if metrics is None:
+        row["reason"] = _last_log_line(job_dir) or "no metrics.json and no log: crashed early or still running"
+    elif not math.isfinite(metrics["test/qwk"]):
+        row["reason"] = f"test/qwk is {metrics['test/qwk']} in metrics.json"
+    else:
+        row.update(status=FINISHED, test_qwk=metrics["test/qwk"])
+    return row
+
+
+def _swept_values(sweep_dir: Path) -> tuple[dict[str, list[str]], str]:
+    """Override key -> values, from multirun.yaml's ``hydra.sweeper.params`` and command-line overrides."""
+    path = sweep_dir / "multirun.yaml"
+    try:
+        cfg = OmegaConf.load(path)
+        params = OmegaConf.to_container(OmegaConf.select(cfg, "hydra.sweeper.params") or OmegaConf.create({}))
+        overrides = [f"{key}={value}" for key, value in params.items()]
+        overrides += OmegaConf.to_container(OmegaConf.select(cfg, "hydra.overrides.task") or OmegaConf.create([]))
+    except Exception as err:  # a missing or unreadable multirun.yaml only narrows what is expected
+        return {}, f"job configs only (multirun.yaml unreadable: {type(err).__name__})"
+    swept: dict[str, list[str]] = {}
+    parser = OverridesParser.create()
+    for text in overrides:  # later overrides win, as in Hydra (command line over sweeper params)
+        try:
+            override = parser.parse_override(text)
+            values = (list(override.sweep_string_iterator()) if override.is_sweep_override()
+                      else [str(override.value())])
+        except Exception:  # noqa: S112 - non-discrete sweeps (interval, glob) expect nothing specific
+            continue
+        swept[override.key_or_group] = values
+    return swept, "multirun.yaml sweep + job configs"
+
+
+def _expected(jobs: pd.DataFrame, swept: dict[str, list[str]]) -> tuple[list[str], list[float], list[int]]:
+    """Expected value sets: swept values UNION values seen in the job configs. A swept ``experiment=<name>``
+    counts as the arm its jobs' configs name; with no job left to tell, as the arm ``<name>``."""
+    to_arm = dict(zip(jobs.experiment, jobs.arm, strict=True))
+    arms = set(jobs.arm) | set(swept.get("arm", [])) | {to_arm.get(name, name) for name in swept.get(EXPERIMENT, [])}
+    try:
+        fractions = set(jobs.label_fraction) | {_fraction(v) for v in swept.get(CONFIG_KEYS["label_fraction"], [])}
+        folds = set(jobs.fold) | {int(v) for v in swept.get(CONFIG_KEYS["fold"], [])}
+    except ValueError as err:
+        raise ReportError(f"{jobs.attrs['sweep_dir'] / 'multirun.yaml'}: a swept fraction/fold is not a number "
+                          f"({err})") from None
+    return sorted(arms), sorted(fractions), sorted(folds)
+
+
+def _check_unique(jobs: pd.DataFrame) -> None:
+    dup = jobs[jobs.duplicated(["arm", "label_fraction", "fold"], keep=False)]
+    if not dup.empty:
+        first = dup.iloc[0]
+        names = ", ".join(dup[(dup.arm == first.arm) & (dup.label_fraction == first.label_fraction)
+                              & (dup.fold == first.fold)].job)
+        raise ReportError(f"{jobs.attrs['sweep_dir']}: jobs {names} are all arm={first.arm} fraction="
+                          f"{first.label_fraction:g} fold={first.fold}; the report groups by arm x fraction x fold, so "
+                          "give each swept setting its own arm (e.g. arm=rotation_lr1e-3)")
+
+
+def _gaps(jobs: pd.DataFrame, arms: list[str], fractions: list[float], folds: list[int]) -> list[Gap]:
+    by_key = {(job.arm, job.label_fraction, job.fold): job for job in jobs.itertuples()}
+    gaps = []
+    for key in product(arms, fractions, folds):
+        job = by_key.get(key)
+        if job is None:
+            gaps.append(Gap("MISSING", *key, "no job folder"))
+        elif job.status != FINISHED:
+            gaps.append(Gap("FAILED", *key, f"job {job.job}: {job.reason}"))
+    return gaps
+
+
+def collect(sweep_dir: Path) -> SweepResults:
+    """Read every job of a Hydra multirun folder; list the expected jobs that have no finished result."""
+    sweep_dir = Path(sweep_dir)
+    jobs = pd.DataFrame([_read_job(job_dir) for job_dir in _job_dirs(sweep_dir)])
+    jobs.attrs["sweep_dir"] = sweep_dir
+    _check_unique(jobs)
+    swept, expected_from = _swept_values(sweep_dir)
+    arms, fractions, folds = _expected(jobs, swept)
+    return SweepResults(sweep_dir, jobs, arms, fractions, folds, _gaps(jobs, arms, fractions, folds), expected_from)
+
+
+# ---------------------------------------------------------------- tables
+
+
+def summarise(results: SweepResults) -> pd.DataFrame:
+    """One row per expected arm x fraction: folds present/expected, MIN / AVG / MAX / sample std of test QWK."""
+    groups = results.finished.groupby(["arm", "label_fraction"])
+    stats_ = groups.test_qwk.agg(qwk_min="min", qwk_avg="mean", qwk_max="max", qwk_std="std")
+    index = pd.MultiIndex.from_product([results.arms, results.fractions], names=["arm", "label_fraction"])
+    table = pd.concat([groups.fold.nunique().rename("folds_present"), stats_], axis=1).reindex(index).reset_index()
+    table["folds_present"] = table.folds_present.fillna(0).astype(int)
+    table["folds_expected"] = len(results.folds)
+    return table[TABLE_COLUMNS]
+
+
+def _mean_ci(diffs: pd.Series) -> tuple[float, float, float]:
+    n = len(diffs)
+    mean = float(diffs.mean()) if n else math.nan
+    if n < 2:
+        return mean, math.nan, math.nan
+    half = stats.t.ppf((1 + CONFIDENCE) / 2, n - 1) * diffs.std(ddof=1) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def paired_differences(results: SweepResults, baseline: str = BASELINE) -> pd.DataFrame:
+    """Per non-baseline arm and fraction: arm minus baseline test QWK over the folds both finished, mean, t CI."""
+    rows = []
+    if baseline in results.arms:
+        done = results.finished.set_index("fold")
+        for arm, fraction in product([a for a in results.arms if a != baseline], results.fractions):
+            qwk = {name: done[(done.arm == name) & (done.label_fraction == fraction)].test_qwk for name in (arm, baseline)}
+            diffs = (qwk[arm] - qwk[baseline]).dropna()
+            rows.append([arm, baseline, fraction, len(diffs), ",".join(map(str, sorted(diffs.index))),
+                         *_mean_ci(diffs)])
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+
+
+# ---------------------------------------------------------------- markdown and plot
+
+
+def _pct(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _table_rows(table: pd.DataFrame) -> list[list[str]]:
+    rows = []
+    for r in table.itertuples():
+        folds = f"{r.folds_present}/{r.folds_expected}" + (" **incomplete**" if r.folds_present < r.folds_expected else "")
+        if r.folds_present == 0:
+            rows.append([r.arm, _pct(r.label_fraction), folds, "no finished fold", "-"])
+            continue
+        std = f"{r.qwk_std:.3f}" if r.folds_present > 1 else "n/a (1 fold)"
+        rows.append([r.arm, _pct(r.label_fraction), folds, f"{r.qwk_avg:.3f} ({r.qwk_min:.3f}-{r.qwk_max:.3f})",
+                     f"{r.qwk_avg:.3f} ± {std}"])
+    return rows
+
+
+def _paired_rows(paired: pd.DataFrame) -> list[list[str]]:
+    rows = []
+    for r in paired.itertuples():
+        if r.pairs == 0:
+            rows.append([r.arm, _pct(r.label_fraction), "0", "-", "-", "no fold finished in both arms"])
+            continue
+        ci = f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}]" if r.pairs > 1 else "n=1: no interval"
+        rows.append([r.arm, _pct(r.label_fraction), str(r.pairs), r.folds, f"{r.diff_mean:+.3f}", ci])
+    return rows
+
+
+def to_markdown(results: SweepResults, table: pd.DataFrame, paired: pd.DataFrame) -> str:
+    """The report: incomplete jobs first, then the table, then the paired differences."""
+    lines = [f"# Sweep report: {results.sweep_dir.name}", "", f"Sweep folder: `{results.sweep_dir}`  ",
+             f"Expected jobs ({results.expected_from}): {len(results.arms)} arms x {len(results.fractions)} "
+             f"fractions x {len(results.folds)} folds = {len(table) * len(results.folds)}", ""]
+    if results.gaps:
+        lines += [f"## Incomplete: {len(results.gaps)} expected job(s) have no result", "",
+                  "The numbers below use only the folds that finished (see the folds column).", "",
+                  *(f"- {gap}" for gap in results.gaps), ""]
+    lines += ["## Test QWK over folds (AVG (MIN-MAX), as the paper prints it)", "",
+              *_md_table(["arm", "labels", "folds", "AVG (MIN-MAX)", "mean ± std"], _table_rows(table)), ""]
+    for baseline in paired.baseline.unique():
+        lines += [f"## Paired difference: arm minus {baseline}, same folds ({CONFIDENCE:.0%} t interval over folds)",
+                  "", *_md_table(["arm", "labels", "pairs", "folds", "mean diff", f"{CONFIDENCE:.0%} CI"],
+                                 _paired_rows(paired[paired.baseline == baseline])), ""]
+    return "\n".join(lines)
+
+
+def plot(table: pd.DataFrame, path: Path, title: str, paper_reference: bool = True) -> None:
+    """Test QWK vs label fraction (log x): per arm the mean over folds and a min-max band; the paper dashed."""
+    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    handles, labels = [], []
+    for arm, rows in table.groupby("arm", sort=False):
+        (line,) = ax.plot(rows.label_fraction, rows.qwk_avg, marker="o")
+        band = ax.fill_between(rows.label_fraction, rows.qwk_min, rows.qwk_max, color=line.get_color(), alpha=0.2)
+        handles.append((band, line))
+        labels.append(f"{arm} (mean over folds, band: min-max)")
+    ticks = set(table.label_fraction)
+    if paper_reference:
+        (ref,) = ax.plot(list(PAPER_ROTATION_AVG), list(PAPER_ROTATION_AVG.values()), "k--", marker="x", alpha=0.7)
+        handles.append(ref)
+        labels.append("paper (rotation, AVG)")
+        ticks |= set(PAPER_ROTATION_AVG)
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(ticks), [_pct(t) for t in sorted(ticks)])
+    ax.set_xticks([], minor=True)
+    ax.set_xlabel("labelled fraction of the training images (log scale)")
+    ax.set_ylabel("test QWK (quadratic weighted kappa)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(handles, labels, loc="lower right")
+    fig.savefig(path, dpi=120)
+
+
+def write_report(sweep_dir: Path, paper_reference: bool = True) -> ReportFiles:
+    """Collect a sweep and write report.md, report.csv, report_paired.csv and qwk_vs_fraction.png into it."""
+    sweep_dir = Path(sweep_dir)
+    results = collect(sweep_dir)
+    table, paired = summarise(results), paired_differences(results)
+    files = ReportFiles(sweep_dir / "report.md", sweep_dir / "report.csv",
+                        sweep_dir / "report_paired.csv" if len(paired) else None, sweep_dir / "qwk_vs_fraction.png",
+                        table, paired, results.gaps)
+    table.to_csv(files.csv, index=False)
+    (sweep_dir / "report_paired.csv").unlink(missing_ok=True)  # no stale pairs from an earlier report
+    if files.paired_csv:
+        paired.to_csv(files.paired_csv, index=False)
+    files.markdown.write_text(to_markdown(results, table, paired) + "\n")
+    status = f"INCOMPLETE: {len(results.gaps)} expected job(s) without result" if results.gaps else "complete"
+    plot(table, files.plot, f"Test QWK vs label fraction: {'/'.join(sweep_dir.resolve().parts[-3:])}\n({status})",
+         paper_reference)
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: print the markdown report and the files written; exit 0 complete, 1 incomplete, 2 bad input."""
+    parser = argparse.ArgumentParser(prog="python -m ssl_dr.report", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun folder: outputs/<arm>/multiruns/<stamp>")
+    parser.add_argument("--paper-reference", action=argparse.BooleanOptionalAction, default=True,
+                        help="draw the paper's published rotation AVG as a dashed line (default: on)")
+    args = parser.parse_args(argv)
+    try:
+        files = write_report(args.sweep_dir, paper_reference=args.paper_reference)
+    except (ReportError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(files.markdown.read_text())
+    print("written:", *(p for p in (files.markdown, files.csv, files.paired_csv, files.plot) if p), sep="\n  ")
+    if files.gaps:
+        print(f"incomplete: {len(files.gaps)} expected job(s) have no result (listed above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
