@@ -12,10 +12,8 @@ from omegaconf import DictConfig, open_dict
 from ssl_dr.train import CONFIG_DIR
 
 # Small enough for ~seconds per phase on 2 CPU cores, still the real DenseNet121 and real pipeline.
-TINY = [
-    "data.source.num_labelled=60",
-    "data.source.num_unlabelled=8",
-    "data.source.image_size=32",
+TINY_SYNTHETIC = ["data.source.num_labelled=60", "data.source.num_unlabelled=8", "data.source.image_size=32"]
+TINY_TRAINING = [
     "data.image_size=32",
     "data.batch_size=8",
     "pretext.batch_size=4",
@@ -25,6 +23,7 @@ TINY = [
     "trainer.limit_val_batches=2",
     "logger=csv",
 ]
+TINY = TINY_SYNTHETIC + TINY_TRAINING
 
 
 def compose_cfg(root: Path, overrides: list[str], run: str = "run") -> DictConfig:

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from ssl_dr.train import CONFIG_DIR, train
-from tests.conftest import TINY
+from tests.conftest import TINY, TINY_TRAINING, compose_cfg
 
 
 def test_rotation_then_baseline_share_split_and_reuse_pretext(tiny_cfg, tmp_path):
@@ -86,18 +86,16 @@ def test_bad_setting_ends_in_one_clear_line(tmp_path):
 def test_every_data_config_composes_and_instantiates(data, tmp_path):
     from hydra.utils import instantiate
 
-    from tests.conftest import compose_cfg
-
     cfg = compose_cfg(tmp_path, [f"data={data}", f"data.root={tmp_path}"])
     source = instantiate(cfg.data.source)
     assert source.root == tmp_path
 
 
-def test_aptos_folder_through_real_config(tiny_cfg, tmp_path):
+def test_aptos_folder_through_real_config(tmp_path):
     """A user APTOS folder (here written by the generator) runs via data=aptos with patient-free folds."""
     from ssl_dr.data.synthetic import write_synthetic_dataset
 
     root = write_synthetic_dataset(tmp_path / "aptos2019", num_labelled=60, num_unlabelled=5, image_size=32)
-    metrics = train(tiny_cfg("experiment=baseline", "data=aptos", f"data.root={root}", "data.image_size=32",
-                             run="aptos"))
+    cfg = compose_cfg(tmp_path, [*TINY_TRAINING, "experiment=baseline", "data=aptos", f"data.root={root}"])
+    metrics = train(cfg)
     assert metrics["num_test"] == 12 and metrics["arm"] == "baseline"
