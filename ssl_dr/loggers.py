@@ -4,8 +4,11 @@ group and filter a sweep."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
@@ -22,11 +25,21 @@ def build_loggers(cfg: DictConfig, phase: str, run_name: str) -> list[Logger]:
         if issubclass(cls, CSVLogger):
             extra = {"name": phase, "version": ""}
         elif issubclass(cls, WandbLogger):
-            extra = {"name": run_name, "job_type": phase}
+            extra = {"name": run_name, "job_type": phase, **({"group": group} if (group := sweep_group(cfg)) else {})}
         logger = instantiate(logger_cfg, **extra)
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         loggers.append(logger)
     return loggers
+
+
+def sweep_group(cfg: DictConfig) -> str | None:
+    """``<task_name>-<sweep folder>`` inside a Hydra multirun (all jobs of one sweep share it), else None."""
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    return f"{cfg.task_name}-{Path(hydra_cfg.sweep.dir).name}"
 
 
 def close_loggers(loggers: list[Logger], failed: bool) -> None:

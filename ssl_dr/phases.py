@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock
 from hydra.utils import instantiate
 from lightning import Trainer
 from omegaconf import DictConfig, OmegaConf
@@ -21,7 +22,7 @@ from ssl_dr.data.datamodule import FundusDataModule
 from ssl_dr.data.records import Record, pool_fingerprint
 from ssl_dr.data.transforms import AugmentConfig, build_transform
 from ssl_dr.loggers import build_loggers, close_loggers
-from ssl_dr.pretext_store import WEIGHTS_NAME, entry_dir, pretext_key, stored_weights, write_summary
+from ssl_dr.pretext_store import LOCK_NAME, WEIGHTS_NAME, entry_dir, pretext_key, stored_weights, write_summary
 
 
 def _transforms(cfg: DictConfig, backbone: Backbone, train_kind: str) -> dict[str, Any]:
@@ -70,11 +71,25 @@ def pretext_weights(cfg: DictConfig, records: list[Record], out_dir: Path) -> tu
     description = pretext_description(cfg, pool)
     key = pretext_key(description)
     cache_dir = Path(cfg.paths.cache_dir).resolve()
-    found = stored_weights(cache_dir, key)
-    if found is not None:
-        meta = load_backbone(instantiate(cfg.model.backbone), found)
-        print(f"[ssl_dr] reusing pretext {key} from {found}")
-        return found, {"pretext/key": key, "pretext/reused": True, **meta}
+    entry_dir(cache_dir, key).mkdir(parents=True, exist_ok=True)
+    # Parallel sweep jobs: one trains, the others wait here and then reuse. The OS drops the lock of a
+    # crashed job, and its weights were never renamed into place, so the next job retrains.
+    with FileLock(entry_dir(cache_dir, key) / LOCK_NAME):
+        found = stored_weights(cache_dir, key)
+        if found is not None:
+            meta = load_backbone(instantiate(cfg.model.backbone), found)
+            print(f"[ssl_dr] reusing pretext {key} from {found}")
+            return found, {"pretext/key": key, "pretext/reused": True, **meta}
+        meta = _train_pretext(cfg, pool, out_dir, key)
+        path = entry_dir(cache_dir, key) / WEIGHTS_NAME
+        save_backbone(meta.pop("backbone"), path, meta=meta)
+        write_summary(cache_dir, key, {"key": key, "description": description, **meta})
+    print(f"[ssl_dr] pretext {key}: held-out rotation accuracy {meta['pretext/val_acc']:.3f}; saved {path}")
+    return path, {"pretext/key": key, "pretext/reused": False, **meta}
+
+
+def _train_pretext(cfg: DictConfig, pool: list[Record], out_dir: Path, key: str) -> dict[str, Any]:
+    """Train the pretext on a seeded 90/10 split of the pool; return its backbone and held-out metrics."""
     order = np.random.default_rng(cfg.data.split_seed).permutation(len(pool))
     n_val = max(1, round(cfg.pretext.val_fraction * len(pool)))
     val = [pool[i] for i in order[:n_val]]
@@ -87,14 +102,9 @@ def pretext_weights(cfg: DictConfig, records: list[Record], out_dir: Path) -> tu
     metrics = _fit(cfg, "pretext", f"pretext-{key[:8]}", module, datamodule,
                    max_epochs=cfg.pretext.max_epochs, enable_checkpointing=False,
                    default_root_dir=str(out_dir / "pretext"), callbacks=None)
-    meta = {"pretext/val_acc": metrics.get("pretext/val_acc"), "pretext/val_loss": metrics.get("pretext/val_loss"),
-            "pretext/train_acc": metrics.get("pretext/train_acc"),
+    return {"backbone": backbone, "pretext/val_acc": metrics.get("pretext/val_acc"),
+            "pretext/val_loss": metrics.get("pretext/val_loss"), "pretext/train_acc": metrics.get("pretext/train_acc"),
             "pretext/seconds": round(time.time() - started, 1), "pretext/trained_in": str(out_dir)}
-    path = entry_dir(cache_dir, key) / WEIGHTS_NAME
-    save_backbone(backbone, path, meta=meta)
-    write_summary(cache_dir, key, {"key": key, "description": description, **meta})
-    print(f"[ssl_dr] pretext {key}: held-out rotation accuracy {meta['pretext/val_acc']:.3f}; saved {path}")
-    return path, {"pretext/key": key, "pretext/reused": False, **meta}
 
 
 def finetune(cfg: DictConfig, train: list[Record], val: list[Record], test: list[Record],

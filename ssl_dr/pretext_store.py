@@ -14,6 +14,7 @@ from typing import Any
 
 WEIGHTS_NAME = "backbone.pt"
 SUMMARY_NAME = "pretext.json"
+LOCK_NAME = ".lock"
 
 
 def pretext_key(description: dict[str, Any]) -> str:

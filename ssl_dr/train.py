@@ -8,6 +8,7 @@ so Hydra sweepers (Optuna, ...) can optimise it.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -23,6 +26,7 @@ from ssl_dr.data.records import DataError
 from ssl_dr.data.splits import SplitConfig, records_with_role, split_roles, write_split
 from ssl_dr.phases import finetune, pretext_weights
 
+log = logging.getLogger(__name__)
 INITS = ("pretext", "random")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -61,14 +65,31 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def _in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
-    """Hydra task: run ``train`` and return the optimised metric; bad data/settings end in one line."""
+    """Hydra task: run ``train`` and return the optimised metric.
+
+    A single run ends bad data/settings in one clear line (exit status 2). Inside a multirun a failing
+    job is logged to its ``train.log`` and the sweep goes on, so one bad job cannot cost the others; the
+    report then lists it as failed (it has no ``metrics.json``).
+    """
     try:
         metrics = train(cfg)
     except (DataError, BackboneWeightsError) as err:
+        if _in_multirun():
+            log.error("job failed: %s", err)
+            return math.nan
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Exception as err:
+        if not _in_multirun():
+            raise
+        log.exception("job failed: %s: %s", type(err).__name__, err)
+        return math.nan
     value = metrics.get(cfg.optimized_metric)
     return float(value) if value is not None else math.nan
 
