@@ -15,6 +15,7 @@ import numpy as np
 from filelock import FileLock
 from hydra.utils import instantiate
 from lightning import Trainer
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_dr.backbone import Backbone, load_backbone, save_backbone
@@ -52,6 +53,10 @@ def _fit(cfg: DictConfig, phase: str, run_name: str, module: Any, datamodule: Fu
         return metrics
     finally:
         close_loggers(loggers, failed)
+
+
+def _callbacks(cfg: DictConfig) -> list[Callback]:
+    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
 
 
 def pretext_description(cfg: DictConfig, pool: list[Record]) -> dict[str, Any]:
@@ -99,9 +104,10 @@ def _train_pretext(cfg: DictConfig, pool: list[Record], out_dir: Path, key: str)
     datamodule = FundusDataModule(train, val, with_grades=False, batch_size=cfg.pretext.batch_size,
                                   num_workers=cfg.data.num_workers, **_transforms(cfg, backbone, "pretext"))
     started = time.time()
+    callbacks = [c for c in _callbacks(cfg) if not isinstance(c, ModelCheckpoint)]  # it monitors val/qwk
     metrics = _fit(cfg, "pretext", f"pretext-{key[:8]}", module, datamodule,
                    max_epochs=cfg.pretext.max_epochs, enable_checkpointing=False,
-                   default_root_dir=str(out_dir / "pretext"), callbacks=None)
+                   default_root_dir=str(out_dir / "pretext"), callbacks=callbacks)
     return {"backbone": backbone, "pretext/val_acc": metrics.get("pretext/val_acc"),
             "pretext/val_loss": metrics.get("pretext/val_loss"), "pretext/train_acc": metrics.get("pretext/train_acc"),
             "pretext/seconds": round(time.time() - started, 1), "pretext/trained_in": str(out_dir)}
@@ -117,6 +123,5 @@ def finetune(cfg: DictConfig, train: list[Record], val: list[Record], test: list
     module = instantiate(cfg.model.classifier, backbone=backbone)
     datamodule = FundusDataModule(train, val, test, with_grades=True, batch_size=cfg.data.batch_size,
                                   num_workers=cfg.data.num_workers, **_transforms(cfg, backbone, "finetune"))
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     run_name = f"{cfg.arm}-frac{cfg.data.label_fraction}-fold{cfg.data.fold}"
-    return _fit(cfg, "finetune", run_name, module, datamodule, test=True, callbacks=callbacks)
+    return _fit(cfg, "finetune", run_name, module, datamodule, test=True, callbacks=_callbacks(cfg))

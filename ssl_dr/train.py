@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from ssl_dr.backbone import BackboneWeightsError
+from ssl_dr.callbacks import NonFiniteLossError
 from ssl_dr.data.records import DataError
 from ssl_dr.data.splits import SplitConfig, records_with_role, split_roles, write_split
 from ssl_dr.phases import finetune, pretext_weights
@@ -79,7 +80,7 @@ def main(cfg: DictConfig) -> float:
     """
     try:
         metrics = train(cfg)
-    except (DataError, BackboneWeightsError) as err:
+    except (DataError, BackboneWeightsError, NonFiniteLossError) as err:
         if _in_multirun():
             log.error("job failed: %s", err)
             return math.nan
