@@ -33,13 +33,13 @@ def build_loggers(cfg: DictConfig, phase: str, run_name: str) -> list[Logger]:
 
 
 def sweep_group(cfg: DictConfig) -> str | None:
-    """``<task_name>-<sweep folder>`` inside a Hydra multirun (all jobs of one sweep share it), else None."""
+    """``<sweep_name>-<sweep folder>`` inside a Hydra multirun (all jobs of one sweep share it), else None."""
     if not HydraConfig.initialized():
         return None
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return None
-    return f"{cfg.task_name}-{Path(hydra_cfg.sweep.dir).name}"
+    return f"{cfg.sweep_name}-{Path(hydra_cfg.sweep.dir).name}"
 
 
 def close_loggers(loggers: list[Logger], failed: bool) -> None:

@@ -17,16 +17,14 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
 
 import pandas as pd
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from omegaconf import OmegaConf
-from scipy import stats
 
 PAPER_ROTATION_AVG: dict[float, float] = {0.05: 0.294, 0.10: 0.432, 0.25: 0.575, 0.50: 0.680, 1.00: 0.725}
 """Published numbers of the paper this project reproduces: AVG test QWK over its 5 folds of the rotation-pretext
@@ -39,7 +37,8 @@ TABLE_COLUMNS = ["arm", "label_fraction", "folds_present", "folds_expected", "qw
 PAIRED_COLUMNS = ["arm", "baseline", "label_fraction", "pairs", "folds", "diff_mean", "ci_low", "ci_high"]
 # job config keys that identify a job, and the sweep override keys that set them
 CONFIG_KEYS = {"arm": "arm", "label_fraction": "data.label_fraction", "fold": "data.fold"}
-EXPERIMENT = "experiment"
+# overrides that choose the arm by a name (the `arm` and `experiment` config groups): name -> arm via job configs
+ARM_CHOOSERS = ("arm", "experiment")
 
 
 class ReportError(ValueError):
@@ -62,7 +61,7 @@ class Gap:
 
 @dataclass
 class SweepResults:
-    """Per-job rows (``job, arm, label_fraction, fold, experiment, status, test_qwk, reason``), the expected
+    """Per-job rows (``job, arm, label_fraction, fold, choices, status, test_qwk, reason``), the expected
     value sets (the report covers their cartesian product) and the expected jobs without a result."""
 
     sweep_dir: Path
@@ -88,7 +87,7 @@ class ReportFiles:
     plot: Path
     table: pd.DataFrame
     paired: pd.DataFrame
-    gaps: list[Gap] = field(default_factory=list)
+    gaps: list[Gap]
 
     @property
     def complete(self) -> bool:
@@ -104,8 +103,9 @@ def _fraction(value: object) -> float:
 
 def _job_dirs(sweep_dir: Path) -> list[Path]:
     if not sweep_dir.is_dir():
-        raise ReportError(f"{sweep_dir}: no such folder; pass a Hydra multirun folder (outputs/<arm>/multiruns/<stamp>)")
-    dirs = [d for d in sweep_dir.iterdir() if (d / ".hydra" / "config.yaml").is_file() or (d / "metrics.json").is_file()]
+        raise ReportError(f"{sweep_dir}: no such folder; give a Hydra multirun folder "
+                          "(outputs/<arm>/multiruns/<stamp>)")
+    dirs = [d for d in sweep_dir.iterdir() if (d / ".hydra/config.yaml").is_file() or (d / "metrics.json").is_file()]
     if not dirs:
         hint = " (this is a single run's folder, not a sweep)" if (sweep_dir / ".hydra").is_dir() else ""
         raise ReportError(f"{sweep_dir}: no job folders (<job>/.hydra/config.yaml or <job>/metrics.json){hint}; "
@@ -124,26 +124,26 @@ def _read_metrics(path: Path) -> dict:
 
 
 def _read_identity(job_dir: Path, metrics: dict | None) -> dict:
-    """arm / label_fraction / fold of a job: from its Hydra config (there even if it crashed), else metrics.json."""
-    path = job_dir / ".hydra" / "config.yaml"
+    """arm / label_fraction / fold of a job from its Hydra files (there even if it crashed), else from metrics.json;
+    ``choices``: its overrides of ARM_CHOOSERS (``{"experiment": "rotation"}``)."""
+    path, overrides = job_dir / ".hydra" / "config.yaml", job_dir / ".hydra" / "overrides.yaml"
     try:
-        cfg = OmegaConf.load(path) if path.is_file() else OmegaConf.create(metrics)
-        values = {name: OmegaConf.select(cfg, key if path.is_file() else name) for name, key in CONFIG_KEYS.items()}
+        if path.is_file():
+            cfg = OmegaConf.load(path)
+            values = {name: OmegaConf.select(cfg, key) for name, key in CONFIG_KEYS.items()}
+        else:
+            values = {name: metrics.get(name) for name in CONFIG_KEYS}
         if None in values.values():
             raise KeyError(f"needs {', '.join(CONFIG_KEYS.values())}")
+        lines = OmegaConf.to_container(OmegaConf.load(overrides)) if overrides.is_file() else []
+        pairs = [line.split("=", 1) for line in lines if "=" in line]
         return {"arm": str(values["arm"]), "label_fraction": _fraction(values["label_fraction"]),
-                "fold": int(values["fold"])}
-    except Exception as err:  # yaml / omegaconf / conversion errors all mean: not a readable ssl_dr job config
+                "fold": int(values["fold"]),
+                "choices": {key.lstrip("+~"): value for key, value in pairs if key.lstrip("+~") in ARM_CHOOSERS}}
+    except Exception as err:  # yaml / omegaconf / conversion errors all mean: not a readable ssl_dr job
         source = path if path.is_file() else job_dir / "metrics.json"
-        raise ReportError(f"{source}: cannot read the job's arm, fraction and fold ({err}); is this an ssl_dr "
-                          "sweep? Delete the folder to have the job reported as missing") from None
-
-
-def _experiment(job_dir: Path) -> str | None:
-    path = job_dir / ".hydra" / "overrides.yaml"
-    lines = OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else []
-    picked = [line.split("=", 1)[1] for line in lines if line.split("=", 1)[0].lstrip("+~") == EXPERIMENT]
-    return picked[-1] if picked else None
+        raise ReportError(f"{source}: cannot read the job's arm, fraction and fold ({type(err).__name__}: {err}); "
+                          "is this an ssl_dr sweep? Delete the job folder to have it reported as missing") from None
 
 
 def _last_log_line(job_dir: Path) -> str | None:
@@ -155,26 +155,27 @@ def _last_log_line(job_dir: Path) -> str | None:
 def _read_job(job_dir: Path) -> dict:
     metrics_path = job_dir / "metrics.json"
     metrics = _read_metrics(metrics_path) if metrics_path.is_file() else None
-    row = {"job": job_dir.name, **_read_identity(job_dir, metrics), "experiment": _experiment(job_dir),
-           "status": FAILED, "test_qwk": math.nan, "reason": ""}
+    row = {"job": job_dir.name, **_read_identity(job_dir, metrics), "status": FAILED, "test_qwk": math.nan}
     if metrics is None:
         row["reason"] = _last_log_line(job_dir) or "no metrics.json and no log: crashed early or still running"
     elif not math.isfinite(metrics["test/qwk"]):
         row["reason"] = f"test/qwk is {metrics['test/qwk']} in metrics.json"
     else:
-        row.update(status=FINISHED, test_qwk=metrics["test/qwk"])
+        row.update(status=FINISHED, test_qwk=metrics["test/qwk"], reason="")
     return row
 
 
 def _swept_values(sweep_dir: Path) -> tuple[dict[str, list[str]], str]:
     """Override key -> values, from multirun.yaml's ``hydra.sweeper.params`` and command-line overrides."""
     path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return {}, "job configs only: no multirun.yaml"
     try:
         cfg = OmegaConf.load(path)
         params = OmegaConf.to_container(OmegaConf.select(cfg, "hydra.sweeper.params") or OmegaConf.create({}))
         overrides = [f"{key}={value}" for key, value in params.items()]
         overrides += OmegaConf.to_container(OmegaConf.select(cfg, "hydra.overrides.task") or OmegaConf.create([]))
-    except Exception as err:  # a missing or unreadable multirun.yaml only narrows what is expected
+    except Exception as err:  # an unreadable multirun.yaml only narrows what is expected
         return {}, f"job configs only (multirun.yaml unreadable: {type(err).__name__})"
     swept: dict[str, list[str]] = {}
     parser = OverridesParser.create()
@@ -183,35 +184,38 @@ def _swept_values(sweep_dir: Path) -> tuple[dict[str, list[str]], str]:
             override = parser.parse_override(text)
             values = (list(override.sweep_string_iterator()) if override.is_sweep_override()
                       else [str(override.value())])
-        except Exception:  # noqa: S112 - non-discrete sweeps (interval, glob) expect nothing specific
+        except Exception:  # non-discrete sweeps (interval, glob) expect nothing specific
             continue
         swept[override.key_or_group] = values
     return swept, "multirun.yaml sweep + job configs"
 
 
-def _expected(jobs: pd.DataFrame, swept: dict[str, list[str]]) -> tuple[list[str], list[float], list[int]]:
-    """Expected value sets: swept values UNION values seen in the job configs. A swept ``experiment=<name>``
-    counts as the arm its jobs' configs name; with no job left to tell, as the arm ``<name>``."""
-    to_arm = dict(zip(jobs.experiment, jobs.arm, strict=True))
-    arms = set(jobs.arm) | set(swept.get("arm", [])) | {to_arm.get(name, name) for name in swept.get(EXPERIMENT, [])}
+def _converted(values: list[str], convert: Callable[[str], object]) -> set:
     try:
-        fractions = set(jobs.label_fraction) | {_fraction(v) for v in swept.get(CONFIG_KEYS["label_fraction"], [])}
-        folds = set(jobs.fold) | {int(v) for v in swept.get(CONFIG_KEYS["fold"], [])}
-    except ValueError as err:
-        raise ReportError(f"{jobs.attrs['sweep_dir'] / 'multirun.yaml'}: a swept fraction/fold is not a number "
-                          f"({err})") from None
+        return {convert(value) for value in values}
+    except ValueError:  # a swept value that is no number (an interpolation, ...) expects nothing specific
+        return set()
+
+
+def _expected(jobs: pd.DataFrame, swept: dict[str, list[str]]) -> tuple[list[str], list[float], list[int]]:
+    """Expected value sets: swept values UNION values seen in the job configs. A swept ``arm=<name>`` or
+    ``experiment=<name>`` counts as the arm its jobs' configs name; with no job left to tell, as the arm ``<name>``."""
+    to_arm = {(key, name): job.arm for job in jobs.itertuples() for key, name in job.choices.items()}
+    arms = set(jobs.arm) | {to_arm.get((key, name), name) for key in ARM_CHOOSERS for name in swept.get(key, [])}
+    fractions = set(jobs.label_fraction) | _converted(swept.get(CONFIG_KEYS["label_fraction"], []), _fraction)
+    folds = set(jobs.fold) | _converted(swept.get(CONFIG_KEYS["fold"], []), int)
     return sorted(arms), sorted(fractions), sorted(folds)
 
 
-def _check_unique(jobs: pd.DataFrame) -> None:
+def _check_unique(jobs: pd.DataFrame, sweep_dir: Path) -> None:
     dup = jobs[jobs.duplicated(["arm", "label_fraction", "fold"], keep=False)]
     if not dup.empty:
         first = dup.iloc[0]
         names = ", ".join(dup[(dup.arm == first.arm) & (dup.label_fraction == first.label_fraction)
                               & (dup.fold == first.fold)].job)
-        raise ReportError(f"{jobs.attrs['sweep_dir']}: jobs {names} are all arm={first.arm} fraction="
-                          f"{first.label_fraction:g} fold={first.fold}; the report groups by arm x fraction x fold, so "
-                          "give each swept setting its own arm (e.g. arm=rotation_lr1e-3)")
+        raise ReportError(f"{sweep_dir}: jobs {names} are all arm={first.arm} fraction={first.label_fraction:g} "
+                          f"fold={first.fold}; the report groups by arm x fraction x fold, so give each swept setting "
+                          "its own arm (e.g. arm=rotation_lr1e-3)")
 
 
 def _gaps(jobs: pd.DataFrame, arms: list[str], fractions: list[float], folds: list[int]) -> list[Gap]:
@@ -230,8 +234,7 @@ def collect(sweep_dir: Path) -> SweepResults:
     """Read every job of a Hydra multirun folder; list the expected jobs that have no finished result."""
     sweep_dir = Path(sweep_dir)
     jobs = pd.DataFrame([_read_job(job_dir) for job_dir in _job_dirs(sweep_dir)])
-    jobs.attrs["sweep_dir"] = sweep_dir
-    _check_unique(jobs)
+    _check_unique(jobs, sweep_dir)
     swept, expected_from = _swept_values(sweep_dir)
     arms, fractions, folds = _expected(jobs, swept)
     return SweepResults(sweep_dir, jobs, arms, fractions, folds, _gaps(jobs, arms, fractions, folds), expected_from)
@@ -252,6 +255,8 @@ def summarise(results: SweepResults) -> pd.DataFrame:
 
 
 def _mean_ci(diffs: pd.Series) -> tuple[float, float, float]:
+    from scipy import stats  # imported here (as matplotlib in plot): bad input is refused without the slow imports
+
     n = len(diffs)
     mean = float(diffs.mean()) if n else math.nan
     if n < 2:
@@ -266,8 +271,8 @@ def paired_differences(results: SweepResults, baseline: str = BASELINE) -> pd.Da
     if baseline in results.arms:
         done = results.finished.set_index("fold")
         for arm, fraction in product([a for a in results.arms if a != baseline], results.fractions):
-            qwk = {name: done[(done.arm == name) & (done.label_fraction == fraction)].test_qwk for name in (arm, baseline)}
-            diffs = (qwk[arm] - qwk[baseline]).dropna()
+            qwk = [done[(done.arm == name) & (done.label_fraction == fraction)].test_qwk for name in (arm, baseline)]
+            diffs = (qwk[0] - qwk[1]).dropna()
             rows.append([arm, baseline, fraction, len(diffs), ",".join(map(str, sorted(diffs.index))),
                          *_mean_ci(diffs)])
     return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
@@ -287,12 +292,12 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _table_rows(table: pd.DataFrame) -> list[list[str]]:
     rows = []
     for r in table.itertuples():
-        folds = f"{r.folds_present}/{r.folds_expected}" + (" **incomplete**" if r.folds_present < r.folds_expected else "")
+        folds = f"{r.folds_present}/{r.folds_expected}" + (" **incomplete**" * (r.folds_present < r.folds_expected))
         if r.folds_present == 0:
             rows.append([r.arm, _pct(r.label_fraction), folds, "no finished fold", "-"])
             continue
         std = f"{r.qwk_std:.3f}" if r.folds_present > 1 else "n/a (1 fold)"
-        rows.append([r.arm, _pct(r.label_fraction), folds, f"{r.qwk_avg:.3f} ({r.qwk_min:.3f}-{r.qwk_max:.3f})",
+        rows.append([r.arm, _pct(r.label_fraction), folds, f"{r.qwk_avg:.3f} ({r.qwk_min:.3f} – {r.qwk_max:.3f})",
                      f"{r.qwk_avg:.3f} ± {std}"])
     return rows
 
@@ -317,8 +322,8 @@ def to_markdown(results: SweepResults, table: pd.DataFrame, paired: pd.DataFrame
         lines += [f"## Incomplete: {len(results.gaps)} expected job(s) have no result", "",
                   "The numbers below use only the folds that finished (see the folds column).", "",
                   *(f"- {gap}" for gap in results.gaps), ""]
-    lines += ["## Test QWK over folds (AVG (MIN-MAX), as the paper prints it)", "",
-              *_md_table(["arm", "labels", "folds", "AVG (MIN-MAX)", "mean ± std"], _table_rows(table)), ""]
+    lines += ["## Test QWK over folds: AVG (MIN – MAX), as the paper prints it", "",
+              *_md_table(["arm", "labels", "folds", "AVG (MIN – MAX)", "mean ± std"], _table_rows(table)), ""]
     for baseline in paired.baseline.unique():
         lines += [f"## Paired difference: arm minus {baseline}, same folds ({CONFIDENCE:.0%} t interval over folds)",
                   "", *_md_table(["arm", "labels", "pairs", "folds", "mean diff", f"{CONFIDENCE:.0%} CI"],
@@ -328,6 +333,9 @@ def to_markdown(results: SweepResults, table: pd.DataFrame, paired: pd.DataFrame
 
 def plot(table: pd.DataFrame, path: Path, title: str, paper_reference: bool = True) -> None:
     """Test QWK vs label fraction (log x): per arm the mean over folds and a min-max band; the paper dashed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
@@ -378,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ssl_dr.report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun folder: outputs/<arm>/multiruns/<stamp>")
     parser.add_argument("--paper-reference", action=argparse.BooleanOptionalAction, default=True,
-                        help="draw the paper's published rotation AVG as a dashed line (default: on)")
+                        help="draw the paper's published rotation AVG as a dashed line in the plot (default: on)")
     args = parser.parse_args(argv)
     try:
         files = write_report(args.sweep_dir, paper_reference=args.paper_reference)

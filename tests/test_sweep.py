@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import TINY
 
@@ -30,3 +33,54 @@ def test_parallel_jobs_train_the_pretext_once(tmp_path):
     assert sorted(m["pretext/reused"] for m in metrics) == [False, True]
     assert metrics[0]["pretext/key"] == metrics[1]["pretext/key"]
     assert len(list((tmp_path / "cache" / "pretext").iterdir())) == 1
+
+
+def _sweep(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ssl_dr.train", *overrides, *TINY], cwd=cwd, capture_output=True,
+                          text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "2"})
+
+
+def test_paper_sweep_reports_every_cell_and_names_missing_jobs(tmp_path):
+    """experiment=paper through the real config (2 arms x 2 fractions x 2 folds): the report written at the
+    sweep's end matches the jobs' metrics.json cell by cell; a deleted job makes the sweep incomplete."""
+    import pandas as pd
+
+    result = _sweep(tmp_path, "experiment=paper", "data.label_fraction=0.5,1.0", "data.fold=0,1",
+                    "trainer.max_epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "paper" / "multiruns").iterdir()
+    jobs = [json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")]
+    assert len(jobs) == 8
+    assert len({j["pretext/key"] for j in jobs if j["arm"] == "rotation"}) == 1
+    assert sum(not j["pretext/reused"] for j in jobs if j["arm"] == "rotation") == 1
+    splits = {(j["fold"], j["label_fraction"]): [] for j in jobs}
+    for j in jobs:
+        splits[(j["fold"], j["label_fraction"])].append((Path(j["output_dir"]) / "split.csv").read_text())
+    assert all(a == b for a, b in splits.values())  # both arms saw identical splits
+
+    report = pd.read_csv(sweep / "report.csv")
+    assert len(report) == 4 and (report.folds_present == 2).all()
+    for row in report.itertuples():
+        scores = [j["test/qwk"] for j in jobs if j["arm"] == row.arm and j["label_fraction"] == row.label_fraction]
+        assert row.qwk_min == pytest.approx(min(scores)) and row.qwk_max == pytest.approx(max(scores))
+        assert row.qwk_avg == pytest.approx(sum(scores) / 2)
+    assert (sweep / "qwk_vs_fraction.png").stat().st_size > 10_000
+    assert "Incomplete" not in (sweep / "report.md").read_text()
+
+    victim = next(p.parent for p in sweep.glob("*/metrics.json")
+                  if json.loads(p.read_text())["arm"] == "baseline" and json.loads(p.read_text())["fold"] == 1)
+    fraction = json.loads((victim / "metrics.json").read_text())["label_fraction"]
+    shutil.rmtree(victim)
+    rerun = subprocess.run([sys.executable, "-m", "ssl_dr.report", str(sweep)], capture_output=True, text=True)
+    assert rerun.returncode == 1
+    assert f"MISSING: arm=baseline fraction={fraction} fold=1" in rerun.stdout
+
+
+def test_failing_job_does_not_stop_the_sweep(tmp_path):
+    """One job with an impossible fold fails; the other runs, and the report names the failure."""
+    result = _sweep(tmp_path, "-m", "experiment=baseline", "data.fold=1,9", "trainer.max_epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "sweep" / "multiruns").iterdir()
+    assert len(list(sweep.glob("*/metrics.json"))) == 1
+    report = (sweep / "report.md").read_text()
+    assert "FAILED: arm=baseline" in report and "fold=9" in report and "outside [0, 5)" in report

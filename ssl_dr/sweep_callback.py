@@ -1,0 +1,54 @@
+"""Hydra callback: when a multirun ends, write the report into its folder and log it to W&B.
+
+Registered in ``conf/hydra/default.yaml``, so every sweep (``experiment=paper`` or any ``-m``) ends with
+``report.md``/``report.csv``/``qwk_vs_fraction.png`` without a second command.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from ssl_dr.report import ReportError, ReportFiles, write_report
+
+log = logging.getLogger(__name__)
+
+
+class ReportOnSweepEnd(Callback):
+    """``on_multirun_end``: report the sweep (incomplete sweeps are reported with their gaps named)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            files = write_report(sweep_dir)
+        except ReportError as err:
+            log.error("no sweep report: %s", err)
+            return
+        print(files.markdown.read_text())
+        for gap in files.gaps:
+            log.warning("%s", gap)
+        log.info("sweep report written to %s", files.markdown)
+        wandb_cfg = OmegaConf.select(config, "logger.wandb")
+        if wandb_cfg is not None:
+            _log_to_wandb(files, wandb_cfg, group=f"{config.sweep_name}-{sweep_dir.name}", save_dir=sweep_dir)
+
+
+def _log_to_wandb(files: ReportFiles, wandb_cfg: DictConfig, group: str, save_dir: Path) -> None:
+    """One ``report`` run in the sweep's W&B group holding the table, the paired table and the plot."""
+    import wandb
+
+    run = wandb.init(project=wandb_cfg.get("project"), group=group, job_type="report", name=f"{group}-report",
+                     dir=str(save_dir), mode="offline" if wandb_cfg.get("offline", True) else "online")
+    try:
+        payload = {"report/table": wandb.Table(dataframe=files.table),
+                   "report/qwk_vs_fraction": wandb.Image(str(files.plot))}
+        if len(files.paired):
+            payload["report/paired"] = wandb.Table(dataframe=files.paired.astype({"folds": str}))
+        run.log(payload)
+        run.summary["report/complete"] = files.complete
+    finally:
+        run.finish()

@@ -1,0 +1,253 @@
+"""ssl_dr.report on fake Hydra multirun folders (written here in the layout Hydra and ssl_dr.train leave)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+from PIL import Image
+from scipy import stats
+
+from ssl_dr.report import collect, main, paired_differences, summarise, write_report
+
+# test QWK per (arm, fraction): folds 0, 1, 2
+QWK = {
+    ("baseline", 0.05): [0.22, 0.30, 0.25],
+    ("baseline", 0.1): [0.40, 0.42, 0.39],
+    ("rotation", 0.05): [0.31, 0.35, 0.28],
+    ("rotation", 0.1): [0.45, 0.41, 0.47],
+}
+MULTIRUN = """hydra:
+  sweeper:
+    _target_: hydra._internal.core_plugins.basic_sweeper.BasicSweeper
+    max_batch_size: null
+    params:
+      {key}: {arms}
+      data.label_fraction: {fractions}
+      data.fold: {folds}
+  overrides:
+    hydra:
+    - hydra.mode=MULTIRUN
+    task: {task}
+"""
+
+
+def write_job(sweep: Path, num: int, arm: str, fraction: float, fold: int, qwk: float | None,
+              chooser: str = "experiment") -> Path:
+    """One job folder as ssl_dr.train leaves it (``qwk=None``: crashed before metrics.json). ``chooser``: the
+    override that picked the arm: ``experiment=<arm>`` (command-line sweep) or ``arm=<arm>`` (experiment=paper)."""
+    job = sweep / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    cfg = {"arm": arm, "init": "pretext" if arm == "rotation" else "random", "seed": 42,
+           "data": {"label_fraction": fraction, "fold": fold, "num_folds": 5}, "paths": {"output_dir": str(job)}}
+    OmegaConf.save(OmegaConf.create(cfg), job / ".hydra" / "config.yaml")
+    overrides = [f"{chooser}={arm}", f"data.label_fraction={fraction}", f"data.fold={fold}"]
+    overrides += ["experiment=paper"] if chooser == "arm" else []
+    OmegaConf.save(OmegaConf.create(overrides), job / ".hydra" / "overrides.yaml")
+    if qwk is not None:
+        metrics = {"arm": arm, "label_fraction": fraction, "fold": fold, "test/qwk": qwk, "val/qwk_best": qwk + 0.01,
+                   "output_dir": str(job), "num_train": 10}
+        (job / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return job
+
+
+def make_sweep(root: Path, qwk: dict[tuple[str, float], list[float]] = QWK, chooser: str = "experiment") -> Path:
+    """A sweep over the arms / fractions / folds in ``qwk``, jobs numbered in Hydra's order; the arms are swept
+    as ``experiment=...`` or (``chooser="arm"``) as conf/experiment/paper.yaml does, ``arm=...``."""
+    sweep = root / "multiruns" / "2026-01-01_00-00-00_000000"
+    sweep.mkdir(parents=True)
+    arms = list(dict.fromkeys(arm for arm, _ in qwk))
+    fractions = list(dict.fromkeys(fraction for _, fraction in qwk))
+    folds = range(len(next(iter(qwk.values()))))
+    (sweep / "multirun.yaml").write_text(MULTIRUN.format(
+        key=chooser, arms=",".join(arms), fractions=",".join(map(str, fractions)), folds=",".join(map(str, folds)),
+        task="[experiment=paper]" if chooser == "arm" else "[]"))
+    jobs = [(arm, fraction, fold) for arm in arms for fraction in fractions for fold in folds]
+    for num, (arm, fraction, fold) in enumerate(jobs):
+        write_job(sweep, num, arm, fraction, fold, qwk[arm, fraction][fold], chooser)
+    return sweep
+
+
+def job_dir(sweep: Path, arm: str, fraction: float, fold: int) -> Path:
+    for cfg_path in sweep.glob("*/.hydra/config.yaml"):
+        cfg = OmegaConf.load(cfg_path)
+        if (cfg.arm, cfg.data.label_fraction, cfg.data.fold) == (arm, fraction, fold):
+            return cfg_path.parent.parent
+    raise LookupError((arm, fraction, fold))
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ssl_dr.report", *map(str, args)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_complete_sweep_table_cell_by_cell(tmp_path):
+    sweep = make_sweep(tmp_path)
+    files = write_report(sweep)
+    assert files.complete and files.gaps == []
+    table = pd.read_csv(sweep / "report.csv")
+    assert list(table.columns) == ["arm", "label_fraction", "folds_present", "folds_expected",
+                                   "qwk_min", "qwk_avg", "qwk_max", "qwk_std"]
+    assert len(table) == len(QWK)
+    for (arm, fraction), values in QWK.items():
+        row = table[(table.arm == arm) & (table.label_fraction == fraction)].iloc[0]
+        assert row.folds_present == 3 and row.folds_expected == 3
+        assert row.qwk_min == pytest.approx(min(values))
+        assert row.qwk_avg == pytest.approx(sum(values) / 3)
+        assert row.qwk_max == pytest.approx(max(values))
+        assert row.qwk_std == pytest.approx(statistics.stdev(values))  # sample std, n - 1
+    markdown = (sweep / "report.md").read_text()
+    assert "Incomplete" not in markdown
+    values = QWK["rotation", 0.05]
+    assert f"| rotation | 5% | 3/3 | {sum(values) / 3:.3f} ({min(values):.3f} – {max(values):.3f}) |" in markdown
+    assert f"{sum(values) / 3:.3f} ± {statistics.stdev(values):.3f}" in markdown
+
+
+def test_paired_difference_and_ci_by_hand(tmp_path):
+    sweep = make_sweep(tmp_path)
+    write_report(sweep)
+    paired = pd.read_csv(sweep / "report_paired.csv")
+    assert len(paired) == 2 and set(paired.arm) == {"rotation"} and set(paired.baseline) == {"baseline"}
+    markdown = (sweep / "report.md").read_text()
+    assert "## Paired difference: arm minus baseline" in markdown
+    for fraction, label in ((0.05, "5%"), (0.1, "10%")):
+        diffs = [r - b for r, b in zip(QWK["rotation", fraction], QWK["baseline", fraction], strict=True)]
+        mean = sum(diffs) / 3
+        low, high = stats.t.interval(0.95, df=2, loc=mean, scale=stats.sem(diffs))
+        row = paired[paired.label_fraction == fraction].iloc[0]
+        assert row.pairs == 3 and row.folds == "0,1,2"
+        assert row.diff_mean == pytest.approx(mean)
+        assert (row.ci_low, row.ci_high) == (pytest.approx(low), pytest.approx(high))
+        assert f"| rotation | {label} | 3 | 0,1,2 | {mean:+.3f} | [{low:+.3f}, {high:+.3f}] |" in markdown
+
+
+def test_complete_sweep_plot_and_cli_exit_0(tmp_path, capsys):
+    sweep = make_sweep(tmp_path)
+    assert main([str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "| rotation | 10% | 3/3 |" in out and str(sweep / "qwk_vs_fraction.png") in out
+    png = sweep / "qwk_vs_fraction.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    with Image.open(png) as image:
+        assert image.width > 600 and image.height > 400
+
+
+def test_deleted_job_is_listed_missing_and_exits_1(tmp_path, capsys):
+    sweep = make_sweep(tmp_path)
+    shutil.rmtree(job_dir(sweep, "rotation", 0.1, 1))
+    assert main([str(sweep)]) == 1
+    captured = capsys.readouterr()
+    line = "MISSING: arm=rotation fraction=0.1 fold=1 (no job folder)"
+    assert line in captured.out and "incomplete: 1 expected job" in captured.err
+    markdown = (sweep / "report.md").read_text()
+    assert markdown.index("## Incomplete") < markdown.index(line) < markdown.index("## Test QWK")
+    row = pd.read_csv(sweep / "report.csv").set_index(["arm", "label_fraction"]).loc[("rotation", 0.1)]
+    assert (row.folds_present, row.folds_expected) == (2, 3)
+    values = [QWK["rotation", 0.1][fold] for fold in (0, 2)]
+    assert row.qwk_avg == pytest.approx(sum(values) / 2)
+    assert "| rotation | 10% | 2/3 **incomplete** |" in markdown
+    pair = paired_differences(collect(sweep)).set_index("label_fraction").loc[0.1]
+    assert (pair.pairs, pair.folds) == (2, "0,2")  # only folds both arms finished
+
+
+def test_crashed_job_is_listed_failed_with_last_log_line(tmp_path):
+    sweep = make_sweep(tmp_path)
+    job = job_dir(sweep, "baseline", 0.05, 2)
+    (job / "metrics.json").unlink()
+    (job / "train.log").write_text("[INFO] - epoch 1\n[ERROR] - RuntimeError: CUDA out of memory\n\n  \n")
+    files = write_report(sweep)
+    assert [str(gap) for gap in files.gaps] == [
+        f"FAILED: arm=baseline fraction=0.05 fold=2 (job {job.name}: [ERROR] - RuntimeError: CUDA out of memory)"]
+    assert str(files.gaps[0]) in files.markdown.read_text()
+    assert files.table.set_index(["arm", "label_fraction"]).loc[("baseline", 0.05)].folds_present == 2
+
+
+def test_cell_without_any_finished_fold_is_kept(tmp_path):
+    sweep = make_sweep(tmp_path)
+    for fold in range(3):
+        shutil.rmtree(job_dir(sweep, "baseline", 0.1, fold))
+    files = write_report(sweep)
+    row = files.table.set_index(["arm", "label_fraction"]).loc[("baseline", 0.1)]
+    assert row.folds_present == 0 and math.isnan(row.qwk_avg)
+    assert len(files.gaps) == 3
+    assert files.paired.set_index("label_fraction").loc[0.1].pairs == 0
+    assert "| baseline | 10% | 0/3 **incomplete** | no finished fold |" in files.markdown.read_text()
+
+
+@pytest.mark.parametrize("chooser", ["experiment", "arm"])
+def test_arm_with_no_job_left_is_still_expected_from_multirun_yaml(tmp_path, chooser):
+    sweep = make_sweep(tmp_path, chooser=chooser)
+    for fraction, fold in [(f, k) for f in (0.05, 0.1) for k in range(3)]:
+        shutil.rmtree(job_dir(sweep, "baseline", fraction, fold))
+    results = collect(sweep)
+    assert results.arms == ["baseline", "rotation"]
+    assert sum(gap.kind == "MISSING" and gap.arm == "baseline" for gap in results.gaps) == 6
+    assert set(summarise(results).query("arm == 'baseline'").folds_present) == {0}
+
+
+def test_swept_arm_choice_maps_to_the_arm_its_jobs_name(tmp_path):
+    """``arm=rot`` (a conf/arm option) whose config says ``arm: rotation`` is one arm, not two."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text("hydra:\n  sweeper:\n    params:\n      arm: rot\n      data.fold: 0,1\n")
+    job = write_job(sweep, 0, "rotation", 1.0, 0, 0.7)
+    (job / ".hydra" / "overrides.yaml").write_text("- arm=rot\n- data.fold=0\n")
+    results = collect(sweep)
+    assert results.arms == ["rotation"]
+    assert [str(gap) for gap in results.gaps] == ["MISSING: arm=rotation fraction=1 fold=1 (no job folder)"]
+
+
+def test_command_line_sweep_in_multirun_yaml(tmp_path):
+    """``-m data.fold=range(0,3)`` lands in hydra.overrides.task, not in the sweeper params."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text("hydra:\n  sweeper:\n    params: null\n  overrides:\n    task:\n"
+                                         "    - experiment=rotation\n    - data.fold=range(0,3)\n")
+    write_job(sweep, 0, "rotation", 1.0, 0, 0.7)
+    write_job(sweep, 2, "rotation", 1.0, 2, 0.6)
+    results = collect(sweep)
+    assert results.folds == [0, 1, 2]
+    assert [str(gap) for gap in results.gaps] == ["MISSING: arm=rotation fraction=1 fold=1 (no job folder)"]
+
+
+def test_single_arm_without_baseline_has_no_paired_section(tmp_path):
+    sweep = make_sweep(tmp_path, {key: values for key, values in QWK.items() if key[0] == "rotation"})
+    files = write_report(sweep, paper_reference=False)
+    assert files.paired.empty and files.paired_csv is None and not (sweep / "report_paired.csv").exists()
+    assert "Paired" not in files.markdown.read_text() and files.plot.stat().st_size > 10_000
+
+
+def test_one_fold_has_no_std_and_no_interval(tmp_path):
+    sweep = make_sweep(tmp_path, {("baseline", 0.05): [0.2], ("rotation", 0.05): [0.3]})
+    files = write_report(sweep)
+    assert files.table.qwk_std.isna().all()
+    markdown = files.markdown.read_text()
+    assert "0.300 ± n/a (1 fold)" in markdown and "| rotation | 5% | 1 | 0 | +0.100 | n=1: no interval |" in markdown
+
+
+def test_malformed_metrics_json_names_the_file(tmp_path, capsys):
+    sweep = make_sweep(tmp_path)
+    bad = job_dir(sweep, "rotation", 0.05, 0) / "metrics.json"
+    bad.write_text("{not json")
+    assert main([str(sweep)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}: malformed metrics.json") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("case", ["does_not_exist", "empty"])
+def test_cli_bad_folder_exits_2_without_traceback(tmp_path, case):
+    folder = tmp_path / case
+    if case == "empty":
+        folder.mkdir()
+    result = cli(folder)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and result.stderr.startswith(f"error: {folder}")
+    assert result.stderr.count("\n") == 1 and result.stdout == ""
