@@ -16,6 +16,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -23,13 +24,24 @@ from omegaconf import DictConfig
 
 from ssl_dr.backbone import BackboneWeightsError
 from ssl_dr.callbacks import NonFiniteLossError
-from ssl_dr.data.records import DataError
+from ssl_dr.data.records import DataError, Record
 from ssl_dr.data.splits import SplitConfig, records_with_role, split_roles, write_split
 from ssl_dr.phases import finetune, pretext_weights
 
 log = logging.getLogger(__name__)
 INITS = ("pretext", "random")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def pretext_pool(records: list[Record], table: pd.DataFrame, pool: str) -> list[Record]:
+    """``all``: every image, labelled or not, labels unread (the paper's protocol); ``train_only``: without
+    the held-out test fold (strict protocol: the pretext never sees a test image)."""
+    if pool == "all":
+        return list(records)
+    if pool == "train_only":
+        test_ids = set(table.loc[table.role == "test", "id_code"])
+        return [r for r in records if r.id_code not in test_ids]
+    raise DataError(f"pretext.pool={pool!r} must be 'all' or 'train_only'")
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -51,7 +63,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     init_weights, pretext_info = None, {}
     if cfg.init == "pretext":
-        init_weights, pretext_info = pretext_weights(cfg, records, out_dir)
+        init_weights, pretext_info = pretext_weights(cfg, pretext_pool(records, table, cfg.pretext.pool), out_dir)
     L.seed_everything(cfg.seed, workers=True)  # same fine-tune randomness whether the pretext ran or not
     scores = finetune(cfg, *(records_with_role(records, table, role) for role in ("train", "val", "test")),
                       init_weights=init_weights, out_dir=out_dir)

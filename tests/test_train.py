@@ -13,7 +13,9 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
 
+from ssl_dr.data.records import DataError
 from ssl_dr.train import CONFIG_DIR, train
 from tests.conftest import TINY, TINY_TRAINING, compose_cfg
 
@@ -84,8 +86,6 @@ def test_bad_setting_ends_in_one_clear_line(tmp_path):
 
 @pytest.mark.parametrize("data", ["synthetic", "aptos", "eyepacs", "csv"])
 def test_every_data_config_composes_and_instantiates(data, tmp_path):
-    from hydra.utils import instantiate
-
     cfg = compose_cfg(tmp_path, [f"data={data}", f"data.root={tmp_path}"])
     source = instantiate(cfg.data.source)
     assert source.root == tmp_path
@@ -99,3 +99,21 @@ def test_aptos_folder_through_real_config(tmp_path):
     cfg = compose_cfg(tmp_path, [*TINY_TRAINING, "experiment=baseline", "data=aptos", f"data.root={root}"])
     metrics = train(cfg)
     assert metrics["num_test"] == 12 and metrics["arm"] == "baseline"
+
+
+def test_pretext_pool_train_only_excludes_the_test_fold(tiny_cfg):
+    from ssl_dr.data.splits import SplitConfig, split_roles
+    from ssl_dr.train import pretext_pool
+
+    cfg = tiny_cfg("experiment=rotation")
+    source = instantiate(cfg.data.source)
+    source.prepare()
+    records = source.load()
+    table = split_roles(records, SplitConfig(fold=1))
+    strict = pretext_pool(records, table, "train_only")
+    test_ids = set(table.query("role == 'test'").id_code)
+    assert len(strict) == len(records) - len(test_ids) and not test_ids & {r.id_code for r in strict}
+    assert any(r.grade is None for r in strict)  # unlabelled images stay in the pool
+    assert pretext_pool(records, table, "all") == records
+    with pytest.raises(DataError, match="pretext.pool='fold'"):
+        pretext_pool(records, table, "fold")
