@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_dr.backbone import Backbone, load_backbone, save_backbone
+from ssl_dr.data.cache import ImageCache
 from ssl_dr.data.datamodule import FundusDataModule
 from ssl_dr.data.records import Record, pool_fingerprint
 from ssl_dr.data.transforms import AugmentConfig, build_transform
@@ -64,13 +65,15 @@ def pretext_description(cfg: DictConfig, pool: list[Record]) -> dict[str, Any]:
     return {"pretext": OmegaConf.to_container(cfg.pretext, resolve=True),
             "backbone": OmegaConf.to_container(cfg.model.backbone, resolve=True),
             "image_size": cfg.data.image_size,
+            "preprocess": OmegaConf.to_container(cfg.data.preprocess, resolve=True),
             "augment": OmegaConf.to_container(cfg.data.augment, resolve=True),
             "seed": cfg.seed, "pool_size": len(pool), "pool": pool_fingerprint(pool),
             "precision": str(cfg.trainer.get("precision")),
             "limits": {k: cfg.trainer.get(k) for k in ("limit_train_batches", "limit_val_batches")}}
 
 
-def pretext_weights(cfg: DictConfig, records: list[Record], out_dir: Path) -> tuple[Path, dict[str, Any]]:
+def pretext_weights(cfg: DictConfig, records: list[Record], cache: ImageCache, out_dir: Path
+                    ) -> tuple[Path, dict[str, Any]]:
     """Weights of the rotation pretext over the pool (all images; labels never read)."""
     pool = list(records)
     description = pretext_description(cfg, pool)
@@ -85,7 +88,7 @@ def pretext_weights(cfg: DictConfig, records: list[Record], out_dir: Path) -> tu
             meta = load_backbone(instantiate(cfg.model.backbone), found)
             print(f"[ssl_dr] reusing pretext {key} from {found}")
             return found, {"pretext/key": key, "pretext/reused": True, **meta}
-        meta = _train_pretext(cfg, pool, out_dir, key)
+        meta = _train_pretext(cfg, pool, cache, out_dir, key)
         path = entry_dir(cache_dir, key) / WEIGHTS_NAME
         save_backbone(meta.pop("backbone"), path, meta=meta)
         write_summary(cache_dir, key, {"key": key, "description": description, **meta})
@@ -93,7 +96,8 @@ def pretext_weights(cfg: DictConfig, records: list[Record], out_dir: Path) -> tu
     return path, {"pretext/key": key, "pretext/reused": False, **meta}
 
 
-def _train_pretext(cfg: DictConfig, pool: list[Record], out_dir: Path, key: str) -> dict[str, Any]:
+def _train_pretext(cfg: DictConfig, pool: list[Record], cache: ImageCache, out_dir: Path, key: str
+                   ) -> dict[str, Any]:
     """Train the pretext on a seeded 90/10 split of the pool; return its backbone and held-out metrics."""
     order = np.random.default_rng(cfg.data.split_seed).permutation(len(pool))
     n_val = max(1, round(cfg.pretext.val_fraction * len(pool)))
@@ -102,7 +106,8 @@ def _train_pretext(cfg: DictConfig, pool: list[Record], out_dir: Path, key: str)
     backbone: Backbone = instantiate(cfg.model.backbone)
     module = instantiate(cfg.pretext.module, backbone=backbone)
     datamodule = FundusDataModule(train, val, with_grades=False, batch_size=cfg.pretext.batch_size,
-                                  num_workers=cfg.data.num_workers, **_transforms(cfg, backbone, "pretext"))
+                                  num_workers=cfg.data.num_workers, cache=cache,
+                                  **_transforms(cfg, backbone, "pretext"))
     started = time.time()
     callbacks = [c for c in _callbacks(cfg) if not isinstance(c, ModelCheckpoint)]  # it monitors val/qwk
     metrics = _fit(cfg, "pretext", f"pretext-{key[:8]}", module, datamodule,
@@ -113,8 +118,8 @@ def _train_pretext(cfg: DictConfig, pool: list[Record], out_dir: Path, key: str)
             "pretext/seconds": round(time.time() - started, 1), "pretext/trained_in": str(out_dir)}
 
 
-def finetune(cfg: DictConfig, train: list[Record], val: list[Record], test: list[Record],
-             init_weights: Path | None, out_dir: Path) -> dict[str, float]:
+def finetune(cfg: DictConfig, train: list[Record], val: list[Record], test: list[Record], cache: ImageCache,
+             init_weights: Path | None) -> dict[str, float]:
     """Grade with the backbone initialised from ``init_weights`` (or at random) and test the best
     checkpoint (chosen on ``val/qwk``) on the held-out fold."""
     backbone: Backbone = instantiate(cfg.model.backbone)
@@ -122,6 +127,7 @@ def finetune(cfg: DictConfig, train: list[Record], val: list[Record], test: list
         load_backbone(backbone, init_weights)
     module = instantiate(cfg.model.classifier, backbone=backbone)
     datamodule = FundusDataModule(train, val, test, with_grades=True, batch_size=cfg.data.batch_size,
-                                  num_workers=cfg.data.num_workers, **_transforms(cfg, backbone, "finetune"))
+                                  num_workers=cfg.data.num_workers, cache=cache,
+                                  **_transforms(cfg, backbone, "finetune"))
     run_name = f"{cfg.arm}-frac{cfg.data.label_fraction}-fold{cfg.data.fold}"
     return _fit(cfg, "finetune", run_name, module, datamodule, test=True, callbacks=_callbacks(cfg))

@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 
 from ssl_dr.backbone import BackboneWeightsError
 from ssl_dr.callbacks import NonFiniteLossError
+from ssl_dr.data.cache import build_cache
 from ssl_dr.data.records import DataError, Record
 from ssl_dr.data.splits import SplitConfig, records_with_role, split_roles, write_split
 from ssl_dr.phases import finetune, pretext_weights
@@ -60,13 +61,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                             val_fraction=cfg.data.val_fraction, label_fraction=cfg.data.label_fraction)
     table = split_roles(records, split_cfg)
     write_split(table, out_dir / "split.csv")
+    # decodes every image once (all unreadable files are reported together, before any training)
+    cache = build_cache(records, Path(cfg.paths.cache_dir) / "images", size=cfg.data.image_size,
+                        ben_graham=cfg.data.preprocess.ben_graham, num_workers=cfg.data.preprocess.num_workers)
 
     init_weights, pretext_info = None, {}
     if cfg.init == "pretext":
-        init_weights, pretext_info = pretext_weights(cfg, pretext_pool(records, table, cfg.pretext.pool), out_dir)
+        pool = pretext_pool(records, table, cfg.pretext.pool)
+        init_weights, pretext_info = pretext_weights(cfg, pool, cache, out_dir)
     L.seed_everything(cfg.seed, workers=True)  # same fine-tune randomness whether the pretext ran or not
     scores = finetune(cfg, *(records_with_role(records, table, role) for role in ("train", "val", "test")),
-                      init_weights=init_weights, out_dir=out_dir)
+                      cache=cache, init_weights=init_weights)
 
     metrics = {"arm": cfg.arm, "init": cfg.init, "label_fraction": cfg.data.label_fraction, "fold": cfg.data.fold,
                "seed": cfg.seed, "split_seed": cfg.data.split_seed,

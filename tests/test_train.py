@@ -117,3 +117,19 @@ def test_pretext_pool_train_only_excludes_the_test_fold(tiny_cfg):
     assert pretext_pool(records, table, "all") == records
     with pytest.raises(DataError, match="pretext.pool='fold'"):
         pretext_pool(records, table, "fold")
+
+
+def test_corrupt_images_are_all_named_before_training(tmp_path):
+    """Two unreadable files in an APTOS folder: one message naming both, exit 2, no training started."""
+    from ssl_dr.data.synthetic import write_synthetic_dataset
+
+    root = write_synthetic_dataset(tmp_path / "aptos", num_labelled=40, num_unlabelled=0, image_size=32)
+    (root / "train_images" / "syn_00003.png").write_bytes(b"")
+    truncated = root / "train_images" / "syn_00007.png"
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    result = subprocess.run([sys.executable, "-m", "ssl_dr.train", "experiment=baseline", "data=aptos",
+                             f"data.root={root}", *TINY_TRAINING], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "syn_00003.png" in result.stderr and "syn_00007.png" in result.stderr
+    assert "Traceback" not in result.stderr and "Epoch" not in result.stdout

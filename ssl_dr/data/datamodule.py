@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from ssl_dr.data.cache import ImageCache
 from ssl_dr.data.datasets import FundusDataset
 from ssl_dr.data.records import Record
 
@@ -19,14 +20,14 @@ class FundusDataModule(L.LightningDataModule):
 
     def __init__(self, train: Sequence[Record], val: Sequence[Record], test: Sequence[Record] = (), *,
                  train_transform: Callable, eval_transform: Callable, with_grades: bool,
-                 batch_size: int, num_workers: int = 0) -> None:
+                 batch_size: int, num_workers: int = 0, cache: ImageCache | None = None) -> None:
         super().__init__()
         if not train:
             raise ValueError("the training set is empty")
         self.datasets = {
-            "train": FundusDataset(train, train_transform, with_grades),
-            "val": FundusDataset(val, eval_transform, with_grades),
-            "test": FundusDataset(test, eval_transform, with_grades),
+            "train": FundusDataset(train, train_transform, with_grades, cache),
+            "val": FundusDataset(val, eval_transform, with_grades, cache),
+            "test": FundusDataset(test, eval_transform, with_grades, cache),
         }
         self.batch_size = batch_size
         self.num_workers = num_workers

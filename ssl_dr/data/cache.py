@@ -1,0 +1,258 @@
+"""Preprocessed-image cache: decode and preprocess each fundus photograph once, reuse it everywhere.
+
+Full-size fundus photographs are 2-10 megapixels; decoding them every epoch starves a GPU. So the
+images of a record list are decoded, cropped, resized (and optionally Ben-Graham normalised) ONCE per
+(images, preprocessing, size) into one uint8 ``.npy`` array, which every later run, fold and DDP rank
+memory-maps: reading a row is a page-cache copy, and the OS shares those pages between processes.
+
+Entries are content addressed (``cache_key``): the key hashes the preprocessing settings and every
+file's id, path, size and mtime, so a changed setting or a rewritten file gives a new entry and a stale
+one is never served. An entry is built in a temporary sibling folder and renamed into place only when
+complete, so a killed build never leaves a half entry that a later run trusts. Decoding every image
+also validates the whole set: all unreadable files are reported in one ``DataError``.
+
+Under DDP, build in ``prepare_data`` (one process per node) and open in ``setup``: ranks that race
+all build, the first to finish publishes and the others use its entry.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.lib.format import open_memmap
+from PIL import ImageFile
+from tqdm import tqdm
+
+from ssl_dr.data.datasets import read_rgb
+from ssl_dr.data.fundus_preprocess import preprocess
+from ssl_dr.data.records import DataError, Record
+
+PREPROCESS_VERSION = 1
+"""Bump whenever ``fundus_preprocess`` changes its output, so old entries are no longer matched."""
+ARRAY_NAME = "images.npy"
+INDEX_NAME = "index.json"
+CHUNK = 16
+"""Images per worker task: small enough for a smooth progress bar, large enough to amortise IPC."""
+MAX_LISTED = 20
+
+
+def cache_key(records: Sequence[Record], size: int, ben_graham: bool) -> str:
+    """Content address of the preprocessed images: settings + each file's id, path, size and mtime."""
+    digest = hashlib.sha256(json.dumps({"version": PREPROCESS_VERSION, "size": size,
+                                        "ben_graham": bool(ben_graham)}, sort_keys=True).encode())
+    missing = []
+    for rec in _sorted_unique(records):
+        path = rec.path.resolve()
+        try:
+            stat = path.stat()
+        except OSError as err:
+            missing.append(f"{rec.id_code}: {path} ({err.strerror})")
+            continue
+        digest.update(f"{rec.id_code}\t{path}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    if missing:
+        raise DataError(_listing(f"{len(missing)} image file(s) cannot be found", missing,
+                                 "restore the files or remove their rows"))
+    return digest.hexdigest()[:20]
+
+
+class ImageCache:
+    """Read-only view of one complete cache entry: ``(N, size, size, 3)`` uint8 rows, looked up by id.
+
+    The memory map is opened lazily and dropped when pickled, so sending the cache to DataLoader
+    workers costs a few bytes and each worker maps the file itself.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        index = json.loads((self.path / INDEX_NAME).read_text())
+        self.key: str = index["key"]
+        self.size: int = index["size"]
+        self.ben_graham: bool = index["ben_graham"]
+        self.ids: list[str] = index["ids"]
+        self._rows = {id_code: row for row, id_code in enumerate(self.ids)}
+        self._array: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def array(self) -> np.ndarray:
+        """All rows, memory-mapped read-only (opened on first use in each process)."""
+        if self._array is None:
+            self._array = np.load(self.path / ARRAY_NAME, mmap_mode="r")
+        return self._array
+
+    def row(self, index: int) -> np.ndarray:
+        """Image at row ``index`` (rows are in ``ids`` order), as a writable in-memory copy."""
+        return np.array(self.array[index])
+
+    def image(self, id_code: str) -> np.ndarray:
+        """Preprocessed image of ``id_code``, ``(size, size, 3)`` uint8."""
+        try:
+            return self.row(self._rows[id_code])
+        except KeyError:
+            raise KeyError(f"{id_code!r} is not in the image cache {self.path}") from None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_array": None}
+
+
+def build_cache(records: Sequence[Record], cache_root: str | Path, size: int, ben_graham: bool,
+                num_workers: int | None = None) -> ImageCache:
+    """Open the cache entry of these records and settings, building it first when there is none.
+
+    A build decodes every image with ``read_rgb``, runs ``preprocess`` and writes the rows in ``id_code``
+    order, in ``num_workers`` processes (default: all CPUs; 0 or 1: in this process). Unreadable files
+    are all reported together in one ``DataError``; nothing is published then.
+    """
+    key = cache_key(records, size, ben_graham)
+    root = Path(cache_root).expanduser()
+    final = root / key
+    if _is_complete(final, key):
+        return ImageCache(final)
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_dead_temps(root, key)
+    workers = (os.cpu_count() or 1) if num_workers is None else num_workers
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(key), dir=root))
+    try:
+        _write_entry(tmp, _sorted_unique(records), size, ben_graham, key, workers)
+        _publish(tmp, final, key)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ImageCache(final)
+
+
+def _sorted_unique(records: Sequence[Record]) -> list[Record]:
+    ordered = sorted(records, key=lambda r: r.id_code)
+    duplicates = sorted({a.id_code for a, b in pairwise(ordered) if a.id_code == b.id_code})
+    if duplicates:
+        raise DataError(_listing(f"{len(duplicates)} duplicate id_code(s)", duplicates,
+                                 "each image must be listed once"))
+    return ordered
+
+
+def _listing(title: str, items: Sequence[str], fix: str) -> str:
+    shown = "\n  ".join(items[:MAX_LISTED])
+    more = f"\n  ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    return f"{title}:\n  {shown}{more}\n{fix}"
+
+
+def _is_complete(entry: Path, key: str) -> bool:
+    """An entry is trusted only with a matching index and an array of the shape that index promises."""
+    try:
+        index = json.loads((entry / INDEX_NAME).read_text())
+        array = np.load(entry / ARRAY_NAME, mmap_mode="r")
+    except (OSError, ValueError, EOFError):  # missing, unparsable, or an empty/truncated array file
+        return False
+    size = index.get("size")
+    return (index.get("key") == key and index.get("version") == PREPROCESS_VERSION
+            and array.dtype == np.uint8 and array.shape == (len(index.get("ids", ())), size, size, 3))
+
+
+def _write_entry(folder: Path, records: list[Record], size: int, ben_graham: bool, key: str,
+                 num_workers: int) -> None:
+    """Fill ``folder`` with the array and index; raise one ``DataError`` listing every bad image."""
+    array_path = folder / ARRAY_NAME
+    open_memmap(array_path, mode="w+", dtype=np.uint8, shape=(len(records), size, size, 3)).flush()
+    tasks = [(array_path, start, [r.path for r in records[start:start + CHUNK]], size, ben_graham)
+             for start in range(0, len(records), CHUNK)]
+    failures = []
+    with tqdm(total=len(records), desc=f"caching {len(records)} images at {size} px", unit="img") as bar:
+        for done, errors in _run(tasks, num_workers):
+            failures += errors
+            bar.update(done)
+    if failures:
+        raise DataError(_listing(f"{len(failures)} image file(s) cannot be read", failures,
+                                 "replace or remove these files (or their rows), then run again"))
+    index = {"key": key, "version": PREPROCESS_VERSION, "size": size, "ben_graham": bool(ben_graham),
+             "ids": [r.id_code for r in records]}
+    (folder / INDEX_NAME).write_text(json.dumps(index))
+
+
+def _run(tasks: list[tuple], num_workers: int) -> Iterator[tuple[int, list[str]]]:
+    """``_fill_rows`` over the tasks, in this process for one worker (no pool start-up), else in a pool."""
+    with _strict_decoding():
+        if num_workers <= 1 or len(tasks) <= 1:
+            yield from (_fill_rows(*task) for task in tasks)
+            return
+        pool = ProcessPoolExecutor(max_workers=min(num_workers, len(tasks)))
+        try:
+            yield from (future.result() for future in as_completed([pool.submit(_fill_rows, *t) for t in tasks]))
+        finally:
+            pool.shutdown(cancel_futures=True)  # a failed or interrupted build stops queued work at once
+
+
+@contextmanager
+def _strict_decoding() -> Iterator[None]:
+    """A truncated file must fail, not be baked into the cache half grey: PIL's global must stay off.
+
+    Pool workers are forked inside this context, so they inherit the setting.
+    """
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def _fill_rows(array_path: Path, start: int, paths: list[Path], size: int,
+               ben_graham: bool) -> tuple[int, list[str]]:
+    """Worker: preprocess ``paths`` into rows ``start...`` of the array; return (count, failure messages)."""
+    array = np.load(array_path, mmap_mode="r+")
+    errors = []
+    for row, path in enumerate(paths, start=start):
+        try:
+            array[row] = preprocess(read_rgb(path), size, ben_graham)
+        except DataError as err:
+            errors.append(str(err) if isinstance(err, DataError) else f"cannot read image {path}: {err}")
+    array.flush()
+    return len(paths), errors
+
+
+def _publish(tmp: Path, final: Path, key: str) -> None:
+    """Rename the finished build into place; if a racing process published first, keep theirs."""
+    tmp.chmod(0o755)  # mkdtemp made it private; other users' runs must be able to read the entry
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if _is_complete(final, key):
+            return
+        shutil.rmtree(final)  # a damaged entry (its index or array does not match the key): replace it
+        os.replace(tmp, final)
+
+
+def _temp_prefix(key: str) -> str:
+    return f".{key}.tmp-{socket.gethostname()}-{os.getpid()}-"
+
+
+def _remove_dead_temps(root: Path, key: str) -> None:
+    """Delete temp folders of builds killed on this host (their process is gone); others are left alone."""
+    host_prefix = f".{key}.tmp-{socket.gethostname()}-"
+    for folder in root.glob(f"{glob.escape(host_prefix)}*"):
+        pid = folder.name[len(host_prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        pass
+    return True
