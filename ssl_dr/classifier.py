@@ -24,9 +24,11 @@ from ssl_dr.optim import configure_optimizers
 class DRClassifier(L.LightningModule):
     """Grades 0-4 from a fundus image; logs ``{val,test}/{loss,acc,qwk}``."""
 
-    def __init__(self, backbone: Backbone, optimizer: partial, scheduler: partial | None = None,
-                 head_dropout: float = 0.2, freeze_epochs: int = 0) -> None:
+    def __init__(self, backbone: Backbone, optimizer: partial | None = None, scheduler: partial | None = None,
+                 head_dropout: float = 0.2, freeze_epochs: int = 0, inference: dict[str, Any] | None = None) -> None:
         super().__init__()
+        # `inference` (backbone name, image size, preprocessing, mean/std) travels in the checkpoint so
+        # prediction and export rebuild the exact input pipeline without the user re-typing it.
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.backbone = backbone
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(backbone.num_features, NUM_GRADES))
@@ -73,4 +75,6 @@ class DRClassifier(L.LightningModule):
         self._evaluate(batch, "test")
 
     def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            raise ValueError("DRClassifier was built without an optimizer (inference only)")
         return configure_optimizers(self, self.optimizer_factory, self.scheduler_factory)

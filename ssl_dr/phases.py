@@ -125,7 +125,10 @@ def finetune(cfg: DictConfig, train: list[Record], val: list[Record], test: list
     backbone: Backbone = instantiate(cfg.model.backbone)
     if init_weights is not None:
         load_backbone(backbone, init_weights)
-    module = instantiate(cfg.model.classifier, backbone=backbone)
+    mean, std = backbone.normalization()
+    inference = {"backbone": backbone.name, "image_size": cfg.data.image_size, "mean": list(mean), "std": list(std),
+                 "preprocess": OmegaConf.to_container(cfg.data.preprocess, resolve=True)}
+    module = instantiate(cfg.model.classifier, backbone=backbone, inference=inference)
     datamodule = FundusDataModule(train, val, test, with_grades=True, batch_size=cfg.data.batch_size,
                                   num_workers=cfg.data.num_workers, cache=cache,
                                   **_transforms(cfg, backbone, "finetune"))

@@ -133,3 +133,18 @@ def test_corrupt_images_are_all_named_before_training(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert "syn_00003.png" in result.stderr and "syn_00007.png" in result.stderr
     assert "Traceback" not in result.stderr and "Epoch" not in result.stdout
+
+
+def test_checkpoint_carries_what_inference_needs(tiny_cfg):
+    import torch
+
+    from ssl_dr.backbone import Backbone
+    from ssl_dr.classifier import DRClassifier
+
+    out = Path(train(tiny_cfg("experiment=baseline", run="ckpt"))["output_dir"])
+    ckpt = out / "checkpoints" / "best.ckpt"
+    inference = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]["inference"]
+    assert inference["backbone"] == "densenet121" and inference["image_size"] == 32
+    assert inference["preprocess"]["ben_graham"] is False and len(inference["mean"]) == 3
+    model = DRClassifier.load_from_checkpoint(ckpt, backbone=Backbone(inference["backbone"]), weights_only=True)
+    assert model.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 5)
