@@ -26,7 +26,14 @@ from ssl_dr.backbone import BackboneWeightsError
 from ssl_dr.callbacks import NonFiniteLossError
 from ssl_dr.data.cache import build_cache
 from ssl_dr.data.records import DataError, Record
-from ssl_dr.data.splits import SplitConfig, records_with_role, split_roles, write_split
+from ssl_dr.data.splits import (
+    SplitConfig,
+    read_folds,
+    records_with_role,
+    split_roles,
+    stored_folds,
+    write_split,
+)
 from ssl_dr.phases import finetune, pretext_weights
 
 log = logging.getLogger(__name__)
@@ -59,7 +66,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     records = source.load()
     split_cfg = SplitConfig(num_folds=cfg.data.num_folds, fold=cfg.data.fold, split_seed=cfg.data.split_seed,
                             val_fraction=cfg.data.val_fraction, label_fraction=cfg.data.label_fraction)
-    table = split_roles(records, split_cfg)
+    folds_path = stored_folds(records, split_cfg.num_folds, split_cfg.split_seed, Path(cfg.paths.cache_dir) / "folds")
+    table = split_roles(records, split_cfg, read_folds(folds_path, records))
     write_split(table, out_dir / "split.csv")
     # decodes every image once (all unreadable files are reported together, before any training)
     cache = build_cache(records, Path(cfg.paths.cache_dir) / "images", size=cfg.data.image_size,
@@ -73,7 +81,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     scores = finetune(cfg, *(records_with_role(records, table, role) for role in ("train", "val", "test")),
                       cache=cache, init_weights=init_weights)
 
-    metrics = {"arm": cfg.arm, "init": cfg.init, "label_fraction": cfg.data.label_fraction, "fold": cfg.data.fold,
+    metrics = {"arm": cfg.arm, "init": cfg.init, "folds_file": str(folds_path.resolve()),
+               "label_fraction": cfg.data.label_fraction, "fold": cfg.data.fold,
                "seed": cfg.seed, "split_seed": cfg.data.split_seed,
                "num_train": int((table.role == "train").sum()), "num_val": int((table.role == "val").sum()),
                "num_test": int((table.role == "test").sum()), "output_dir": str(out_dir),

@@ -4,10 +4,11 @@ fail with the config key to change."""
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from ssl_dr.data.records import DataError, Record
-from ssl_dr.data.splits import SplitConfig, assign_folds, split_roles, stratified_take
+from ssl_dr.data.splits import SplitConfig, assign_folds, read_folds, split_roles, stored_folds, stratified_take
 
 MIX = np.array([0.49, 0.10, 0.27, 0.05, 0.08]) / 0.99
 
@@ -99,3 +100,27 @@ def test_grade_without_training_image_is_named():
     rare_fold = assign_folds(grades, [None] * len(grades), 5, 42)[-1]
     with pytest.raises(DataError, match=r"grade\(s\) \[3\] without a training image"):
         split_roles(recs, SplitConfig(fold=int(rare_fold)))
+
+
+def test_fold_file_written_once_and_agrees_with_split(tmp_path):
+    recs = make_records()
+    path = stored_folds(recs, 5, 42, tmp_path)
+    assert stored_folds(recs, 5, 42, tmp_path) == path and len(list(tmp_path.iterdir())) == 1
+    folds = pd.read_csv(path, dtype={"id_code": str})
+    assert list(folds.columns) == ["id_code", "diagnosis", "group", "fold"] and len(folds) == 400
+    table = split_roles(recs, SplitConfig(fold=3), read_folds(path, recs))
+    assert set(table.query("role == 'test'").id_code) == set(folds.query("fold == 3").id_code)
+    assert table.equals(split_roles(recs, SplitConfig(fold=3)))
+    assert stored_folds(recs, 5, 7, tmp_path) != path  # another seed, another file
+    assert stored_folds(recs[:300], 5, 42, tmp_path) != path  # other data, another file
+
+
+def test_stored_folds_are_read_not_recomputed(tmp_path):
+    recs = make_records()
+    path = stored_folds(recs, 5, 42, tmp_path)
+    table = pd.read_csv(path, dtype={"id_code": str})
+    table["fold"] = (table.fold + 1) % 5  # a user's edited (cited) split is honoured
+    table.to_csv(path, index=False)
+    assert (read_folds(path, recs) == table.fold.to_numpy()).all()
+    with pytest.raises(DataError, match="does not match the labelled images"):
+        read_folds(path, recs[:100])

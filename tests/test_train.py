@@ -34,6 +34,8 @@ def test_rotation_then_baseline_share_split_and_reuse_pretext(tiny_cfg, tmp_path
     split = pd.read_csv(out / "split.csv")
     assert list(split.columns) == ["id_code", "diagnosis", "role"]
     assert saved["num_test"] == (split.role == "test").sum()
+    folds = pd.read_csv(saved["folds_file"], dtype={"id_code": str})  # the citable fold file agrees
+    assert set(split.query("role == 'test'").id_code) == set(folds.query("fold == 0").id_code)
 
     again = train(tiny_cfg("experiment=rotation", "data.label_fraction=0.5", run="rot2"))
     assert again["pretext/reused"] is True and again["pretext/key"] == rot["pretext/key"]

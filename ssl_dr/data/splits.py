@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,14 +82,62 @@ def stratified_take(grades: np.ndarray, fraction: float, rng_seed: int, min_per_
     return mask
 
 
-def split_roles(records: Sequence[Record], cfg: SplitConfig) -> pd.DataFrame:
-    """``id_code, diagnosis, role`` for every labelled record (the content of ``split.csv``)."""
-    cfg.validate()
+def _labelled_rows(records: Sequence[Record]) -> list[Record]:
     rows = labelled(records)
     if not rows:
         raise DataError("no labelled images found: fine-tuning needs a CSV with grades")
+    return rows
+
+
+def fold_table(records: Sequence[Record], num_folds: int, split_seed: int) -> pd.DataFrame:
+    """``id_code, diagnosis, group, fold`` for every labelled record."""
+    rows = _labelled_rows(records)
     grades = np.array([r.grade for r in rows], dtype=int)
-    folds = assign_folds(grades, [r.group for r in rows], cfg.num_folds, cfg.split_seed)
+    folds = assign_folds(grades, [r.group for r in rows], num_folds, split_seed)
+    return pd.DataFrame({"id_code": [r.id_code for r in rows], "diagnosis": grades,
+                         "group": [r.group or "" for r in rows], "fold": folds})
+
+
+def stored_folds(records: Sequence[Record], num_folds: int, split_seed: int, folds_dir: Path) -> Path:
+    """The dataset's fold CSV, written once per (labelled ids/grades/groups, k, seed) and then reused.
+
+    Reading the stored file (rather than recomputing) keeps a published split fixed even if the
+    splitting library changes; the name carries a fingerprint of the data so another dataset never
+    reads it. Written to a temporary name and renamed, so a crash leaves no half file.
+    """
+    table = fold_table(records, num_folds, split_seed)
+    digest = hashlib.sha256(table[["id_code", "diagnosis", "group"]].to_csv(index=False).encode()).hexdigest()[:12]
+    path = Path(folds_dir) / f"folds-k{num_folds}-seed{split_seed}-{digest}.csv"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        table.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    return path
+
+
+def read_folds(path: Path, records: Sequence[Record]) -> np.ndarray:
+    """Fold per labelled record (in record order) from a fold CSV; it must cover exactly these images."""
+    table = pd.read_csv(path, dtype={"id_code": str})
+    by_id = dict(zip(table.id_code, table.fold, strict=True))
+    rows = _labelled_rows(records)
+    missing = [r.id_code for r in rows if r.id_code not in by_id]
+    if missing or len(by_id) != len(rows):
+        raise DataError(f"fold file {path} does not match the labelled images ({len(missing)} missing, "
+                        f"{len(by_id)} listed vs {len(rows)} labelled); delete it to rebuild")
+    return np.array([by_id[r.id_code] for r in rows], dtype=int)
+
+
+def split_roles(records: Sequence[Record], cfg: SplitConfig, folds: np.ndarray | None = None) -> pd.DataFrame:
+    """``id_code, diagnosis, role`` for every labelled record (the content of ``split.csv``).
+
+    ``folds`` (per labelled record, e.g. from ``read_folds``) defaults to ``assign_folds``.
+    """
+    cfg.validate()
+    rows = _labelled_rows(records)
+    grades = np.array([r.grade for r in rows], dtype=int)
+    if folds is None:
+        folds = assign_folds(grades, [r.group for r in rows], cfg.num_folds, cfg.split_seed)
     roles = np.full(len(rows), "unused", dtype=object)
     roles[folds == cfg.fold] = "test"
     pool = np.flatnonzero(folds != cfg.fold)
