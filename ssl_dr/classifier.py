@@ -47,10 +47,10 @@ class DRClassifier(L.LightningModule):
         return self.current_epoch < self.freeze_epochs
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        # Set every batch: Lightning puts the whole module back in train mode after validation.
+        # Set every batch, both ways: Lightning restores each module's own mode after validation (a frozen
+        # encoder would stay in eval mode forever) and sets train mode on a fit resumed from a checkpoint.
         self.backbone.requires_grad_(not self.encoder_frozen)
-        if self.encoder_frozen:
-            self.backbone.eval()
+        self.backbone.train(not self.encoder_frozen)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, grades = batch

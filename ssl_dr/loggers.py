@@ -14,8 +14,11 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 
-def build_loggers(cfg: DictConfig, phase: str, run_name: str) -> list[Logger]:
-    """Instantiate every logger in ``cfg.logger`` for one phase and give it the run's config."""
+def build_loggers(cfg: DictConfig, phase: str, run_name: str, run_id: str) -> list[Logger]:
+    """Instantiate every logger in ``cfg.logger`` for one phase and give it the run's config.
+
+    ``run_id`` is stable for a phase (same run folder / same pretext key), so a resumed phase continues
+    its W&B run (``resume="allow"``) instead of starting a second one."""
     loggers: list[Logger] = []
     for logger_cfg in (cfg.get("logger") or {}).values():
         if logger_cfg is None:
@@ -25,7 +28,8 @@ def build_loggers(cfg: DictConfig, phase: str, run_name: str) -> list[Logger]:
         if issubclass(cls, CSVLogger):
             extra = {"name": phase, "version": ""}
         elif issubclass(cls, WandbLogger):
-            extra = {"name": run_name, "job_type": phase, **({"group": group} if (group := sweep_group(cfg)) else {})}
+            extra = {"name": run_name, "job_type": phase, "id": run_id, "resume": "allow",
+                     **({"group": group} if (group := sweep_group(cfg)) else {})}
         logger = instantiate(logger_cfg, **extra)
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         loggers.append(logger)

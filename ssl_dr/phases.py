@@ -7,6 +7,8 @@ picks the checkpoint with the best ``val/qwk`` and tests it on the held-out fold
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,16 @@ from ssl_dr.data.datamodule import FundusDataModule
 from ssl_dr.data.records import Record, pool_fingerprint
 from ssl_dr.data.transforms import AugmentConfig, build_transform
 from ssl_dr.loggers import build_loggers, close_loggers
-from ssl_dr.pretext_store import LOCK_NAME, WEIGHTS_NAME, entry_dir, pretext_key, stored_weights, write_summary
+from ssl_dr.pretext_store import (
+    LOCK_NAME,
+    PARTIAL_DIR,
+    WEIGHTS_NAME,
+    entry_dir,
+    pretext_key,
+    stored_weights,
+    write_summary,
+)
+from ssl_dr.resume import RngStateCallback
 
 
 def _transforms(cfg: DictConfig, backbone: Backbone, train_kind: str) -> dict[str, Any]:
@@ -35,14 +46,21 @@ def _transforms(cfg: DictConfig, backbone: Backbone, train_kind: str) -> dict[st
             "eval_transform": build_transform("eval", size, mean, std, augment, seed=cfg.seed)}
 
 
-def _fit(cfg: DictConfig, phase: str, run_name: str, module: Any, datamodule: FundusDataModule,
-         test: bool = False, **trainer_overrides: Any) -> dict[str, float]:
-    """Fit (and optionally test the best checkpoint) with loggers that are closed whatever happens."""
-    loggers = build_loggers(cfg, phase, run_name)
+def _fit(cfg: DictConfig, phase: str, run_id: str, run_name: str, module: Any, datamodule: FundusDataModule,
+         callbacks: list[Callback], resume_from: Path | None, test: bool = False,
+         **trainer_overrides: Any) -> dict[str, float]:
+    """Fit from scratch or from ``resume_from`` (and optionally test the best checkpoint), with loggers
+    that are closed whatever happens. ``run_id`` makes a resumed phase continue its W&B run."""
+    loggers = build_loggers(cfg, phase, run_name, run_id)
     failed = True
     try:
-        trainer: Trainer = instantiate(cfg.trainer, logger=loggers, **trainer_overrides)
-        trainer.fit(module, datamodule=datamodule)
+        trainer: Trainer = instantiate(cfg.trainer, logger=loggers, callbacks=[*callbacks, RngStateCallback()],
+                                       **trainer_overrides)
+        if resume_from is not None:
+            print(f"[ssl_dr] resuming {phase} from {resume_from}")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+        if not trainer.callback_metrics:  # resumed from the final checkpoint: fit had nothing left to run
+            trainer.validate(module, datamodule=datamodule, verbose=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if test:
             best = trainer.checkpoint_callback
@@ -88,17 +106,23 @@ def pretext_weights(cfg: DictConfig, records: list[Record], cache: ImageCache, o
             meta = load_backbone(instantiate(cfg.model.backbone), found)
             print(f"[ssl_dr] reusing pretext {key} from {found}")
             return found, {"pretext/key": key, "pretext/reused": True, **meta}
-        meta = _train_pretext(cfg, pool, cache, out_dir, key)
+        partial = entry_dir(cache_dir, key) / PARTIAL_DIR
+        meta = _train_pretext(cfg, pool, cache, out_dir, key, partial)
         path = entry_dir(cache_dir, key) / WEIGHTS_NAME
         save_backbone(meta.pop("backbone"), path, meta=meta)
         write_summary(cache_dir, key, {"key": key, "description": description, **meta})
+        shutil.rmtree(partial, ignore_errors=True)
     print(f"[ssl_dr] pretext {key}: held-out rotation accuracy {meta['pretext/val_acc']:.3f}; saved {path}")
     return path, {"pretext/key": key, "pretext/reused": False, **meta}
 
 
-def _train_pretext(cfg: DictConfig, pool: list[Record], cache: ImageCache, out_dir: Path, key: str
-                   ) -> dict[str, Any]:
-    """Train the pretext on a seeded 90/10 split of the pool; return its backbone and held-out metrics."""
+def _train_pretext(cfg: DictConfig, pool: list[Record], cache: ImageCache, out_dir: Path, key: str,
+                   partial: Path) -> dict[str, Any]:
+    """Train the pretext on a seeded 90/10 split of the pool; return its backbone and held-out metrics.
+
+    Its checkpoints go to ``partial`` inside the content-addressed entry: a pretext killed midway is
+    continued by whichever run needs the same key next (same key = same settings, so this is safe).
+    """
     order = np.random.default_rng(cfg.data.split_seed).permutation(len(pool))
     n_val = max(1, round(cfg.pretext.val_fraction * len(pool)))
     val = [pool[i] for i in order[:n_val]]
@@ -110,18 +134,21 @@ def _train_pretext(cfg: DictConfig, pool: list[Record], cache: ImageCache, out_d
                                   **_transforms(cfg, backbone, "pretext"))
     started = time.time()
     callbacks = [c for c in _callbacks(cfg) if not isinstance(c, ModelCheckpoint)]  # it monitors val/qwk
-    metrics = _fit(cfg, "pretext", f"pretext-{key[:8]}", module, datamodule,
-                   max_epochs=cfg.pretext.max_epochs, enable_checkpointing=False,
-                   default_root_dir=str(out_dir / "pretext"), callbacks=callbacks)
+    callbacks.append(ModelCheckpoint(dirpath=partial, filename="last", save_top_k=1, every_n_epochs=1))
+    last = partial / "last.ckpt"
+    metrics = _fit(cfg, "pretext", f"pretext-{key}", f"pretext-{key[:8]}", module, datamodule, callbacks,
+                   resume_from=last if last.is_file() else None, max_epochs=cfg.pretext.max_epochs,
+                   default_root_dir=str(out_dir / "pretext"))
     return {"backbone": backbone, "pretext/val_acc": metrics.get("pretext/val_acc"),
             "pretext/val_loss": metrics.get("pretext/val_loss"), "pretext/train_acc": metrics.get("pretext/train_acc"),
             "pretext/seconds": round(time.time() - started, 1), "pretext/trained_in": str(out_dir)}
 
 
 def finetune(cfg: DictConfig, train: list[Record], val: list[Record], test: list[Record], cache: ImageCache,
-             init_weights: Path | None) -> dict[str, float]:
+             init_weights: Path | None, out_dir: Path) -> dict[str, float]:
     """Grade with the backbone initialised from ``init_weights`` (or at random) and test the best
-    checkpoint (chosen on ``val/qwk``) on the held-out fold."""
+    checkpoint (chosen on ``val/qwk``) on the held-out fold. With ``resume`` set, continue from the
+    run folder's ``checkpoints/last.ckpt`` when there is one."""
     backbone: Backbone = instantiate(cfg.model.backbone)
     if init_weights is not None:
         load_backbone(backbone, init_weights)
@@ -133,4 +160,7 @@ def finetune(cfg: DictConfig, train: list[Record], val: list[Record], test: list
                                   num_workers=cfg.data.num_workers, cache=cache,
                                   **_transforms(cfg, backbone, "finetune"))
     run_name = f"{cfg.arm}-frac{cfg.data.label_fraction}-fold{cfg.data.fold}"
-    return _fit(cfg, "finetune", run_name, module, datamodule, test=True, callbacks=_callbacks(cfg))
+    last = out_dir / "checkpoints" / "last.ckpt"
+    run_id = f"{cfg.arm}-{hashlib.sha256(str(out_dir.resolve()).encode()).hexdigest()[:12]}"
+    return _fit(cfg, "finetune", run_id, run_name, module, datamodule, _callbacks(cfg),
+                resume_from=last if cfg.resume and last.is_file() else None, test=True)

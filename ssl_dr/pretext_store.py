@@ -15,6 +15,8 @@ from typing import Any
 WEIGHTS_NAME = "backbone.pt"
 SUMMARY_NAME = "pretext.json"
 LOCK_NAME = ".lock"
+# checkpoints of a pretext still training (removed once the weights are saved)
+PARTIAL_DIR = "partial"
 
 
 def pretext_key(description: dict[str, Any]) -> str:

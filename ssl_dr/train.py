@@ -35,8 +35,10 @@ from ssl_dr.data.splits import (
     write_split,
 )
 from ssl_dr.phases import finetune, pretext_weights
+from ssl_dr.resume import register_resolvers
 
 log = logging.getLogger(__name__)
+register_resolvers()  # before @hydra.main composes: hydra.run.dir uses ${ssl_dr.run_dir:...}
 INITS = ("pretext", "random")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -79,7 +81,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         init_weights, pretext_info = pretext_weights(cfg, pool, cache, out_dir)
     L.seed_everything(cfg.seed, workers=True)  # same fine-tune randomness whether the pretext ran or not
     scores = finetune(cfg, *(records_with_role(records, table, role) for role in ("train", "val", "test")),
-                      cache=cache, init_weights=init_weights)
+                      cache=cache, init_weights=init_weights, out_dir=out_dir)
 
     metrics = {"arm": cfg.arm, "init": cfg.init, "folds_file": str(folds_path.resolve()),
                "label_fraction": cfg.data.label_fraction, "fold": cfg.data.fold,

@@ -30,7 +30,7 @@ def _hydra_cfg(tmp_path, mode: RunMode, *overrides: str):
 def test_multirun_jobs_share_the_sweep_group(tmp_path):
     cfg = _hydra_cfg(tmp_path, RunMode.MULTIRUN, "experiment=paper")
     assert sweep_group(cfg) == "paper-2026-01-01_00-00-00_000001"
-    loggers = build_loggers(cfg, "finetune", "rotation-frac0.1-fold2")
+    loggers = build_loggers(cfg, "finetune", "rotation-frac0.1-fold2", "rotation-0123456789ab")
     try:
         wandb_logger = next(lg for lg in loggers if isinstance(lg, WandbLogger))
         run = wandb_logger.experiment

@@ -25,7 +25,7 @@ class FundusDataModule(L.LightningDataModule):
         if not train:
             raise ValueError("the training set is empty")
         self.datasets = {
-            "train": FundusDataset(train, train_transform, with_grades, cache),
+            "train": FundusDataset(train, train_transform, with_grades, cache, random=True),
             "val": FundusDataset(val, eval_transform, with_grades, cache),
             "test": FundusDataset(test, eval_transform, with_grades, cache),
         }

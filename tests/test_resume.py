@@ -1,0 +1,86 @@
+"""Kill a real training process (SIGKILL, mid-training), start it again with resume=last, and get the same
+final metrics as an uninterrupted run; the same command twice gives identical results."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY
+
+COMPARED = ("test/qwk", "test/acc", "test/loss", "val/qwk_best", "pretext/val_acc", "pretext/val_loss", "num_train")
+
+
+def _command(*overrides: str) -> list[str]:
+    return [sys.executable, "-m", "ssl_dr.train", *TINY, *overrides]
+
+
+def _run(cwd: Path, *overrides: str) -> dict:
+    result = subprocess.run(_command(*overrides), cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    newest = max(cwd.glob("outputs/*/runs/*/metrics.json"), key=lambda p: p.stat().st_mtime)
+    return json.loads(newest.read_text())
+
+
+def _kill_when(cwd: Path, pattern: str, *overrides: str) -> None:
+    """Start training and SIGKILL it as soon as a file matching ``pattern`` (a checkpoint) appears."""
+    process = subprocess.Popen(_command(*overrides), cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list(cwd.glob(pattern)):
+        assert process.poll() is None, "training ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _same(a: dict, b: dict) -> None:
+    for key in COMPARED:
+        assert a.get(key) == pytest.approx(b.get(key), abs=0), key
+
+
+@pytest.mark.parametrize(("experiment", "checkpoint"), [
+    ("baseline", "outputs/*/runs/*/checkpoints/last.ckpt"),  # killed during the fine-tune
+    ("rotation", "cache/pretext/*/partial/last.ckpt"),  # killed during the pretext
+])
+def test_killed_run_resumes_to_the_same_metrics(tmp_path, experiment, checkpoint):
+    overrides = (f"experiment={experiment}", "trainer.max_epochs=4", "pretext.max_epochs=3")
+    fresh, killed = tmp_path / "a", tmp_path / "b"
+    fresh.mkdir()
+    killed.mkdir()
+    reference = _run(fresh, *overrides)
+    _kill_when(killed, checkpoint, *overrides)
+    assert not list(killed.glob("outputs/*/runs/*/metrics.json"))
+    resumed = _run(killed, *overrides, "resume=last")
+    (run_dir,) = (killed / "outputs" / experiment / "runs").iterdir()  # continued in the same folder
+    assert Path(resumed["output_dir"]) == run_dir
+    _same(resumed, reference)
+
+
+def test_same_command_twice_is_identical(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    a = _run(first, "experiment=rotation")
+    b = _run(second, "experiment=rotation")
+    _same(a, b)
+    split_a, split_b = (Path(m["output_dir"]) / "split.csv" for m in (a, b))
+    assert split_a.read_text() == split_b.read_text()
+    c = _run(second, "experiment=rotation", "seed=7")  # another init, same folds
+    assert (Path(c["output_dir"]) / "split.csv").read_text() == split_a.read_text()
+    assert c["pretext/val_loss"] != a["pretext/val_loss"]
+
+
+def test_resume_refuses_another_command(tmp_path):
+    _kill_when(tmp_path, "outputs/*/runs/*/checkpoints/last.ckpt", "experiment=baseline", "trainer.max_epochs=4")
+    result = subprocess.run(_command("experiment=baseline", "trainer.max_epochs=5", "resume=last"), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "resume=last: no unfinished run started with" in result.stderr
