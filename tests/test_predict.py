@@ -1,0 +1,250 @@
+"""``ssl_dr.predict`` and the shared ``inference`` helpers, on one tiny real model trained per session.
+
+The reference everywhere is the training pipeline itself (preprocessing cache + ``eval`` transform +
+the checkpoint's DRClassifier), so these tests catch any drift between how a model was trained and how
+it is applied.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ssl_dr.data.cache import build_cache
+from ssl_dr.data.datasets import FundusDataset
+from ssl_dr.data.records import Record
+from ssl_dr.data.transforms import AugmentConfig, build_transform
+from ssl_dr.explain import main as explain_main
+from ssl_dr.export import main as export_main
+from ssl_dr.inference import (
+    InferenceError,
+    InferenceSpec,
+    InputArgs,
+    load_classifier,
+    parse_args,
+    predict_proba,
+    read_spec,
+    tta_views,
+)
+from ssl_dr.predict import PROB_COLUMNS, PredictArgs
+from ssl_dr.predict import main as predict_main
+from ssl_dr.train import train
+from tests.conftest import TINY, compose_cfg
+
+
+@dataclass(frozen=True)
+class TinyRun:
+    """The session's tiny baseline run: checkpoint, its input pipeline, model, and the synthetic data."""
+
+    ckpt: Path
+    data: Path
+    spec: InferenceSpec
+    model: torch.nn.Module
+
+    @property
+    def images(self) -> list[Path]:
+        return sorted((self.data / "train_images").glob("*.png"))
+
+
+_SESSION: dict[str, TinyRun] = {}
+
+
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
+    """Train ONE tiny model per session; the explain and export tests call this too and share it."""
+    if "run" not in _SESSION:
+        root = tmp_path_factory.mktemp("inference")
+        cfg = compose_cfg(root, [*TINY, "experiment=baseline"], run="tiny")
+        ckpt = Path(train(cfg)["output_dir"]) / "checkpoints" / "best.ckpt"
+        spec = read_spec(ckpt)
+        _SESSION["run"] = TinyRun(ckpt=ckpt, data=Path(cfg.data.root), spec=spec, model=load_classifier(ckpt, spec))
+    return _SESSION["run"]
+
+
+def pipeline_tensors(run: TinyRun, paths: list[Path], cache_dir: Path) -> torch.Tensor:
+    """The images exactly as training evaluates them: preprocessing cache + ``eval`` transform."""
+    records = [Record(id_code=p.stem, path=p, grade=None) for p in paths]
+    spec = run.spec
+    cache = build_cache(records, cache_dir, size=spec.image_size, ben_graham=spec.ben_graham, num_workers=0)
+    transform = build_transform("eval", spec.image_size, spec.mean, spec.std, AugmentConfig(), seed=0)
+    dataset = FundusDataset(records, transform, with_grades=False, cache=cache)
+    return torch.stack([dataset[i] for i in range(len(dataset))])
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """One intra-op thread while a module's tests run: the 32 px model gains nothing from more, and on a
+    shared 2-core machine OpenMP threads waiting for each other made these tests ten times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Iterator[TinyRun]:
+    with one_thread():
+        yield tiny_run(tmp_path_factory)
+
+
+def _predict(run: TinyRun, images: Path, out: Path, *extra: str) -> pd.DataFrame:
+    predict_main([f"ckpt={run.ckpt}", f"images={images}", f"out={out}", "device=cpu", *extra])
+    return pd.read_csv(out, dtype={"id_code": str})
+
+
+def test_folder_prediction_is_the_models_argmax_on_training_tensors(run, tmp_path):
+    table = _predict(run, run.data / "train_images", tmp_path / "preds.csv", "probs=true", "batch_size=7")
+    assert list(table.columns) == ["id_code", "diagnosis", *PROB_COLUMNS]
+    assert list(table.id_code) == [p.stem for p in run.images]
+    probs = table[PROB_COLUMNS].to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    with torch.no_grad():
+        expected = run.model(pipeline_tensors(run, run.images, tmp_path / "cache")).softmax(dim=1).numpy()
+    np.testing.assert_array_equal(table.diagnosis.to_numpy(), expected.argmax(axis=1))
+    np.testing.assert_allclose(probs, expected, atol=2e-6)  # tta=none: the plain forward pass
+
+
+def test_csv_input_reads_test_images_next_to_the_csv_in_csv_order(run, tmp_path):
+    table = _predict(run, run.data / "test.csv", tmp_path / "sub.csv")
+    assert list(table.columns) == ["id_code", "diagnosis"]  # the Kaggle submission format
+    assert list(table.id_code) == list(pd.read_csv(run.data / "test.csv", dtype=str).id_code)
+    assert table.diagnosis.between(0, 4).all()
+
+
+def test_rot4_is_the_mean_softmax_over_the_four_rotations(run, tmp_path):
+    paths = run.images[:5]
+    folder = tmp_path / "few"
+    folder.mkdir()
+    for path in paths:
+        shutil.copy(path, folder / path.name)
+    table = _predict(run, folder, tmp_path / "rot4.csv", "probs=true", "tta=rot4")
+    # manual: rotate the preprocessed uint8 image, then normalise (checks that TTA commutes with it)
+    cache = build_cache([Record(p.stem, p, None) for p in paths], tmp_path / "cache", size=run.spec.image_size,
+                        ben_graham=run.spec.ben_graham, num_workers=0)
+    transform = build_transform("eval", run.spec.image_size, run.spec.mean, run.spec.std, AugmentConfig(), seed=0)
+    with torch.no_grad():
+        views = [torch.stack([transform(image=np.ascontiguousarray(np.rot90(cache.image(p.stem), k)))["image"]
+                              for p in paths]) for k in range(4)]
+        manual = torch.stack([run.model(v).softmax(dim=1) for v in views]).mean(dim=0).numpy()
+    np.testing.assert_allclose(table[PROB_COLUMNS].to_numpy(), manual, atol=2e-6)
+    np.testing.assert_array_equal(table.diagnosis.to_numpy(), manual.argmax(axis=1))
+
+
+def test_tta_views(run):
+    images = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    assert len(tta_views(images, "none")) == 1 and torch.equal(tta_views(images, "none")[0], images)
+    assert len(tta_views(images, "flip")) == 2 and len(tta_views(images, "rot4")) == 4
+    dihedral = tta_views(images, "flip_rot4")
+    assert len({tuple(v.flatten().tolist()) for v in dihedral}) == 8  # the 8 symmetries, all distinct
+    with torch.no_grad():
+        x = torch.randn(2, 3, run.spec.image_size, run.spec.image_size)
+        torch.testing.assert_close(predict_proba(run.model, x, "none"), run.model(x).softmax(dim=1))
+        flip = (run.model(x).softmax(dim=1) + run.model(x.flip(-1)).softmax(dim=1)) / 2
+        torch.testing.assert_close(predict_proba(run.model, x, "flip"), flip)
+
+
+def _bad_folder(run: TinyRun, folder: Path) -> Path:
+    folder.mkdir()
+    for path in run.images[:3]:
+        shutil.copy(path, folder / path.name)
+    (folder / "garbage.png").write_bytes(b"not an image at all")
+    (folder / "truncated.png").write_bytes(run.images[0].read_bytes()[:150])
+    return folder
+
+
+def test_bad_images_are_all_named_in_one_error_before_predicting(run, tmp_path, capsys):
+    folder = _bad_folder(run, tmp_path / "bad")
+    with pytest.raises(SystemExit) as exit_info:
+        _predict(run, folder, tmp_path / "preds.csv")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    err = err[err.index("error: "):]  # after the progress bar of the decoding pass
+    assert err.startswith("error: 2 of 5 image(s) cannot be read, nothing was predicted")
+    assert "garbage.png" in err and "truncated.png" in err and "skip_bad=true" in err
+    assert not (tmp_path / "preds.csv").exists()
+
+
+def test_skip_bad_lists_skipped_images_in_a_side_file(run, tmp_path, capsys):
+    folder = _bad_folder(run, tmp_path / "bad")
+    table = _predict(run, folder, tmp_path / "preds.csv", "skip_bad=true")
+    assert list(table.id_code) == [p.stem for p in run.images[:3]]
+    skipped = pd.read_csv(tmp_path / "preds.skipped.csv")
+    assert list(skipped.columns) == ["id_code", "path", "error"]
+    assert sorted(skipped.id_code) == ["garbage", "truncated"]
+    assert all(Path(p).name in e for p, e in zip(skipped.path, skipped.error, strict=True))
+    assert "skipped 2 unreadable image(s)" in capsys.readouterr().out
+
+
+def test_missing_csv_images_are_bad_images_too(run, tmp_path, capsys):
+    csv = tmp_path / "test.csv"
+    pd.DataFrame({"id_code": [run.images[0].stem, "nowhere"]}).to_csv(csv, index=False)
+    with pytest.raises(SystemExit):
+        _predict(run, csv, tmp_path / "preds.csv", f"image_dir={run.data / 'train_images'}")
+    assert "nowhere" in capsys.readouterr().err
+
+
+def test_parse_args_types_defaults_and_errors(tmp_path):
+    args = parse_args(PredictArgs, ["ckpt=a.ckpt", "images=imgs", "out=o.csv", "probs=true", "batch_size=4",
+                                    "num_workers=null", "tta=flip"])
+    assert args == PredictArgs(ckpt=Path("a.ckpt"), images=Path("imgs"), out=Path("o.csv"), probs=True,
+                               batch_size=4, num_workers=None, tta="flip")
+    assert parse_args(InputArgs, ["ckpt=a", "images=b"]).device == "auto"
+    for argv, message in [(["ckpt=a", "images=b", "tyop=1"], "unknown argument 'tyop'"),
+                          (["images=b", "out=c"], "missing required argument(s): ckpt="),
+                          (["ckpt=a", "images=b", "out=c", "tta=rot8"], "tta='rot8' must be one of"),
+                          (["ckpt=a", "images=b", "out=c", "batch_size=many"], "batch_size='many' must be"),
+                          (["ckpt=a", "images=b", "out=c", "probs=maybe"], "probs='maybe' must be true or false"),
+                          (["ckpt=a", "ckpt=b", "images=b", "out=c"], "'ckpt' given twice"),
+                          (["ckpt", "images=b", "out=c"], "'ckpt' is not key=value"),
+                          (["ckpt=a", "images=b", "out=c", "batch_size=0"], "batch_size=0 must be at least 1")]:
+        with pytest.raises(InferenceError, match=re.escape(message)):
+            parse_args(PredictArgs, argv)
+
+
+def test_cli_errors_are_one_line_exit_2_without_traceback(run, tmp_path):
+    """Real subprocesses (run concurrently): the message reaches the user exactly as printed."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, foreign)
+    base = [f"images={run.data / 'train_images'}", f"out={tmp_path / 'o.csv'}"]
+    cases = {
+        "not found": ["ssl_dr.predict", f"ckpt={tmp_path / 'missing.ckpt'}", *base],
+        "is not a DRClassifier checkpoint": ["ssl_dr.predict", f"ckpt={foreign}", *base],
+        "no png/jpg/jpeg/tif/tiff images in": ["ssl_dr.predict", f"ckpt={run.ckpt}", f"images={empty}",
+                                               f"out={tmp_path / 'o.csv'}"],
+        "unknown argument 'tta_mode'": ["ssl_dr.predict", f"ckpt={run.ckpt}", *base, "tta_mode=flip"],
+    }
+    procs = {expected: subprocess.Popen([sys.executable, "-m", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, env=SUBPROCESS_ENV) for expected, argv in cases.items()}
+    for expected, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2, (expected, err)
+        assert err.startswith("error: ") and expected in err and err.count("\n") == 1, err
+        assert "Traceback" not in err + out
+
+
+def test_explain_and_export_share_the_error_handling(run, capsys):
+    base = [f"ckpt={run.ckpt}", f"images={run.data / 'train_images'}", "out=unused"]
+    for main, argv, expected in [(explain_main, [*base, "grade=5"], "grade='5' must be one of"),
+                                 (export_main, [f"ckpt={run.ckpt}"], "missing required argument(s): out=")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.startswith(f"error: {expected}") and err.count("\n") == 1
