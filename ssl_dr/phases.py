@@ -36,6 +36,7 @@ from ssl_dr.pretext_store import (
     write_summary,
 )
 from ssl_dr.resume import RngStateCallback
+from ssl_dr.scale import await_choice, await_file, is_launch_rank_zero, publish_choice
 
 
 def _transforms(cfg: DictConfig, backbone: Backbone, train_kind: str) -> dict[str, Any]:
@@ -75,7 +76,10 @@ def _fit(cfg: DictConfig, phase: str, run_id: str, run_name: str, module: Any, d
 
 
 def _callbacks(cfg: DictConfig) -> list[Callback]:
-    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if cfg.get("scale") is not None:  # channels_last / compile / grad checkpointing (ssl_dr.scale)
+        callbacks.append(instantiate(cfg.scale))
+    return callbacks
 
 
 def pretext_description(cfg: DictConfig, pool: list[Record]) -> dict[str, Any]:
@@ -98,10 +102,13 @@ def pretext_weights(cfg: DictConfig, records: list[Record], cache: ImageCache, o
     key = pretext_key(description)
     cache_dir = Path(cfg.paths.cache_dir).resolve()
     entry_dir(cache_dir, key).mkdir(parents=True, exist_ok=True)
+    if not is_launch_rank_zero():  # another DDP rank of this run: rank 0 holds the lock while training with it
+        return _follow_rank_zero(cfg, pool, cache, out_dir, key)
     # Parallel sweep jobs: one trains, the others wait here and then reuse. The OS drops the lock of a
     # crashed job, and its weights were never renamed into place, so the next job retrains.
     with FileLock(entry_dir(cache_dir, key) / LOCK_NAME):
         found = stored_weights(cache_dir, key)
+        publish_choice(out_dir, f"pretext-{key}", {"reuse": found is not None})
         if found is not None:
             meta = load_backbone(instantiate(cfg.model.backbone), found)
             print(f"[ssl_dr] reusing pretext {key} from {found}")
@@ -114,6 +121,17 @@ def pretext_weights(cfg: DictConfig, records: list[Record], cache: ImageCache, o
         shutil.rmtree(partial, ignore_errors=True)
     print(f"[ssl_dr] pretext {key}: held-out rotation accuracy {meta['pretext/val_acc']:.3f}; saved {path}")
     return path, {"pretext/key": key, "pretext/reused": False, **meta}
+
+
+def _follow_rank_zero(cfg: DictConfig, pool: list[Record], cache: ImageCache, out_dir: Path, key: str
+                      ) -> tuple[Path, dict[str, Any]]:
+    """A DDP rank other than 0: reuse when rank 0 reuses, else train in the same DDP fit; rank 0 saves."""
+    entry = entry_dir(Path(cfg.paths.cache_dir).resolve(), key)
+    reuse = await_choice(out_dir, f"pretext-{key}")["reuse"]
+    if not reuse:
+        _train_pretext(cfg, pool, cache, out_dir, key, entry / PARTIAL_DIR)
+    path = await_file(entry / WEIGHTS_NAME)
+    return path, {"pretext/key": key, "pretext/reused": reuse, **load_backbone(instantiate(cfg.model.backbone), path)}
 
 
 def _train_pretext(cfg: DictConfig, pool: list[Record], cache: ImageCache, out_dir: Path, key: str,

@@ -36,6 +36,7 @@ from ssl_dr.data.splits import (
 )
 from ssl_dr.phases import finetune, pretext_weights
 from ssl_dr.resume import register_resolvers
+from ssl_dr.scale import check_multirun_strategy, is_launch_rank_zero
 
 log = logging.getLogger(__name__)
 register_resolvers()  # before @hydra.main composes: hydra.run.dir uses ${ssl_dr.run_dir:...}
@@ -89,7 +90,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                "num_train": int((table.role == "train").sum()), "num_val": int((table.role == "val").sum()),
                "num_test": int((table.role == "test").sum()), "output_dir": str(out_dir),
                **pretext_info, **scores}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str))
+    if is_launch_rank_zero():  # every DDP rank runs this job; one writes its result
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str))
     print(f"[ssl_dr] done: test/qwk = {metrics.get('test/qwk', float('nan')):.4f}  ({out_dir})")
     return metrics
 
@@ -106,6 +108,7 @@ def main(cfg: DictConfig) -> float:
     job is logged to its ``train.log`` and the sweep goes on, so one bad job cannot cost the others; the
     report then lists it as failed (it has no ``metrics.json``).
     """
+    check_multirun_strategy(cfg, HydraConfig.get())  # outside the try: a wrong launcher stops the sweep
     try:
         metrics = train(cfg)
     except (DataError, BackboneWeightsError, NonFiniteLossError) as err:
