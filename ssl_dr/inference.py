@@ -40,7 +40,7 @@ import torch
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
-from ssl_dr.data.csv_source import IMAGE_EXTENSIONS
+from ssl_dr.data.csv_source import IMAGE_EXTENSIONS, duplicate_ids, find_image
 from ssl_dr.data.datasets import read_rgb
 from ssl_dr.data.fundus_preprocess import preprocess
 from ssl_dr.data.records import DataError, Record
@@ -279,16 +279,13 @@ def _csv_records(csv_path: Path, image_dir: Path | None) -> list[Record]:
 
 
 def _image_file(folder: Path, id_code: str) -> Path:
-    """The file of ``id_code`` (the id itself, or id + any known extension); the bare path when none exists,
-    so decoding reports it as unreadable together with the other bad files."""
-    names = [id_code] if id_code.lower().endswith(IMAGE_EXTENSIONS) else []
-    names += [id_code + ext for ext in IMAGE_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS)]
-    return next((folder / n for n in names if (folder / n).is_file()), folder / id_code)
+    """The file of ``id_code``; the bare path when none exists, so decoding reports it as unreadable
+    together with the other bad files."""
+    return find_image(folder, id_code) or folder / id_code
 
 
 def _check_unique(ids: list[str], where: Path) -> None:
-    seen: set[str] = set()
-    duplicates = sorted({i for i in ids if i in seen or seen.add(i)})
+    duplicates = duplicate_ids(ids)
     if duplicates:
         raise InferenceError(f"{where}: duplicate id(s) {duplicates[:10]} (one file per id: e.g. a.png and "
                              "a.jpg share the id 'a')")

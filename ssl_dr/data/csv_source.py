@@ -119,14 +119,24 @@ def _image_path(image_dir: Path, id_code: str, row_number: int, problems: list[s
             "\\" in id_code:
         problems.append(f"row {row_number}: id {id_code!r} must be a plain file name inside {image_dir}")
         return None
-    candidates = [image_dir / id_code] if id_code.lower().endswith(IMAGE_EXTENSIONS) else []
-    candidates += [image_dir / f"{id_code}{ext}" for ext in IMAGE_EXTENSIONS + tuple(e.upper() for e in
-                                                                                       IMAGE_EXTENSIONS)]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    problems.append(f"row {row_number}: no image {image_dir / id_code}.png (or .jpg/.jpeg/.tif/.tiff)")
-    return None
+    found = find_image(image_dir, id_code)
+    if found is None:
+        problems.append(f"row {row_number}: no image {image_dir / id_code}.png (or .jpg/.jpeg/.tif/.tiff)")
+    return found
+
+
+def find_image(folder: Path, id_code: str) -> Path | None:
+    """The file of ``id_code`` in ``folder``: the id itself when it carries an extension, else id + any
+    known extension (either case); ``None`` when there is none."""
+    names = [id_code] if id_code.lower().endswith(IMAGE_EXTENSIONS) else []
+    names += [id_code + ext for ext in IMAGE_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS)]
+    return next((folder / n for n in names if (folder / n).is_file()), None)
+
+
+def duplicate_ids(ids: list[str]) -> list[str]:
+    """Ids listed more than once, sorted."""
+    seen: set[str] = set()
+    return sorted({i for i in ids if i in seen or seen.add(i)})
 
 
 def _folder_records(folder: Path) -> list[Record]:
@@ -144,8 +154,7 @@ def _raise_if(problems: list[str], where: str) -> None:
 
 
 def _check_unique(ids: list[str], root: Path) -> None:
-    seen: set[str] = set()
-    duplicates = sorted({i for i in ids if i in seen or seen.add(i)})
+    duplicates = duplicate_ids(ids)
     if duplicates:
         raise DataError(f"duplicate id(s) in {root}: {duplicates[:MAX_LISTED]}; each image must be listed once "
                         "across the labelled and unlabelled tables/folders")
