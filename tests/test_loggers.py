@@ -36,6 +36,7 @@ def test_multirun_jobs_share_the_sweep_group(tmp_path):
         run = wandb_logger.experiment
         assert (run.group, run.job_type, run.name) == ("paper-2026-01-01_00-00-00_000001", "finetune",
                                                         "rotation-frac0.1-fold2")
+        assert run.id == "rotation-0123456789ab"  # stable per run folder: a resumed phase continues this run
         assert run.config["arm"] == "rotation" and run.config["data"]["fold"] == 0
         assert next(lg for lg in loggers if isinstance(lg, CSVLogger)).log_dir.rstrip("/").endswith("job/finetune")
     finally:

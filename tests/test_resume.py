@@ -84,3 +84,20 @@ def test_resume_refuses_another_command(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "resume=last: no unfinished run started with" in result.stderr
+
+
+def test_fresh_runs_get_microsecond_folders_and_finished_runs_are_never_reused(tmp_path):
+    from ssl_dr.resume import run_dir
+
+    hydra_conf = (Path(__file__).parents[1] / "conf" / "hydra" / "default.yaml").read_text()
+    assert "%Y-%m-%d_%H-%M-%S_%f" in hydra_conf  # two runs in the same second never share a folder
+    assert run_dir(None, str(tmp_path), "2026-01-01_00-00-00_000001", ["experiment=baseline"]) == \
+        f"{tmp_path}/2026-01-01_00-00-00_000001"
+    done = tmp_path / "2026-01-01_00-00-00_000002"
+    (done / ".hydra").mkdir(parents=True)
+    (done / ".hydra" / "overrides.yaml").write_text("- experiment=baseline\n")
+    (done / "metrics.json").write_text("{}")
+    with pytest.raises(ValueError, match="already finished"):
+        run_dir(str(done), str(tmp_path), "x", ["experiment=baseline", f"resume={done}"])
+    with pytest.raises(ValueError, match="no unfinished run"):
+        run_dir("last", str(tmp_path), "x", ["experiment=baseline", "resume=last"])
