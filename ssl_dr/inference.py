@@ -40,10 +40,10 @@ import torch
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
-from ssl_dr.data.csv_source import IMAGE_EXTENSIONS, duplicate_ids, find_image
+from ssl_dr.data.csv_source import IMAGE_EXTENSIONS, find_image
 from ssl_dr.data.datasets import read_rgb
 from ssl_dr.data.fundus_preprocess import preprocess
-from ssl_dr.data.records import DataError, Record
+from ssl_dr.data.records import DataError, Record, duplicate_ids
 
 if TYPE_CHECKING:
     import albumentations as A

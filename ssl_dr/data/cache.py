@@ -27,7 +27,6 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ from tqdm import tqdm
 
 from ssl_dr.data.datasets import read_rgb
 from ssl_dr.data.fundus_preprocess import preprocess
-from ssl_dr.data.records import DataError, Record
+from ssl_dr.data.records import DataError, Record, bulleted, duplicate_ids
 
 PREPROCESS_VERSION = 1
 """Bump whenever ``fundus_preprocess`` changes its output, so old entries are no longer matched."""
@@ -136,18 +135,15 @@ def build_cache(records: Sequence[Record], cache_root: str | Path, size: int, be
 
 
 def _sorted_unique(records: Sequence[Record]) -> list[Record]:
-    ordered = sorted(records, key=lambda r: r.id_code)
-    duplicates = sorted({a.id_code for a, b in pairwise(ordered) if a.id_code == b.id_code})
+    duplicates = duplicate_ids([r.id_code for r in records])
     if duplicates:
         raise DataError(_listing(f"{len(duplicates)} duplicate id_code(s)", duplicates,
                                  "each image must be listed once"))
-    return ordered
+    return sorted(records, key=lambda r: r.id_code)
 
 
 def _listing(title: str, items: Sequence[str], fix: str) -> str:
-    shown = "\n  ".join(items[:MAX_LISTED])
-    more = f"\n  ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
-    return f"{title}:\n  {shown}{more}\n{fix}"
+    return f"{title}:\n{bulleted(items, MAX_LISTED)}\n{fix}"
 
 
 def _is_complete(entry: Path, key: str) -> bool:

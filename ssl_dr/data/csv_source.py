@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ssl_dr.data.records import NUM_GRADES, DataError, Record
+from ssl_dr.data.records import NUM_GRADES, DataError, Record, bulleted, duplicate_ids
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MAX_LISTED = 10
@@ -133,11 +133,6 @@ def find_image(folder: Path, id_code: str) -> Path | None:
     return next((folder / n for n in names if (folder / n).is_file()), None)
 
 
-def duplicate_ids(ids: list[str]) -> list[str]:
-    """Ids listed more than once, sorted."""
-    seen: set[str] = set()
-    return sorted({i for i in ids if i in seen or seen.add(i)})
-
 
 def _folder_records(folder: Path) -> list[Record]:
     if not folder.is_dir():
@@ -148,9 +143,7 @@ def _folder_records(folder: Path) -> list[Record]:
 
 def _raise_if(problems: list[str], where: str) -> None:
     if problems:
-        shown = "\n  ".join(problems[:MAX_LISTED])
-        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
-        raise DataError(f"{len(problems)} problem(s) {where}:\n  {shown}{more}")
+        raise DataError(f"{len(problems)} problem(s) {where}:\n{bulleted(problems, MAX_LISTED)}")
 
 
 def _check_unique(ids: list[str], root: Path) -> None:

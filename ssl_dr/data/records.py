@@ -29,6 +29,20 @@ class DataError(ValueError):
     """Bad user data or settings; the message names the file/field and the fix (shown without traceback)."""
 
 
+def duplicate_ids(ids: Sequence[str]) -> list[str]:
+    """Ids listed more than once, sorted."""
+    seen: set[str] = set()
+    return sorted({i for i in ids if i in seen or seen.add(i)})
+
+
+def bulleted(items: Sequence[str], limit: int) -> str:
+    """One indented line per item, the first ``limit`` of them, then how many more: error messages that
+    name every problem without flooding the terminal."""
+    shown = "\n  ".join(items[:limit])
+    more = f"\n  ... and {len(items) - limit} more" if len(items) > limit else ""
+    return f"  {shown}{more}"
+
+
 def labelled(records: Sequence[Record]) -> list[Record]:
     """Records that carry a grade (the only ones folds, fractions and metrics may use)."""
     return [r for r in records if r.grade is not None]
