@@ -58,21 +58,29 @@ class DRClassifier(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(grades))
         return loss
 
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
+        """Update the epoch metrics; return this batch's predicted grades and per-grade probabilities.
+
+        The loss is averaged across DDP ranks (``sync_dist``); QWK and accuracy are torchmetrics, whose
+        confusion-matrix states are summed over ranks, so they score the whole held-out set.
+        """
         images, grades = batch
         logits = self(images)
-        self.log(f"{stage}/loss", F.cross_entropy(logits, grades), on_epoch=True, batch_size=len(grades))
+        self.log(f"{stage}/loss", F.cross_entropy(logits, grades), on_epoch=True, batch_size=len(grades),
+                 sync_dist=True)
         preds = logits.argmax(dim=1)
         self.qwk[stage](preds, grades)
         self.acc[stage](preds, grades)
         self.log(f"{stage}/qwk", self.qwk[stage], prog_bar=True, on_epoch=True)
         self.log(f"{stage}/acc", self.acc[stage], on_epoch=True)
+        return {"preds": preds.detach(), "probs": logits.detach().float().softmax(dim=1)}
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        # returned so ssl_dr.predictions.TestPredictionWriter can save every test image's prediction
+        return self._evaluate(batch, "test")
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
