@@ -24,8 +24,16 @@ from ssl_dr.backbone import Backbone, load_backbone, save_backbone
 from ssl_dr.data.cache import ImageCache
 from ssl_dr.data.datamodule import FundusDataModule
 from ssl_dr.data.records import Record, pool_fingerprint
-from ssl_dr.data.transforms import AugmentConfig, build_transform
+from ssl_dr.data.transforms import (
+    AugmentConfig,
+    ContrastiveAugment,
+    ContrastiveViews,
+    build_contrastive_transform,
+    build_transform,
+)
 from ssl_dr.loggers import build_loggers, close_loggers
+from ssl_dr.predictions import PREDICTIONS_NAME, TestPredictionWriter
+from ssl_dr.pretexts import build_pretext
 from ssl_dr.pretext_store import (
     LOCK_NAME,
     PARTIAL_DIR,
@@ -40,9 +48,18 @@ from ssl_dr.scale import await_choice, await_file, is_launch_rank_zero, publish_
 
 
 def _transforms(cfg: DictConfig, backbone: Backbone, train_kind: str) -> dict[str, Any]:
+    """Train/eval transforms. ``train_kind``: ``finetune``, or the pretext's ``pretext.transform``:
+    ``pretext`` (single images, evaluated resized only) or ``contrastive`` (pairs of views for training
+    and evaluation alike, since the held-out SimCLR accuracy needs pairs too; those are fixed per image)."""
     mean, std = backbone.normalization()
-    augment = AugmentConfig(**OmegaConf.to_container(cfg.data.augment, resolve=True))
     size = cfg.data.image_size
+    if train_kind == "contrastive":
+        views = ContrastiveAugment(**OmegaConf.to_container(cfg.pretext.augment, resolve=True))
+        return {"train_transform": ContrastiveViews(build_contrastive_transform(size, mean, std, views, cfg.seed),
+                                                    cfg.seed),
+                "eval_transform": ContrastiveViews(build_contrastive_transform(size, mean, std, views, cfg.seed),
+                                                   cfg.seed, fixed=True)}
+    augment = AugmentConfig(**OmegaConf.to_container(cfg.data.augment, resolve=True))
     return {"train_transform": build_transform(train_kind, size, mean, std, augment, seed=cfg.seed),
             "eval_transform": build_transform("eval", size, mean, std, augment, seed=cfg.seed)}
 
@@ -96,7 +113,7 @@ def pretext_description(cfg: DictConfig, pool: list[Record]) -> dict[str, Any]:
 
 def pretext_weights(cfg: DictConfig, records: list[Record], cache: ImageCache, out_dir: Path
                     ) -> tuple[Path, dict[str, Any]]:
-    """Weights of the rotation pretext over the pool (all images; labels never read)."""
+    """Weights of the configured pretext (``cfg.pretext``) over the pool (all images; labels never read)."""
     pool = list(records)
     description = pretext_description(cfg, pool)
     key = pretext_key(description)
@@ -119,7 +136,8 @@ def pretext_weights(cfg: DictConfig, records: list[Record], cache: ImageCache, o
         save_backbone(meta.pop("backbone"), path, meta=meta)
         write_summary(cache_dir, key, {"key": key, "description": description, **meta})
         shutil.rmtree(partial, ignore_errors=True)
-    print(f"[ssl_dr] pretext {key}: held-out rotation accuracy {meta['pretext/val_acc']:.3f}; saved {path}")
+    print(f"[ssl_dr] pretext {key}: held-out {cfg.pretext.name} accuracy {meta['pretext/val_acc']:.3f}; "
+          f"saved {path}")
     return path, {"pretext/key": key, "pretext/reused": False, **meta}
 
 
@@ -146,10 +164,10 @@ def _train_pretext(cfg: DictConfig, pool: list[Record], cache: ImageCache, out_d
     val = [pool[i] for i in order[:n_val]]
     train = [pool[i] for i in order[n_val:]]
     backbone: Backbone = instantiate(cfg.model.backbone)
-    module = instantiate(cfg.pretext.module, backbone=backbone)
+    module = build_pretext(cfg, backbone)
     datamodule = FundusDataModule(train, val, with_grades=False, batch_size=cfg.pretext.batch_size,
                                   num_workers=cfg.data.num_workers, cache=cache,
-                                  **_transforms(cfg, backbone, "pretext"))
+                                  **_transforms(cfg, backbone, cfg.pretext.transform))
     started = time.time()
     callbacks = [c for c in _callbacks(cfg) if not isinstance(c, ModelCheckpoint)]  # it monitors val/qwk
     callbacks.append(ModelCheckpoint(dirpath=partial, filename="last", save_top_k=1, every_n_epochs=1))
@@ -165,7 +183,8 @@ def _train_pretext(cfg: DictConfig, pool: list[Record], cache: ImageCache, out_d
 def finetune(cfg: DictConfig, train: list[Record], val: list[Record], test: list[Record], cache: ImageCache,
              init_weights: Path | None, out_dir: Path) -> dict[str, float]:
     """Grade with the backbone initialised from ``init_weights`` (or at random) and test the best
-    checkpoint (chosen on ``val/qwk``) on the held-out fold. With ``resume`` set, continue from the
+    checkpoint (chosen on ``val/qwk``) on the held-out fold, writing every test image's prediction to
+    ``test_predictions.csv``. With ``resume`` set, continue from the
     run folder's ``checkpoints/last.ckpt`` when there is one."""
     backbone: Backbone = instantiate(cfg.model.backbone)
     if init_weights is not None:
@@ -180,5 +199,6 @@ def finetune(cfg: DictConfig, train: list[Record], val: list[Record], test: list
     run_name = f"{cfg.arm}-frac{cfg.data.label_fraction}-fold{cfg.data.fold}"
     last = out_dir / "checkpoints" / "last.ckpt"
     run_id = f"{cfg.arm}-{hashlib.sha256(str(out_dir.resolve()).encode()).hexdigest()[:12]}"
-    return _fit(cfg, "finetune", run_id, run_name, module, datamodule, _callbacks(cfg),
+    callbacks = [*_callbacks(cfg), TestPredictionWriter(out_dir / PREDICTIONS_NAME)]
+    return _fit(cfg, "finetune", run_id, run_name, module, datamodule, callbacks,
                 resume_from=last if cfg.resume and last.is_file() else None, test=True)

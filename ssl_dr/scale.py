@@ -51,17 +51,25 @@ class ScaleCallback(Callback):
     """
 
     def __init__(self, channels_last: bool | str = "auto", compile: bool = False,
-                 grad_checkpointing: bool = False) -> None:
+                 grad_checkpointing: bool = False, lr_scaling: str = "auto") -> None:
         if channels_last not in (True, False, "auto"):
             raise ValueError(f"scale.channels_last={channels_last!r} must be true, false or auto")
+        if lr_scaling not in LR_SCALING_RULES:
+            raise ValueError(f"scale.lr_scaling={lr_scaling!r} must be one of {', '.join(LR_SCALING_RULES)}")
         self.channels_last = channels_last
         self.compile = compile
         self.grad_checkpointing = grad_checkpointing
+        self.lr_scaling = lr_scaling
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":  # the test after a fit reuses the same (already converted) module
             return
         model = backbone_model(pl_module)
+        # read by ssl_dr.optim.configure_optimizers, which the strategy calls after this hook
+        pl_module.lr_scale = lr_scale(self.lr_scaling, trainer.world_size, _optimizer_name(pl_module))
+        if trainer.world_size > 1 and trainer.is_global_zero:
+            print(f"[ssl_dr] {trainer.world_size} ranks: global batch = {trainer.world_size} x per-rank batch; "
+                  f"learning rate x{pl_module.lr_scale:.3g} (scale.lr_scaling={self.lr_scaling})")
         if self.grad_checkpointing:
             model.set_grad_checkpointing(True)
         if self.wants_channels_last(trainer):
@@ -74,6 +82,31 @@ class ScaleCallback(Callback):
         if self.channels_last == "auto":
             return isinstance(trainer.accelerator, CUDAAccelerator)
         return bool(self.channels_last)
+
+
+# How the learning rate follows the global batch (world_size x per-rank batch) under DDP. As in timm's
+# training script: linear for SGD-like optimisers (Goyal et al. 2017), square root for adaptive ones
+# (Adam/AdamW/Ada*/Lamb), whose effective step already adapts to gradient noise. One rank: factor 1.
+LR_SCALING_RULES = ("auto", "linear", "sqrt", "none")
+ADAPTIVE_OPTIMIZER_TAGS = ("adam", "ada", "lamb", "lion")
+
+
+def lr_scale(rule: str, world_size: int, optimizer_name: str = "") -> float:
+    """Factor for the configured learning rate when ``world_size`` ranks each take a config-sized batch."""
+    if rule == "auto":
+        rule = "sqrt" if any(tag in optimizer_name.lower() for tag in ADAPTIVE_OPTIMIZER_TAGS) else "linear"
+    if rule == "linear":
+        return float(world_size)
+    if rule == "sqrt":
+        return float(world_size) ** 0.5
+    if rule == "none":
+        return 1.0
+    raise ValueError(f"scale.lr_scaling={rule!r} must be one of {', '.join(LR_SCALING_RULES)}")
+
+
+def _optimizer_name(pl_module: nn.Module) -> str:
+    factory = getattr(pl_module, "optimizer_factory", None)
+    return getattr(getattr(factory, "func", factory), "__name__", "")
 
 
 def backbone_model(pl_module: nn.Module) -> nn.Module:
@@ -156,7 +189,11 @@ class GpuSlot(HydraCallback):
                  slot, self.num_gpus, os.getpid())
 
 
-class MultirunStrategyError(ValueError):
+class ScaleSettingsError(ValueError):
+    """Trainer/launcher settings that cannot work together; the message names the key and the fix."""
+
+
+class MultirunStrategyError(ScaleSettingsError):
     """A multi-process training strategy inside a Hydra multirun whose launcher cannot host it."""
 
 
@@ -179,6 +216,20 @@ def check_multirun_strategy(cfg: DictConfig, hydra_cfg: DictConfig) -> None:
         "hydra/launcher=submitit_slurm (SLURM starts one task per GPU and Lightning joins them); "
         "trainer=gpu hydra/launcher=local_gpus (one GPU per job, several jobs at once on one node); "
         "or run each DDP job on its own, without -m (see docs/scaling.md).")
+
+
+def check_sync_batchnorm(trainer_cfg: DictConfig, cuda_available: bool | None = None) -> None:
+    """Refuse ``trainer.sync_batchnorm`` on CPU processes before anything starts: torch's SyncBatchNorm only
+    runs on accelerators and would otherwise fail at the first training step, deep inside a forward pass."""
+    if not trainer_cfg.get("sync_batchnorm", False) or _process_count(trainer_cfg) == 1:
+        return
+    cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    if accelerator == "cpu" or (accelerator == "auto" and not cuda):
+        raise ScaleSettingsError(
+            "trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm does not run on CPU processes); "
+            "for DDP on the CPU add trainer.sync_batchnorm=false (each process then keeps its own BatchNorm "
+            "statistics)")
 
 
 def _strategy_name(strategy: Any) -> str:

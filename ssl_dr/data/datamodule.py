@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from ssl_dr.data.cache import ImageCache
@@ -33,8 +34,10 @@ class FundusDataModule(L.LightningDataModule):
         self.num_workers = num_workers
 
     def _loader(self, stage: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.datasets[stage], batch_size=self.batch_size, shuffle=shuffle,
-                          drop_last=shuffle and len(self.datasets[stage]) > self.batch_size,
+        dataset = self.datasets[stage]
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle,
+                          sampler=None if shuffle else _evaluation_sampler(dataset),
+                          drop_last=shuffle and len(dataset) > self.batch_size,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           pin_memory=torch.cuda.is_available())
 
@@ -46,3 +49,17 @@ class FundusDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+def _evaluation_sampler(dataset: FundusDataset) -> UnrepeatedDistributedSampler | None:
+    """Under DDP, shard val/test so that every image is scored exactly once.
+
+    Lightning's default ``DistributedSampler`` pads the shards to equal length by repeating images, which
+    would count those images twice in ``val/qwk`` and ``test/qwk``. This sampler gives rank r the images
+    r, r + W, r + 2W, ... (shards may differ by one image); Lightning keeps a user-given
+    ``DistributedSampler`` as it is. ``None`` (plain sequential order) outside DDP.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    return UnrepeatedDistributedSampler(dataset, num_replicas=torch.distributed.get_world_size(),
+                                        rank=torch.distributed.get_rank(), shuffle=False)

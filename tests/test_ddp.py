@@ -1,0 +1,100 @@
+"""DDP: a real 2-process run on the CPU (gloo) scores the whole held-out fold, each image exactly once.
+
+Lightning's default distributed sampler pads each rank's shard by repeating images, and an unsynced metric
+would score one rank's shard only; both would make ``test/qwk`` disagree with the QWK of the saved
+per-image predictions, which is what this checks. SyncBatchNorm needs CUDA, so it is off here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, cohen_kappa_score
+
+from ssl_dr.data.datamodule import _evaluation_sampler
+from ssl_dr.predictions import PREDICTIONS_NAME
+from ssl_dr.scale import ScaleCallback, lr_scale
+from ssl_dr.train import train
+
+# 62 labelled images -> a 13-image test fold: odd, so two equal shards are impossible without repeats
+DDP_RUN = ["data.source.num_labelled=62", "data.source.num_unlabelled=8", "data.source.image_size=32",
+           "data.image_size=32", "data.batch_size=8", "pretext.batch_size=4", "pretext.max_epochs=1",
+           "trainer.max_epochs=4", "model.classifier.freeze_epochs=0", "trainer.limit_val_batches=2",
+           "logger=csv", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+           "trainer.precision=32-true", "trainer.sync_batchnorm=false"]
+
+
+def _check_predictions_against_metrics(run: Path) -> tuple[pd.DataFrame, dict]:
+    metrics = json.loads((run / "metrics.json").read_text())
+    table = pd.read_csv(run / PREDICTIONS_NAME)
+    split = pd.read_csv(run / "split.csv")
+    test_ids = split.loc[split.role == "test", "id_code"]
+    assert table.id_code.is_unique, "an image was scored twice"
+    assert sorted(table.id_code) == sorted(test_ids), "predictions do not cover exactly the test fold"
+    assert len(table) == metrics["num_test"]
+    grades = split.set_index("id_code").loc[table.id_code, "diagnosis"].to_numpy()
+    assert (table.grade.to_numpy() == grades).all()
+    qwk = cohen_kappa_score(table.grade, table.pred, weights="quadratic", labels=list(range(5)))
+    assert metrics["test/qwk"] == pytest.approx(qwk, abs=1e-5)
+    assert metrics["test/acc"] == pytest.approx(accuracy_score(table.grade, table.pred), abs=1e-6)
+    probs = table[[f"p{k}" for k in range(5)]].to_numpy()
+    assert (probs.argmax(axis=1) == table.pred.to_numpy()).all()
+    return table, metrics
+
+
+def test_two_process_ddp_run_on_cpu_scores_the_whole_test_fold_once(tmp_path):
+    env = {**os.environ, "WANDB_SILENT": "true"}
+    result = subprocess.run([sys.executable, "-m", "ssl_dr.train", "experiment=rotation", *DDP_RUN],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (tmp_path / "outputs" / "rotation" / "runs").iterdir()
+    table, metrics = _check_predictions_against_metrics(run)
+    assert metrics["num_test"] % 2 == 1  # the case where padding would have duplicated an image
+    assert math.isfinite(metrics["pretext/val_acc"]) and metrics["pretext/reused"] is False
+    assert len(list((tmp_path / "cache" / "pretext").glob("*/backbone.pt"))) == 1, "one pretext, saved once"
+    # both phases ran on 2 ranks: AdamW's learning rate follows the global batch (sqrt rule)
+    assert result.stdout.count("2 ranks: global batch") == 2
+    lrs = pd.read_csv(run / "finetune" / "metrics.csv")["lr-AdamW"].dropna()
+    assert lrs.iloc[0] == pytest.approx(3e-4 * math.sqrt(2))
+
+
+def test_single_process_run_writes_the_same_prediction_file(tiny_cfg):
+    cfg = tiny_cfg("experiment=baseline")
+    train(cfg)
+    _check_predictions_against_metrics(Path(cfg.paths.output_dir))
+
+
+def test_evaluation_loaders_are_plain_outside_ddp():
+    assert not torch.distributed.is_initialized()
+    assert _evaluation_sampler(list(range(5))) is None
+
+
+@pytest.mark.parametrize(("rule", "optimizer", "factor"), [
+    ("auto", "AdamW", 2.0), ("auto", "SGD", 4.0), ("linear", "AdamW", 4.0), ("sqrt", "SGD", 2.0),
+    ("none", "AdamW", 1.0)])
+def test_learning_rate_rules_for_four_ranks(rule, optimizer, factor):
+    assert lr_scale(rule, 4, optimizer) == factor
+    assert lr_scale(rule, 1, optimizer) == 1.0
+
+
+def test_unknown_lr_rule_names_the_key():
+    with pytest.raises(ValueError, match="scale.lr_scaling='cubic'"):
+        ScaleCallback(lr_scaling="cubic")
+
+
+def test_sync_batchnorm_on_cpu_processes_is_refused_with_the_fix(tiny_cfg):
+    from ssl_dr.scale import ScaleSettingsError, check_sync_batchnorm
+
+    cfg = tiny_cfg("trainer=ddp", "trainer.accelerator=cpu")
+    with pytest.raises(ScaleSettingsError, match="trainer.sync_batchnorm=false"):
+        check_sync_batchnorm(cfg.trainer)
+    check_sync_batchnorm(tiny_cfg("trainer=ddp", "trainer.accelerator=cpu", "trainer.sync_batchnorm=false").trainer)
+    check_sync_batchnorm(tiny_cfg("trainer=ddp").trainer, cuda_available=True)  # GPUs: allowed
