@@ -24,13 +24,16 @@ from pathlib import Path
 
 import pandas as pd
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
+
+from ssl_dr.resume import register_resolvers
 
 PAPER_ROTATION_AVG: dict[float, float] = {0.05: 0.294, 0.10: 0.432, 0.25: 0.575, 0.50: 0.680, 1.00: 0.725}
 """Published numbers of the paper this project reproduces: AVG test QWK over its 5 folds of the rotation-pretext
 DenseNet121, per label fraction (the "AVG" row of its results table). Drawn as the dashed reference line."""
 
 BASELINE = "baseline"
+ARM_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 CONFIDENCE = 0.95
 FINISHED, FAILED = "finished", "failed"
 TABLE_COLUMNS = ["arm", "label_fraction", "folds_present", "folds_expected", "qwk_min", "qwk_avg", "qwk_max", "qwk_std"]
@@ -172,7 +175,7 @@ def _swept_values(sweep_dir: Path) -> tuple[dict[str, list[str]], str]:
         return {}, "job configs only: no multirun.yaml"
     try:
         cfg = OmegaConf.load(path)
-        params = OmegaConf.to_container(OmegaConf.select(cfg, "hydra.sweeper.params") or OmegaConf.create({}))
+        params = _sweeper_params(OmegaConf.select(cfg, "hydra.sweeper.params") or OmegaConf.create({}))
         overrides = [f"{key}={value}" for key, value in params.items()]
         overrides += OmegaConf.to_container(OmegaConf.select(cfg, "hydra.overrides.task") or OmegaConf.create([]))
     except Exception as err:  # an unreadable multirun.yaml only narrows what is expected
@@ -188,6 +191,16 @@ def _swept_values(sweep_dir: Path) -> tuple[dict[str, list[str]], str]:
             continue
         swept[override.key_or_group] = values
     return swept, "multirun.yaml sweep + job configs"
+
+
+def _sweeper_params(params: DictConfig) -> dict:
+    """``hydra.sweeper.params`` as the sweeper saw them: multirun.yaml keeps interpolations such as
+    ``arm: ${ssl_dr.sweep_values:${arms}}`` (experiment=paper) unresolved, so resolve them against the file."""
+    register_resolvers()
+    try:
+        return OmegaConf.to_container(params, resolve=True)
+    except Exception:  # an interpolation that needs the live run (e.g. ${hydra:...}): keep the text
+        return OmegaConf.to_container(params)
 
 
 def _converted(values: list[str], convert: Callable[[str], object]) -> set:
@@ -340,9 +353,12 @@ def plot(table: pd.DataFrame, path: Path, title: str, paper_reference: bool = Tr
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     handles, labels = [], []
-    for arm, rows in table.groupby("arm", sort=False):
-        (line,) = ax.plot(rows.label_fraction, rows.qwk_avg, marker="o")
-        band = ax.fill_between(rows.label_fraction, rows.qwk_min, rows.qwk_max, color=line.get_color(), alpha=0.2)
+    arms = list(dict.fromkeys(table.arm))
+    for i, (arm, rows) in enumerate(table.groupby("arm", sort=False)):
+        # a marker of its own per arm: five arms' bands overlap, and the plot may be printed in grey
+        (line,) = ax.plot(rows.label_fraction, rows.qwk_avg, marker=ARM_MARKERS[i % len(ARM_MARKERS)])
+        band = ax.fill_between(rows.label_fraction, rows.qwk_min, rows.qwk_max, color=line.get_color(),
+                               alpha=0.2 if len(arms) <= 2 else 0.1)
         handles.append((band, line))
         labels.append(f"{arm} (mean over folds, band: min-max)")
     ticks = set(table.label_fraction)
@@ -358,7 +374,7 @@ def plot(table: pd.DataFrame, path: Path, title: str, paper_reference: bool = Tr
     ax.set_ylabel("test QWK (quadratic weighted kappa)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(handles, labels, loc="lower right")
+    ax.legend(handles, labels, loc="lower right", fontsize="small" if len(arms) > 2 else None)
     fig.savefig(path, dpi=120)
 
 

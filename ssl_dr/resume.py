@@ -59,9 +59,14 @@ def run_dir(resume: str | None, runs_dir: str, stamp: str, overrides: Any) -> st
 
 
 def register_resolvers() -> None:
-    """Make ``${ssl_dr.run_dir:...}`` available to the Hydra config (idempotent)."""
+    """Make ``${ssl_dr.run_dir:...}`` and ``${ssl_dr.sweep_values:...}`` available to the Hydra config
+    (idempotent)."""
+    from ssl_dr.sweep_callback import sweep_values  # here, not at the top: only configs need it
+
     if not OmegaConf.has_resolver("ssl_dr.run_dir"):
         OmegaConf.register_new_resolver("ssl_dr.run_dir", run_dir)
+    if not OmegaConf.has_resolver("ssl_dr.sweep_values"):
+        OmegaConf.register_new_resolver("ssl_dr.sweep_values", sweep_values)
 
 
 class RngStateCallback(Callback):

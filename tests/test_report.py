@@ -251,3 +251,26 @@ def test_cli_bad_folder_exits_2_without_traceback(tmp_path, case):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and result.stderr.startswith(f"error: {folder}")
     assert result.stderr.count("\n") == 1 and result.stdout == ""
+
+
+def test_every_arm_of_a_paper_arm_list_is_reported_and_paired_with_baseline(tmp_path):
+    """experiment=paper 'arms=[...]': multirun.yaml keeps ``arm: ${ssl_dr.sweep_values:${arms}}`` unresolved;
+    the report resolves it, so an arm whose jobs all vanished is still expected, and every arm is shown."""
+    arms = ["rotation", "jigsaw", "simclr", "imagenet", "baseline"]
+    qwk = {(arm, f): [0.1 * i + f, 0.1 * i + f + 0.02] for i, arm in enumerate(arms) for f in (0.1, 1.0)}
+    sweep = make_sweep(tmp_path, qwk, chooser="arm")
+    text = (sweep / "multirun.yaml").read_text().replace(f"arm: {','.join(arms)}",
+                                                         "arm: ${ssl_dr.sweep_values:${arms}}")
+    assert "sweep_values" in text
+    (sweep / "multirun.yaml").write_text(text + f"arms: [{', '.join(arms)}]\n")
+    for fraction, fold in [(f, k) for f in (0.1, 1.0) for k in range(2)]:
+        shutil.rmtree(job_dir(sweep, "simclr", fraction, fold))
+    files = write_report(sweep, paper_reference=False)
+    assert sorted(files.table.arm.unique()) == sorted(arms)
+    assert sum(gap.arm == "simclr" for gap in files.gaps) == 4
+    assert sorted(files.paired.arm.unique()) == sorted(set(arms) - {"baseline"})
+    markdown = files.markdown.read_text()
+    assert all(f"| {arm} |" in markdown for arm in arms)
+    finished = files.paired.dropna(subset=["diff_mean"])
+    assert set(finished.arm) == {"rotation", "jigsaw", "imagenet"}  # simclr has no fold to pair
+    assert finished.set_index(["arm", "label_fraction"]).loc[("rotation", 1.0), "diff_mean"] == pytest.approx(-0.4)

@@ -84,3 +84,27 @@ def test_failing_job_does_not_stop_the_sweep(tmp_path):
     assert len(list(sweep.glob("*/metrics.json"))) == 1
     report = (sweep / "report.md").read_text()
     assert "FAILED: arm=baseline" in report and "fold=9" in report and "outside [0, 5)" in report
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ([], "rotation,baseline"),
+    (["arms=[rotation,jigsaw,simclr,imagenet,baseline]"], "rotation,jigsaw,simclr,imagenet,baseline"),
+    (["arms=[baseline]"], "baseline")])
+def test_paper_sweeps_the_listed_arms(overrides, expected):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ssl_dr.train import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=paper", *overrides], return_hydra_config=True)
+    assert cfg.hydra.sweeper.params.arm == expected
+
+
+@pytest.mark.parametrize("bad", [[], ["rotation,baseline"], [" "]])
+def test_sweep_values_refuses_an_empty_or_comma_list(bad):
+    from ssl_dr.sweep_callback import sweep_values
+
+    with pytest.raises(ValueError, match="arms=\\[rotation,baseline\\]"):
+        sweep_values(bad)
