@@ -1,0 +1,101 @@
+"""Quadratic weighted kappa, ours and the NeurIPS 2020 code's ``qw_kappa_kaggle`` variant.
+
+Our ``{val,test}/qwk`` is torchmetrics' ``MulticlassCohenKappa(weights="quadratic")`` on the head's decoded
+grades: every image counts. The paper's code (HealthML/self-supervised-3d-tasks) scored the retina task
+with ``qw_kappa_kaggle`` instead, which can leave images out without saying so (see ``qw_kappa_kaggle``);
+``{val,test}/qwk_kaggle`` logs that variant next to ours so numbers can be compared with the paper's.
+``quadratic_weighted_kappa`` is a small numpy QWK for hot loops (regression threshold tuning), where
+sklearn's input validation would cost more than the kappa itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import cohen_kappa_score
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from ssl_dr.data.records import NUM_GRADES
+
+KAGGLE_THRESHOLD = 0.5
+"""A cumulative output counts as "on" when strictly above this (the paper's ``y > threshold``)."""
+
+
+def quadratic_weighted_kappa(grades: np.ndarray, preds: np.ndarray, num_classes: int = NUM_GRADES) -> float:
+    """Cohen's kappa with quadratic weights over ``num_classes`` grades (same value as sklearn's
+    ``cohen_kappa_score(..., weights="quadratic")`` and torchmetrics'); NaN where it is undefined (observed
+    and chance disagreement both zero, e.g. every label and prediction is the same grade)."""
+    y = np.asarray(grades, dtype=np.int64).ravel()
+    p = np.asarray(preds, dtype=np.int64).ravel()
+    if y.shape != p.shape:
+        raise ValueError(f"grades {y.shape} and preds {p.shape} differ in length")
+    if len(y) and (min(y.min(), p.min()) < 0 or max(y.max(), p.max()) >= num_classes):
+        raise ValueError(f"grades and preds must lie in 0..{num_classes - 1}")
+    observed = np.bincount(y * num_classes + p, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    total = observed.sum()
+    if total == 0:
+        return float("nan")
+    expected = np.outer(observed.sum(axis=1), observed.sum(axis=0)) / total
+    grid = np.arange(num_classes)
+    weights = (grid[:, None] - grid[None, :]) ** 2
+    chance = float((weights * expected).sum())
+    return 1.0 - float((weights * observed).sum()) / chance if chance > 0 else float("nan")
+
+
+def kaggle_cumulative(grades: np.ndarray, num_classes: int = NUM_GRADES) -> np.ndarray:
+    """Grades -> the paper's label layout: grade ``k`` -> ``k + 1`` leading ones in ``num_classes`` columns
+    (``2 -> [1, 1, 1, 0, 0]``)."""
+    grades = np.asarray(grades, dtype=np.int64)
+    return (np.arange(num_classes)[None, :] <= grades[:, None]).astype(np.float32)
+
+
+def kaggle_decode(outputs: np.ndarray, threshold: float = KAGGLE_THRESHOLD) -> np.ndarray:
+    """The paper's decoding, ``(outputs > threshold).sum(axis=1) - 1``: counts every output above the
+    threshold (not only the leading ones), and gives -1 when none is."""
+    return (np.asarray(outputs) > threshold).astype(np.int64).sum(axis=1) - 1
+
+
+def qw_kappa_kaggle(y: np.ndarray, y_pred: np.ndarray, threshold: float = KAGGLE_THRESHOLD) -> float:
+    """QWK as the NeurIPS 2020 code (HealthML/self-supervised-3d-tasks, ``score_kappa_kaggle``) scores retina.
+
+    ``y`` and ``y_pred`` are ``(N, 5)`` cumulative outputs (grade ``k`` = ``k + 1`` leading ones), both
+    decoded with ``kaggle_decode`` and scored with ``cohen_kappa_score(labels=[0, 1, 2, 3, 4],
+    weights="quadratic")``.
+
+    Difference from our QWK: ``qw_kappa_kaggle`` decodes ``(outputs > 0.5).sum(1) - 1`` and silently drops
+    every image whose outputs are all <= 0.5 (decoded -1, which is not in ``labels``, so sklearn's
+    confusion matrix leaves the row out), whereas our ``qwk`` counts every image.
+
+    For our heads the first cumulative output is P(grade >= 0) = 1 by construction, so -1 never occurs
+    and no image is dropped; what remains is the decoding (for the classification head it reads the
+    median grade of the softmax, P(grade >= k) > 0.5, where our ``qwk`` reads its argmax).
+    """
+    grades = kaggle_decode(y, threshold)
+    preds = kaggle_decode(y_pred, threshold)
+    return float(cohen_kappa_score(grades, preds, labels=list(range(NUM_GRADES)), weights="quadratic"))
+
+
+class KaggleKappa(Metric):
+    """``qw_kappa_kaggle`` over a whole stage, across DDP ranks: the cumulative outputs and grades are
+    concatenated (``cat`` states) from every rank before the kappa is computed once."""
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.add_state("cumulative", default=[], dist_reduce_fx="cat")
+        self.add_state("grades", default=[], dist_reduce_fx="cat")
+
+    def update(self, cumulative: torch.Tensor, grades: torch.Tensor) -> None:
+        """``cumulative``: ``(B, 5)`` P(grade >= k), k = 0..4; ``grades``: ``(B,)`` true grades."""
+        self.cumulative.append(cumulative.detach().float())
+        self.grades.append(grades.detach().long())
+
+    def compute(self) -> torch.Tensor:
+        if not self.grades:
+            return torch.tensor(float("nan"))
+        grades = dim_zero_cat(self.grades).cpu().numpy()
+        cumulative = dim_zero_cat(self.cumulative).cpu().numpy()
+        return torch.tensor(qw_kappa_kaggle(kaggle_cumulative(grades), cumulative), dtype=torch.float32)
