@@ -1,8 +1,15 @@
-"""DRClassifier: the shared backbone plus a 5-grade head, scored by quadratic weighted kappa.
+"""DRClassifier: the shared backbone plus a grade head (``model.head``), scored by quadratic weighted kappa.
 
 The encoder can be frozen for the first ``freeze_epochs`` (in ``eval`` mode, so BatchNorm statistics
 learnt in pre-training are not overwritten by a randomly initialised head's first noisy gradients),
 then everything trains end to end.
+
+``head`` picks how outputs become grades (``ssl_dr.heads``: classification, ordinal, regression). The
+linear layer stays ``self.head`` (so checkpoints written before heads existed still load); the head's
+loss and decoding live in ``self.grading``. For regression, the cut points are tuned at the end of every
+validation epoch on that epoch's predictions from every DDP rank and kept in a buffer, so the checkpoint
+chosen on ``val/qwk`` carries the thresholds that produced its ``val/qwk``, and testing it uses them:
+the test fold never shapes a threshold.
 """
 
 from __future__ import annotations
@@ -11,35 +18,51 @@ from functools import partial
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
-import torch.nn.functional as F
+import torch.distributed as dist
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCohenKappa
 
 from ssl_dr.backbone import Backbone
 from ssl_dr.data.records import NUM_GRADES
+from ssl_dr.heads import DEFAULT_THRESHOLDS, RegressionHead, build_head, cut, tune_thresholds
+from ssl_dr.metrics import KaggleKappa
 from ssl_dr.optim import configure_optimizers
 
 
 class DRClassifier(L.LightningModule):
-    """Grades 0-4 from a fundus image; logs ``{val,test}/{loss,acc,qwk}``."""
+    """Grades 0-4 from a fundus image; logs ``{val,test}/{loss,acc,qwk,qwk_kaggle}`` (and, for the
+    regression head, ``val/qwk_rounded``: QWK with the untuned cut points 0.5, 1.5, 2.5, 3.5)."""
 
     def __init__(self, backbone: Backbone, optimizer: partial | None = None, scheduler: partial | None = None,
-                 head_dropout: float = 0.2, freeze_epochs: int = 0, inference: dict[str, Any] | None = None) -> None:
+                 head_dropout: float = 0.2, freeze_epochs: int = 0, inference: dict[str, Any] | None = None,
+                 head: str = "classification") -> None:
         super().__init__()
-        # `inference` (backbone name, image size, preprocessing, mean/std) travels in the checkpoint so
-        # prediction and export rebuild the exact input pipeline without the user re-typing it.
+        # `inference` (backbone name, image size, preprocessing, mean/std) and `head` travel in the checkpoint
+        # so prediction and export rebuild the exact pipeline and decoding without the user re-typing them.
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.backbone = backbone
-        self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(backbone.num_features, NUM_GRADES))
+        self.grading = build_head(head)
+        self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(backbone.num_features, self.grading.num_outputs))
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.freeze_epochs = freeze_epochs
         self.qwk = nn.ModuleDict({s: MulticlassCohenKappa(NUM_GRADES, weights="quadratic") for s in ("val", "test")})
         self.acc = nn.ModuleDict({s: MulticlassAccuracy(NUM_GRADES, average="micro") for s in ("val", "test")})
+        self.qwk_kaggle = nn.ModuleDict({s: KaggleKappa() for s in ("val", "test")})
+        if self.tunes_thresholds:
+            self.qwk_rounded = MulticlassCohenKappa(NUM_GRADES, weights="quadratic")
+        self._val_scores: list[torch.Tensor] = []
+        self._val_grades: list[torch.Tensor] = []
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw head outputs ``(B, grading.num_outputs)``: logits, threshold logits or the score."""
         return self.head(self.backbone(images))
+
+    @property
+    def tunes_thresholds(self) -> bool:
+        return isinstance(self.grading, RegressionHead)
 
     @property
     def encoder_frozen(self) -> bool:
@@ -54,26 +77,66 @@ class DRClassifier(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, grades = batch
-        loss = F.cross_entropy(self(images), grades)
+        loss = self.grading.loss(self(images), grades)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(grades))
         return loss
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
-        """Update the epoch metrics; return this batch's predicted grades and per-grade probabilities.
+        """Update the epoch metrics; return this batch's predictions (see ``_prediction``).
 
         The loss is averaged across DDP ranks (``sync_dist``); QWK and accuracy are torchmetrics, whose
-        confusion-matrix states are summed over ranks, so they score the whole held-out set.
+        confusion-matrix states are summed over ranks, and ``qwk_kaggle`` concatenates every rank's samples,
+        so all of them score the whole held-out set. Regression validation is scored at the epoch's end,
+        once the thresholds have been tuned on it.
         """
         images, grades = batch
-        logits = self(images)
-        self.log(f"{stage}/loss", F.cross_entropy(logits, grades), on_epoch=True, batch_size=len(grades),
+        outputs = self(images)
+        self.log(f"{stage}/loss", self.grading.loss(outputs, grades), on_epoch=True, batch_size=len(grades),
                  sync_dist=True)
-        preds = logits.argmax(dim=1)
+        activated = self.grading.activate(outputs.detach())
+        if stage == "val" and self.tunes_thresholds:
+            self._val_scores.append(activated)
+            self._val_grades.append(grades)
+            self.qwk_rounded(cut(activated, torch.tensor(DEFAULT_THRESHOLDS)), grades)
+            self.log("val/qwk_rounded", self.qwk_rounded, on_epoch=True)
+        else:
+            self._score(stage, activated, grades)
+        return self._prediction(activated)
+
+    def _score(self, stage: str, activated: torch.Tensor, grades: torch.Tensor) -> None:
+        preds = self.grading.decode(activated)
         self.qwk[stage](preds, grades)
         self.acc[stage](preds, grades)
+        self.qwk_kaggle[stage](self.grading.cumulative(activated), grades)
         self.log(f"{stage}/qwk", self.qwk[stage], prog_bar=True, on_epoch=True)
         self.log(f"{stage}/acc", self.acc[stage], on_epoch=True)
-        return {"preds": preds.detach(), "probs": logits.detach().float().softmax(dim=1)}
+        self.log(f"{stage}/qwk_kaggle", self.qwk_kaggle[stage], on_epoch=True)
+
+    def _prediction(self, activated: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``preds`` (B,) decoded grades; ``probs`` (B, 5) where the head has grade probabilities; ``score``
+        (B,) where it has a continuous output (regression)."""
+        out = {"preds": self.grading.decode(activated)}
+        probs, score = self.grading.probs(activated), self.grading.score(activated)
+        if probs is not None:
+            out["probs"] = probs
+        if score is not None:
+            out["score"] = score
+        return out
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_scores.clear()
+        self._val_grades.clear()
+
+    def on_validation_epoch_end(self) -> None:
+        """Regression: tune the thresholds on this epoch's validation predictions (all ranks), then score it."""
+        if not self.tunes_thresholds or not self._val_scores:
+            return
+        scores, grades = torch.cat(self._val_scores), torch.cat(self._val_grades)
+        tuned = tune_thresholds(_gathered(scores.cpu().numpy()), _gathered(grades.cpu().numpy()))
+        self.grading.thresholds.copy_(torch.as_tensor(tuned, dtype=self.grading.thresholds.dtype))
+        self._score("val", scores, grades)  # this rank's samples; the metrics sum the ranks
+        self._val_scores.clear()
+        self._val_grades.clear()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")
@@ -86,3 +149,13 @@ class DRClassifier(L.LightningModule):
         if self.optimizer_factory is None:
             raise ValueError("DRClassifier was built without an optimizer (inference only)")
         return configure_optimizers(self, self.optimizer_factory, self.scheduler_factory)
+
+
+def _gathered(local: np.ndarray) -> np.ndarray:
+    """``local`` concatenated over every DDP rank (in rank order). ``all_gather_object`` because shards can
+    differ in length, which ``LightningModule.all_gather`` (equal shapes) does not allow."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return local
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, local)
+    return np.concatenate(parts)
