@@ -7,9 +7,13 @@ border instead of on haemorrhages and exudates is a shortcut that a held-out sco
 data cannot reveal.
 
 Grad-CAM (Selvaraju et al., 2017), implemented here with a forward hook and a tensor backward hook on
-the backbone's last feature map: with activations ``A`` (``C x h x w``) and the gradient ``dy/dA`` of the
-chosen grade's logit ``y``, each channel's weight is its gradient averaged over the map, and the heatmap
-is ``ReLU(sum_c weight_c * A_c)``, scaled to [0, 1] by its maximum and upsampled bilinearly to the image.
+the backbone's last feature map: with activations ``A`` (``C x h x w``) and the gradient ``dy/dA`` of a
+scalar ``y`` for the chosen grade, each channel's weight is its gradient averaged over the map, and the
+heatmap is ``ReLU(sum_c weight_c * A_c)``, scaled to [0, 1] by its maximum and upsampled bilinearly to the
+image. ``y`` depends on the checkpoint's head (``GradeHead.evidence``): classification, the grade's
+logit; ordinal, the logit of "grade >= g" for g >= 1 and minus the logit of "grade >= 1" for grade 0;
+regression, the score for g >= 1 and minus the score for grade 0 (one output: every g >= 1 gives the
+same map, the evidence that raised the score).
 The layer (``layer=auto``) is the last module whose output is 4-D while timm's ``forward_features`` runs,
 i.e. the feature map just before global pooling: ``backbone.model.features`` for DenseNet121 (its last
 child is ``norm5``, the final BatchNorm + ReLU). Its resolution is the input size / 32 (2 x 2 at 64 px,
@@ -17,7 +21,8 @@ child is ``norm5``, the final BatchNorm + ReLU). Its resolution is the input siz
 
 Each overlay is the preprocessed fundus (what the network sees: cropped, squared, resized, Ben Graham
 when the checkpoint used it) with the JET heatmap blended over it and the prediction written on top,
-upscaled to at least ``MIN_SIDE`` px so the text stays legible. ``index.csv`` lists them.
+upscaled to at least ``MIN_SIDE`` px so the text stays legible. ``index.csv`` lists them (with the
+probabilities of the predicted and explained grades, or the score for a regression head).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -35,6 +41,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ssl_dr.data.records import Record
+from ssl_dr.heads import GradeHead
 from ssl_dr.inference import (
     InferenceError,
     InputArgs,
@@ -48,6 +55,9 @@ from ssl_dr.inference import (
     run_cli,
     tensor_batches,
 )
+
+if TYPE_CHECKING:
+    from ssl_dr.classifier import DRClassifier
 
 MIN_SIDE = 256
 """Overlays smaller than this (a 32-64 px model) are upscaled so the written prediction stays legible."""
@@ -121,21 +131,23 @@ def _captured(layer: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
         handle.remove()
 
 
-def grad_cam(model: nn.Module, layer: nn.Module, images: torch.Tensor, grades: torch.Tensor | None = None
+def grad_cam(model: DRClassifier, layer: nn.Module, images: torch.Tensor, grades: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(cams, probs, targets)``: ``(B, h, w)`` heatmaps in [0, 1] for ``targets`` (``grades`` or the
-    predicted ones), and the ``(B, 5)`` probabilities. ``model`` must be in eval mode, so the samples of a
-    batch do not interact and one backward pass of the summed logits gives every sample's gradient."""
+    """``(cams, activated, targets)``: ``(B, h, w)`` heatmaps in [0, 1] for ``targets`` (``grades`` or the
+    predicted ones), and the head's activation (``model.grading.activate``: probabilities, or the score).
+    ``model`` must be in eval mode, so the samples of a batch do not interact and one backward pass of the
+    summed evidence gives every sample's gradient."""
     with _captured(layer) as store, torch.enable_grad():
-        logits = model(images.requires_grad_(True))
-        targets = logits.argmax(dim=1) if grades is None else grades.to(logits.device)
-        logits.gather(1, targets[:, None]).sum().backward()
+        outputs = model(images.requires_grad_(True))
+        activated = model.grading.activate(outputs.detach())
+        targets = model.grading.decode(activated) if grades is None else grades.to(outputs.device)
+        model.grading.evidence(outputs, targets).sum().backward()
     activation, gradient = store["activation"].detach(), store["gradient"]
     weights = gradient.mean(dim=(2, 3), keepdim=True)
     cams = torch.relu((weights * activation).sum(dim=1))
     peak = cams.amax(dim=(1, 2), keepdim=True)
     cams = torch.where(peak > 0, cams / peak.clamp_min(1e-12), torch.zeros_like(cams))
-    return cams, logits.detach().softmax(dim=1), targets
+    return cams, activated, targets
 
 
 def overlay(pixels: np.ndarray, cam: np.ndarray, text: str, side: int) -> np.ndarray:
@@ -157,10 +169,13 @@ def overlay(pixels: np.ndarray, cam: np.ndarray, text: str, side: int) -> np.nda
     return out
 
 
-def caption(pred: int, prob: float, target: int, target_prob: float) -> str:
-    """``pred 2 p=0.71`` and, when another grade is explained, ``| CAM 3 p=0.12``."""
-    text = f"pred {pred} p={prob:.2f}"
-    return text if target == pred else f"{text} | CAM {target} p={target_prob:.2f}"
+def caption(pred: int, target: int, probs: Sequence[float] | None = None, score: float | None = None) -> str:
+    """``pred 2 p=0.71`` and, when another grade is explained, ``| CAM 3 p=0.12``; a regression head shows
+    its score instead (``pred 2 s=1.83 | CAM 3``)."""
+    text = f"pred {pred} p={probs[pred]:.2f}" if probs is not None else f"pred {pred} s={score:.2f}"
+    if target == pred:
+        return text
+    return f"{text} | CAM {target}" + (f" p={probs[target]:.2f}" if probs is not None else "")
 
 
 def explain(args: ExplainArgs) -> pd.DataFrame:
@@ -180,8 +195,9 @@ def explain(args: ExplainArgs) -> pd.DataFrame:
         with tqdm(total=len(dec.records), desc=f"Grad-CAM ({layer_name})", unit="img") as bar:
             for span, images in tensor_batches(dec, eval_transform(spec), args.batch_size):
                 targets = None if fixed is None else torch.full((len(images),), fixed, dtype=torch.long)
-                cams, probs, chosen = grad_cam(model, layer, images.to(device), targets)
-                rows += _write_overlays(args.out, dec.records[span], dec.pixels[span], cams, probs, chosen, side)
+                cams, activated, chosen = grad_cam(model, layer, images.to(device), targets)
+                rows += _write_overlays(args.out, dec.records[span], dec.pixels[span], cams, model.grading,
+                                        activated, chosen, side)
                 bar.update(len(images))
     index = pd.DataFrame(rows)
     index.to_csv(args.out / INDEX_NAME, index=False, float_format="%.4f")
@@ -191,19 +207,27 @@ def explain(args: ExplainArgs) -> pd.DataFrame:
     return index
 
 
-def _write_overlays(out: Path, records: Sequence[Record], pixels: np.ndarray, cams: torch.Tensor, probs: torch.Tensor,
-                    targets: torch.Tensor, side: int) -> list[dict[str, object]]:
+def _write_overlays(out: Path, records: Sequence[Record], pixels: np.ndarray, cams: torch.Tensor, grading: GradeHead,
+                    activated: torch.Tensor, targets: torch.Tensor, side: int) -> list[dict[str, object]]:
+    activated = activated.cpu()
+    preds = grading.decode(activated).tolist()
+    all_probs, scores = grading.probs(activated), grading.score(activated)
     rows = []
-    for rec, image, cam, prob, target in zip(records, pixels, cams.cpu().numpy(), probs.cpu(), targets.tolist(),
-                                             strict=True):
-        pred = int(prob.argmax())
-        text = caption(pred, float(prob[pred]), target, float(prob[target]))
+    for i, (rec, image, cam, pred, target) in enumerate(zip(records, pixels, cams.cpu().numpy(), preds,
+                                                            targets.tolist(), strict=True)):
+        probs = None if all_probs is None else all_probs[i].tolist()
+        score = None if scores is None else float(scores[i])
         name = f"{rec.id_code}.png"
-        if not cv2.imwrite(str(out / name), cv2.cvtColor(overlay(np.asarray(image), cam, text, side),
+        if not cv2.imwrite(str(out / name), cv2.cvtColor(overlay(np.asarray(image), cam,
+                                                                 caption(pred, target, probs, score), side),
                                                          cv2.COLOR_RGB2BGR)):
             raise InferenceError(f"cannot write {out / name}")
-        rows.append({"id_code": rec.id_code, "source": str(rec.path), "overlay": name, "pred": pred,
-                     "prob": float(prob[pred]), "cam_grade": target, "cam_prob": float(prob[target])})
+        row: dict[str, object] = {"id_code": rec.id_code, "source": str(rec.path), "overlay": name, "pred": pred}
+        if probs is not None:
+            row.update(prob=probs[pred], cam_grade=target, cam_prob=probs[target])
+        else:
+            row.update(score=score, cam_grade=target)
+        rows.append(row)
     return rows
 
 

@@ -9,9 +9,17 @@ Why the JSON: a model is only correct with the exact preprocessing it was traine
 tensor graph cannot carry (crop to the fundus, pad, resize, optional Ben Graham, then mean/std). It is
 also stored inside the archive (``extra_files``: ``ssl_dr.json``), so it cannot get lost.
 
-The model maps ``N x 3 x S x S`` float32 RGB, ``(pixel / 255 - mean) / std``, to ``N x 5`` LOGITS (softmax
-gives the grade probabilities, argmax the grade). It is traced in eval mode on the CPU and checked
-against the checkpoint on a random batch of another size before it is written.
+The model maps ``N x 3 x S x S`` float32 RGB, ``(pixel / 255 - mean) / std``, to the head's raw outputs
+(the checkpoint's ``head``; the JSON's ``output`` says how to decode them):
+
+- classification: ``N x 5`` logits; grade = argmax, probabilities = softmax;
+- ordinal: ``N x 4`` logits of P(grade >= k), k = 1..4; grade = number of logits > 0 (sigmoid > 0.5);
+- regression: ``N x 1`` continuous grade; grade = number of the JSON's ``thresholds`` (tuned on the
+  validation split, read from the checkpoint) strictly below it.
+
+Decoding stays outside the graph so the file exposes what the network computes (a user can average TTA
+views or re-calibrate) and the thresholds stay readable in the JSON. It is traced in eval mode on the CPU
+and checked against the checkpoint on a random batch of another size before it is written.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from torch import nn
 import ssl_dr
 from ssl_dr.data import fundus_preprocess as fp
 from ssl_dr.data.synthetic import GRADE_NAMES
+from ssl_dr.heads import GradeHead
 from ssl_dr.inference import InferenceError, InferenceSpec, arg, load_classifier, read_spec, run_cli, side_file
 
 FORMAT = "ssl_dr.torchscript/1"
@@ -71,7 +80,7 @@ def _quiet_jit() -> Iterator[None]:
         yield
 
 
-def description(spec: InferenceSpec, ckpt: Path, model_file: str) -> dict[str, Any]:
+def description(spec: InferenceSpec, grading: GradeHead, ckpt: Path, model_file: str) -> dict[str, Any]:
     """Everything a user of the exported file needs to feed it and read its output."""
     size = spec.image_size
     return {
@@ -93,8 +102,9 @@ def description(spec: InferenceSpec, ckpt: Path, model_file: str) -> dict[str, A
             "crop_to_fundus": True, "dark_threshold": fp.DARK_THRESHOLD, "min_bright_fraction": fp.MIN_BRIGHT_FRACTION,
             "ben_graham": spec.ben_graham, "ben_graham_sigma_fraction": fp.SIGMA_FRACTION,
             "ben_graham_radius_fraction": fp.RADIUS_FRACTION},
-        "output": {"shape": ["N", len(GRADE_NAMES)], "meaning": "logits; softmax = grade probabilities, "
-                   "argmax = grade (no test-time augmentation applied)"},
+        "head": grading.name,
+        "output": {"shape": ["N", grading.num_outputs], **grading.decoding(),
+                   "tta": "none applied (average the views' probabilities, or the regression score, then decode)"},
         "grades": dict(enumerate(GRADE_NAMES)),
         "backbone": spec.backbone,
         "checkpoint": str(ckpt.resolve()),
@@ -125,15 +135,17 @@ def _commit() -> str | None:
 def export(args: ExportArgs) -> Path:
     """Write ``args.out`` (TorchScript) and its ``.json`` description; return the JSON's path."""
     spec = read_spec(args.ckpt)
-    traced = trace(load_classifier(args.ckpt, spec), spec.image_size)
-    info = json.dumps(description(spec, args.ckpt, args.out.name), indent=2)
+    model = load_classifier(args.ckpt, spec)
+    traced = trace(model, spec.image_size)
+    info = json.dumps(description(spec, model.grading, args.ckpt, args.out.name), indent=2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with _quiet_jit():
         torch.jit.save(traced, str(args.out), _extra_files={EXTRA_FILE: info})
     json_path = side_file(args.out, ".json")
     json_path.write_text(info + "\n")
-    print(f"[ssl_dr] TorchScript grader (N x 3 x {spec.image_size} x {spec.image_size} -> N x 5 logits) "
-          f"-> {args.out}; preprocessing: {json_path}")
+    print(f"[ssl_dr] TorchScript grader (N x 3 x {spec.image_size} x {spec.image_size} -> N x "
+          f"{model.grading.num_outputs}, {model.grading.name} head) -> {args.out}; preprocessing and decoding: "
+          f"{json_path}")
     return json_path
 
 

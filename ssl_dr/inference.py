@@ -404,7 +404,10 @@ def tta_views(images: torch.Tensor, mode: str) -> list[torch.Tensor]:
 
 
 @torch.inference_mode()
-def predict_proba(model: torch.nn.Module, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
-    """``(B, 5)`` grade probabilities: the softmax averaged over the TTA views."""
+def predict_activated(model: DRClassifier, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """The head's activation averaged over the TTA views, decoded afterwards (``model.grading``): grade
+    probabilities ``(B, 5)`` for classification, threshold sigmoids ``(B, 4)`` for ordinal, the score
+    ``(B,)`` for regression. Averaging probabilities (not logits or grades) keeps the decoding rule of a
+    single pass; averaging the score lets the tuned thresholds cut the mean."""
     views = tta_views(images, tta)
-    return torch.stack([model(v).softmax(dim=1) for v in views]).mean(dim=0)
+    return torch.stack([model.grading.activate(model(v)) for v in views]).mean(dim=0)

@@ -34,7 +34,7 @@ def test_grad_cam_matches_autograd_on_the_feature_map(run):
     model, timm_model = run.model, run.model.backbone.model
     images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))  # 64 px: a 2 x 2 map
     grades = torch.tensor([0, 2, 4])
-    cams, probs, targets = grad_cam(model, timm_model.features, images, grades)
+    cams, probs, targets = grad_cam(model, timm_model.features, images, grades)  # classification: probs
 
     features = timm_model.forward_features(images)
     logits = model.head(timm_model.forward_head(features))
@@ -64,3 +64,31 @@ def test_explain_writes_one_overlay_per_image_and_an_index(run, tmp_path, capsys
                   "limit=2", "device=cpu"])
     chosen = pd.read_csv(tmp_path / "g4" / "index.csv")
     assert len(chosen) == 2 and (chosen.cam_grade == 4).all()
+
+
+@pytest.mark.parametrize("head", ["ordinal", "regression"])
+def test_grad_cam_follows_the_heads_evidence(head, tmp_path_factory, tmp_path):
+    """Ordinal/regression: the map is Grad-CAM of ``grading.evidence`` (threshold logit / signed score),
+    and the CLI writes their overlays with probabilities or the score."""
+    with one_thread():
+        other = tiny_run(tmp_path_factory, head)
+        model, timm_model = other.model, other.model.backbone.model
+        images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        grades = torch.tensor([0, 2, 4])
+        cams, activated, targets = grad_cam(model, timm_model.features, images, grades)
+        features = timm_model.forward_features(images)
+        outputs = model.head(timm_model.forward_head(features))
+        gradient, = torch.autograd.grad(model.grading.evidence(outputs, grades).sum(), features)
+        expected = torch.relu((gradient.mean(dim=(2, 3), keepdim=True) * features).sum(dim=1)).detach()
+        peak = expected.amax(dim=(1, 2), keepdim=True)
+        expected = torch.where(peak > 0, expected / peak.clamp_min(1e-12), torch.zeros_like(expected))
+        torch.testing.assert_close(cams, expected)
+        torch.testing.assert_close(activated, model.grading.activate(outputs.detach()))
+        assert torch.equal(targets, grades)
+
+        explain_main([f"ckpt={other.ckpt}", f"images={other.data / 'train_images'}", f"out={tmp_path / 'cam'}",
+                      "limit=2", "device=cpu"])
+    index = pd.read_csv(tmp_path / "cam" / "index.csv", dtype={"id_code": str})
+    assert len(index) == 2 and (index.pred == index.cam_grade).all()
+    columns = ["score"] if head == "regression" else ["prob", "cam_prob"]
+    assert set(columns) <= set(index.columns) and index[columns].notna().all().all()

@@ -40,6 +40,7 @@ def test_export_matches_checkpoint_and_loads_with_torch_only(run, tmp_path):
     assert info["image_size"] == size and info["input"]["shape"] == ["N", 3, size, size]
     assert info["mean"] == list(run.spec.mean) and info["std"] == list(run.spec.std)
     assert info["preprocess"]["ben_graham"] is run.spec.ben_graham and info["preprocess"]["crop_to_fundus"]
+    assert info["head"] == "classification" and info["output"]["shape"] == ["N", 5]
     assert info["output"]["meaning"].startswith("logits") and len(info["grades"]) == 5
 
     images = pipeline_tensors(run, run.images[:6], tmp_path / "cache")
@@ -55,3 +56,30 @@ def test_export_matches_checkpoint_and_loads_with_torch_only(run, tmp_path):
     extra = {EXTRA_FILE: ""}
     torch.jit.load(str(out), _extra_files=extra)
     assert json.loads(extra[EXTRA_FILE]) == info  # the description also travels inside the archive
+
+
+@pytest.mark.filterwarnings(r"ignore:.*torch\.jit:FutureWarning")
+@pytest.mark.parametrize("head", ["ordinal", "regression"])
+def test_export_of_other_heads_gives_raw_outputs_and_the_decoding_in_the_json(head, tmp_path_factory, tmp_path):
+    """The JSON's decoding rule applied to the exported outputs gives the checkpoint's grades; the regression
+    thresholds in it are the checkpoint's tuned buffer."""
+    with one_thread():
+        other = tiny_run(tmp_path_factory, head)
+        out = tmp_path / f"{head}.pt"
+        export_main([f"ckpt={other.ckpt}", f"out={out}"])
+        info = json.loads(out.with_suffix(".json").read_text())
+        images = pipeline_tensors(other, other.images[:6], tmp_path / "cache")
+        exported = torch.jit.load(str(out)).eval()
+        with torch.no_grad():
+            raw, expected = exported(images), other.model(images)
+    torch.testing.assert_close(raw, expected, atol=1e-5, rtol=1e-5)
+    grades = other.model.grading.decode(other.model.grading.activate(expected))
+    assert info["head"] == head and info["output"]["shape"] == ["N", other.model.grading.num_outputs]
+    if head == "ordinal":
+        assert torch.equal((raw > 0).sum(dim=1), grades)  # "number of outputs with sigmoid > 0.5"
+        assert info["output"]["probabilities"].startswith("c = [1, cummin(sigmoid(outputs)), 0]")
+    else:
+        stored = torch.load(other.ckpt, map_location="cpu", weights_only=True)["state_dict"]["grading.thresholds"]
+        assert info["output"]["thresholds"] == stored.tolist() and info["output"]["probabilities"] is None
+        thresholds = torch.tensor(info["output"]["thresholds"])
+        assert torch.equal((raw[:, :1] > thresholds).sum(dim=1), grades)  # "thresholds strictly below"

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,11 +35,11 @@ from ssl_dr.inference import (
     InputArgs,
     load_classifier,
     parse_args,
-    predict_proba,
+    predict_activated,
     read_spec,
     tta_views,
 )
-from ssl_dr.predict import PROB_COLUMNS, PredictArgs
+from ssl_dr.predict import PROB_COLUMNS, SCORE_COLUMN, PredictArgs
 from ssl_dr.predict import main as predict_main
 from ssl_dr.train import train
 from tests.conftest import TINY, compose_cfg
@@ -46,12 +47,14 @@ from tests.conftest import TINY, compose_cfg
 
 @dataclass(frozen=True)
 class TinyRun:
-    """The session's tiny baseline run: checkpoint, its input pipeline, model, and the synthetic data."""
+    """A session's tiny baseline run of one head: checkpoint, its input pipeline, model, the synthetic data,
+    and the metrics ``train`` returned."""
 
     ckpt: Path
     data: Path
     spec: InferenceSpec
     model: torch.nn.Module
+    metrics: dict[str, Any]
 
     @property
     def images(self) -> list[Path]:
@@ -61,15 +64,18 @@ class TinyRun:
 _SESSION: dict[str, TinyRun] = {}
 
 
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
-    """Train ONE tiny model per session; the explain and export tests call this too and share it."""
-    if "run" not in _SESSION:
-        root = tmp_path_factory.mktemp("inference")
-        cfg = compose_cfg(root, [*TINY, "experiment=baseline"], run="tiny")
-        ckpt = Path(train(cfg)["output_dir"]) / "checkpoints" / "best.ckpt"
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, head: str = "classification") -> TinyRun:
+    """Train ONE tiny model per head and session; the heads, explain and export tests call this too and
+    share it."""
+    if head not in _SESSION:
+        root = tmp_path_factory.mktemp(f"inference-{head}")
+        cfg = compose_cfg(root, [*TINY, "experiment=baseline", f"model.head={head}"], run="tiny")
+        metrics = train(cfg)
+        ckpt = Path(metrics["output_dir"]) / "checkpoints" / "best.ckpt"
         spec = read_spec(ckpt)
-        _SESSION["run"] = TinyRun(ckpt=ckpt, data=Path(cfg.data.root), spec=spec, model=load_classifier(ckpt, spec))
-    return _SESSION["run"]
+        _SESSION[head] = TinyRun(ckpt=ckpt, data=Path(cfg.data.root), spec=spec, model=load_classifier(ckpt, spec),
+                                 metrics=metrics)
+    return _SESSION[head]
 
 
 def pipeline_tensors(run: TinyRun, paths: list[Path], cache_dir: Path) -> torch.Tensor:
@@ -146,6 +152,36 @@ def test_rot4_is_the_mean_softmax_over_the_four_rotations(run, tmp_path):
     np.testing.assert_array_equal(table.diagnosis.to_numpy(), manual.argmax(axis=1))
 
 
+@pytest.mark.parametrize("head", ["ordinal", "regression"])
+def test_other_heads_average_their_activation_over_tta_then_decode(head, tmp_path_factory, tmp_path):
+    """Ordinal: mean threshold sigmoids -> count above 0.5 and cumulative probabilities; regression: mean
+    score -> the checkpoint's tuned thresholds. Nothing about the head is passed by the user."""
+    with one_thread():
+        other = tiny_run(tmp_path_factory, head)
+        paths = other.images[:6]
+        folder = tmp_path / "few"
+        folder.mkdir()
+        for path in paths:
+            shutil.copy(path, folder / path.name)
+        table = _predict(other, folder, tmp_path / "preds.csv", "probs=true", "tta=flip")
+        x = pipeline_tensors(other, paths, tmp_path / "cache")
+        model = other.model
+        with torch.no_grad():
+            mean = (model.grading.activate(model(x)) + model.grading.activate(model(x.flip(-1)))) / 2
+    assert list(table.id_code) == [p.stem for p in paths]
+    if head == "ordinal":
+        assert list(table.columns) == ["id_code", "diagnosis", *PROB_COLUMNS]
+        np.testing.assert_array_equal(table.diagnosis.to_numpy(), (mean > 0.5).sum(dim=1).numpy())
+        np.testing.assert_allclose(table[PROB_COLUMNS].to_numpy(), model.grading.probs(mean).numpy(), atol=2e-6)
+        np.testing.assert_allclose(table[PROB_COLUMNS].sum(axis=1), 1.0, atol=1e-5)
+    else:
+        stored = torch.load(other.ckpt, map_location="cpu", weights_only=True)["state_dict"]["grading.thresholds"]
+        assert list(table.columns) == ["id_code", "diagnosis", SCORE_COLUMN]
+        np.testing.assert_allclose(table[SCORE_COLUMN].to_numpy(), mean.numpy(), atol=2e-6)
+        expected = np.searchsorted(stored.numpy(), mean.numpy(), side="left")  # thresholds strictly below
+        np.testing.assert_array_equal(table.diagnosis.to_numpy(), expected)
+
+
 def test_tta_views(run):
     images = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
     assert len(tta_views(images, "none")) == 1 and torch.equal(tta_views(images, "none")[0], images)
@@ -154,9 +190,9 @@ def test_tta_views(run):
     assert len({tuple(v.flatten().tolist()) for v in dihedral}) == 8  # the 8 symmetries, all distinct
     with torch.no_grad():
         x = torch.randn(2, 3, run.spec.image_size, run.spec.image_size)
-        torch.testing.assert_close(predict_proba(run.model, x, "none"), run.model(x).softmax(dim=1))
+        torch.testing.assert_close(predict_activated(run.model, x, "none"), run.model(x).softmax(dim=1))
         flip = (run.model(x).softmax(dim=1) + run.model(x.flip(-1)).softmax(dim=1)) / 2
-        torch.testing.assert_close(predict_proba(run.model, x, "flip"), flip)
+        torch.testing.assert_close(predict_activated(run.model, x, "flip"), flip)
 
 
 def _bad_folder(run: TinyRun, folder: Path) -> Path:

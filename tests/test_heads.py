@@ -1,0 +1,298 @@
+"""Grade heads (``model.head``), regression threshold tuning, and the paper's ``qw_kappa_kaggle`` variant.
+
+Unit tests on hand-made tensors first; then the thresholds' provenance on a tiny Lightning fit (they come
+from validation predictions only); then one tiny end-to-end ``train(cfg)`` per head through the real
+config (shared with the predict/export/explain tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from sklearn.metrics import cohen_kappa_score
+from torch.utils.data import DataLoader, TensorDataset
+
+from ssl_dr.backbone import Backbone
+from ssl_dr.classifier import DRClassifier
+from ssl_dr.heads import (
+    DEFAULT_THRESHOLDS,
+    HEADS,
+    ClassificationHead,
+    HeadError,
+    OrdinalHead,
+    RegressionHead,
+    build_head,
+    cut,
+    ordinal_targets,
+    tune_thresholds,
+)
+from ssl_dr.metrics import (
+    KaggleKappa,
+    kaggle_cumulative,
+    kaggle_decode,
+    quadratic_weighted_kappa,
+    qw_kappa_kaggle,
+)
+from ssl_dr.predictions import PREDICTIONS_NAME
+from tests.test_predict import TinyRun, one_thread, tiny_run
+
+LABELS = [0, 1, 2, 3, 4]
+
+
+# ----------------------------------------------------------------------------- heads
+
+def test_ordinal_targets_are_k_leading_ones():
+    assert ordinal_targets(torch.arange(5)).tolist() == [[0, 0, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0],
+                                                          [1, 1, 1, 1]]
+
+
+def test_ordinal_decoding_counts_sigmoids_strictly_above_half():
+    head = OrdinalHead()
+    sigmoids = torch.tensor([[0.9, 0.8, 0.2, 0.1],   # 2
+                             [0.4, 0.3, 0.2, 0.1],   # 0
+                             [0.9, 0.9, 0.9, 0.9],   # 4
+                             [0.9, 0.5, 0.4, 0.1],   # 1: exactly 0.5 is not above
+                             [0.9, 0.2, 0.7, 0.1]])  # 2: every sigmoid counts, not only the leading run
+    assert head.decode(sigmoids).tolist() == [2, 0, 4, 1, 2]
+    # the loss is zero-ish exactly where the logits agree with the cumulative targets
+    grades = torch.tensor([0, 3])
+    good = (ordinal_targets(grades) * 2 - 1) * 20
+    assert head.loss(good, grades) < 1e-8 < head.loss(-good, grades)
+    assert head.decode(head.activate(good)).tolist() == [0, 3]
+
+
+def test_grade_probabilities_are_valid_and_cumulative_outputs_decode_back():
+    logits = torch.randn(64, 5, generator=torch.Generator().manual_seed(0)) * 3
+    for head in (ClassificationHead(), OrdinalHead()):
+        activated = head.activate(logits[:, :head.num_outputs])
+        probs = head.probs(activated)
+        assert probs.shape == (64, 5) and (probs >= 0).all()
+        torch.testing.assert_close(probs.sum(dim=1), torch.ones(64))
+        cumulative = head.cumulative(activated)
+        assert cumulative.shape == (64, 5) and (cumulative[:, 0] == 1).all()  # P(grade >= 0) = 1: no -1 rows
+    ordinal = OrdinalHead()
+    monotone = torch.tensor([[0.9, 0.7, 0.4, 0.1]])  # already decreasing: plain differences
+    torch.testing.assert_close(ordinal.probs(monotone), torch.tensor([[0.1, 0.2, 0.3, 0.3, 0.1]]))
+    bumpy = torch.tensor([[0.9, 0.2, 0.7, 0.1]])  # running minimum: [0.9, 0.2, 0.2, 0.1]
+    torch.testing.assert_close(ordinal.probs(bumpy), torch.tensor([[0.1, 0.7, 0.0, 0.1, 0.1]]))
+    # the paper's decoding of each head's cumulative layout: ordinal and regression give our grade exactly,
+    # classification the median of the softmax
+    sig = ordinal.activate(logits[:, :4])
+    assert np.array_equal(kaggle_decode(ordinal.cumulative(sig).numpy()), ordinal.decode(sig).numpy())
+    regression = RegressionHead()
+    score = logits[:, 0]
+    assert np.array_equal(kaggle_decode(regression.cumulative(score).numpy()), regression.decode(score).numpy())
+    soft = ClassificationHead().activate(logits)
+    median = (soft.cumsum(dim=1) >= 0.5).float().argmax(dim=1)
+    assert np.array_equal(kaggle_decode(ClassificationHead().cumulative(soft).numpy()), median.numpy())
+
+
+def test_classification_head_is_the_original_cross_entropy_argmax():
+    logits = torch.randn(16, 5, generator=torch.Generator().manual_seed(1))
+    grades = torch.randint(0, 5, (16,), generator=torch.Generator().manual_seed(2))
+    head = ClassificationHead()
+    assert torch.equal(head.loss(logits, grades), torch.nn.functional.cross_entropy(logits, grades))
+    assert torch.equal(head.decode(head.activate(logits)), logits.argmax(dim=1))
+    assert torch.equal(head.probs(head.activate(logits)), logits.softmax(dim=1))
+
+
+def test_regression_cut_counts_thresholds_strictly_below():
+    scores = torch.tensor([-1.0, 0.5, 0.51, 1.5, 2.0, 3.49, 3.5, 9.0])
+    assert cut(scores, torch.tensor(DEFAULT_THRESHOLDS)).tolist() == [0, 0, 1, 1, 2, 3, 3, 4]
+    assert np.array_equal(np.searchsorted(DEFAULT_THRESHOLDS, scores.numpy(), side="left"),
+                          cut(scores, torch.tensor(DEFAULT_THRESHOLDS)).numpy())  # tuning decodes the same way
+
+
+def test_grad_cam_evidence_per_head():
+    outputs = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0]])
+    assert ClassificationHead().evidence(outputs, torch.tensor([3])).tolist() == [4.0]
+    ordinal = OrdinalHead()
+    assert [ordinal.evidence(outputs[:, :4], torch.tensor([g])).item() for g in range(5)] == [-1, 1, 2, 3, 4]
+    regression = RegressionHead()
+    assert [regression.evidence(outputs[:, :1], torch.tensor([g])).item() for g in (0, 1, 4)] == [-1, 1, 1]
+
+
+def test_unknown_head_is_one_clear_error():
+    assert set(HEADS) == {"classification", "ordinal", "regression"}
+    with pytest.raises(HeadError, match=r"model\.head='softmax' is not a head; allowed: classification, ordinal, "
+                                        r"regression"):
+        build_head("softmax")
+    with pytest.raises(HeadError, match="model.head"):
+        DRClassifier(Backbone("resnet10t"), head="Ordinal")
+
+
+# ----------------------------------------------------------------------------- threshold tuning
+
+def hand_made_regression() -> tuple[np.ndarray, np.ndarray]:
+    """Scores that rank the grades perfectly but are squeezed to 0.6 x grade: rounding mislabels most."""
+    grades = np.repeat(np.arange(5), 6)
+    return 0.6 * grades + np.tile([-0.1, -0.06, -0.02, 0.02, 0.06, 0.1], 5), grades
+
+
+def test_tuning_finds_thresholds_with_a_higher_qwk_than_rounding():
+    scores, grades = hand_made_regression()
+    default = quadratic_weighted_kappa(grades, np.searchsorted(DEFAULT_THRESHOLDS, scores))
+    tuned = tune_thresholds(scores, grades)
+    assert np.all(np.diff(tuned) > 0)
+    assert default == pytest.approx(0.6263, abs=1e-4)
+    assert quadratic_weighted_kappa(grades, np.searchsorted(tuned, scores)) == 1.0
+    assert np.array_equal(tune_thresholds(scores[::-1], grades[::-1]), tuned)  # order-free, deterministic
+
+
+def test_tuning_keeps_the_defaults_when_they_are_already_best_or_nothing_is_known():
+    grades = np.repeat(np.arange(5), 3)
+    assert tune_thresholds(grades + 0.1, grades).tolist() == list(DEFAULT_THRESHOLDS)
+    assert tune_thresholds(np.array([]), np.array([])).tolist() == list(DEFAULT_THRESHOLDS)
+    assert tune_thresholds(np.full(4, 2.0), np.full(4, 2)).tolist() == list(DEFAULT_THRESHOLDS)  # kappa undefined
+
+
+def test_tuned_result_never_scores_below_the_start_on_noisy_data():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        grades = rng.integers(0, 5, 300)
+        scores = grades * rng.uniform(0.4, 1.2) + rng.normal(0, 0.8, 300)
+        tuned = tune_thresholds(scores, grades)
+        assert np.all(np.diff(tuned) > 0)
+        assert quadratic_weighted_kappa(grades, np.searchsorted(tuned, scores)) >= \
+            quadratic_weighted_kappa(grades, np.searchsorted(DEFAULT_THRESHOLDS, scores))
+
+
+class CollectTestOutputs(L.Callback):
+    """``test_step``'s returned dicts."""
+
+    def __init__(self) -> None:
+        self.outputs: list[dict[str, torch.Tensor]] = []
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.outputs.append(outputs)
+
+
+def test_thresholds_come_from_validation_predictions_only(tmp_path):
+    """Checkpoint buffer == tuning on the best epoch's validation predictions; test labels change nothing."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(48, 3, 32, 32, generator=generator)
+    grades = torch.randint(0, 5, (48,), generator=generator)
+    train_set, val_set = TensorDataset(images[:24], grades[:24]), TensorDataset(images[24:40], grades[24:40])
+    L.seed_everything(0)
+    model = DRClassifier(Backbone("resnet10t"), optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3),
+                         head="regression")
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, filename="best", monitor="val/qwk", mode="max")
+    trainer = L.Trainer(max_epochs=3, callbacks=[checkpoint], logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path)
+    trainer.fit(model, DataLoader(train_set, batch_size=8), DataLoader(val_set, batch_size=8))
+    assert {"val/qwk", "val/qwk_rounded", "val/qwk_kaggle"} <= trainer.callback_metrics.keys()
+
+    stored = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+    best = DRClassifier.load_from_checkpoint(checkpoint.best_model_path, backbone=Backbone("resnet10t"),
+                                             weights_only=True).eval()
+    with torch.no_grad():
+        scores = torch.cat([best.grading.activate(best(x)) for x, _ in DataLoader(val_set, batch_size=8)])
+    expected = tune_thresholds(scores.numpy(), grades[24:40].numpy())
+    assert not np.allclose(expected, DEFAULT_THRESHOLDS)  # tuning did move them: the check below means something
+    np.testing.assert_array_equal(stored["grading.thresholds"].numpy(), expected.astype(np.float32))
+
+    results = []
+    for labels in (grades[40:], (grades[40:] + 2) % 5):  # two different truths for the same test images
+        probe = CollectTestOutputs()
+        tester = L.Trainer(callbacks=[probe], logger=False, enable_progress_bar=False, enable_model_summary=False)
+        tester.test(model, DataLoader(TensorDataset(images[40:], labels), batch_size=4),
+                    ckpt_path=checkpoint.best_model_path, verbose=False)
+        results.append((model.grading.thresholds.clone(), probe.outputs))
+    (thresholds_a, outputs_a), (thresholds_b, outputs_b) = results
+    assert torch.equal(thresholds_a, thresholds_b) and torch.equal(thresholds_a, stored["grading.thresholds"])
+    for a, b in zip(outputs_a, outputs_b, strict=True):
+        assert set(a) == {"preds", "score"} and a["preds"].dtype == torch.long and a["score"].shape == (4,)
+        assert torch.equal(a["preds"], b["preds"]) and torch.equal(a["score"], b["score"])
+        assert torch.equal(a["preds"], cut(a["score"], thresholds_a))
+
+
+# ----------------------------------------------------------------------------- qw_kappa_kaggle
+
+def test_numpy_qwk_matches_sklearn():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        y, p = rng.integers(0, 5, 50), rng.integers(0, 5, 50)
+        assert quadratic_weighted_kappa(y, p) == pytest.approx(cohen_kappa_score(y, p, weights="quadratic"))
+    assert np.isnan(quadratic_weighted_kappa(np.full(3, 2), np.full(3, 2)))
+
+
+def test_kaggle_layout_and_decoding():
+    assert kaggle_cumulative(np.array([0, 2, 4])).tolist() == [[1, 0, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    assert kaggle_decode(kaggle_cumulative(np.arange(5))).tolist() == LABELS
+    outputs = np.array([[0.9, 0.8, 0.1, 0.1, 0.1], [0.4, 0.3, 0.2, 0.1, 0.0], [0.9, 0.1, 0.7, 0.1, 0.1],
+                        [0.5, 0.5, 0.5, 0.5, 0.5]])
+    assert kaggle_decode(outputs).tolist() == [1, -1, 1, -1]  # all <= 0.5 -> -1; non-leading ones count
+
+
+def test_qw_kappa_kaggle_silently_drops_rows_decoded_to_minus_one():
+    y = kaggle_cumulative(np.array([0, 1, 2, 3, 4, 2, 4]))
+    y_pred = np.array([[0.9, 0.1, 0.0, 0.0, 0.0],    # 0
+                       [0.9, 0.8, 0.2, 0.1, 0.0],    # 1
+                       [0.4, 0.4, 0.3, 0.2, 0.1],    # -1: dropped (a grade-2 image)
+                       [0.9, 0.9, 0.9, 0.6, 0.1],    # 3
+                       [0.9, 0.9, 0.9, 0.9, 0.7],    # 4
+                       [0.9, 0.7, 0.1, 0.1, 0.1],    # 1
+                       [0.2, 0.1, 0.1, 0.1, 0.1]])   # -1: dropped (a grade-4 image)
+    grades, preds = kaggle_decode(y), kaggle_decode(y_pred)
+    assert preds.tolist() == [0, 1, -1, 3, 4, 1, -1]
+    value = qw_kappa_kaggle(y, y_pred)
+    assert value == cohen_kappa_score(grades, preds, labels=LABELS, weights="quadratic")  # the paper's call
+    kept = preds >= 0
+    assert value == pytest.approx(cohen_kappa_score(grades[kept], preds[kept], weights="quadratic"))  # == dropped
+    # counting those two images (e.g. read as grade 0, "no output fired") instead costs a lot of kappa
+    counted = quadratic_weighted_kappa(grades, np.maximum(preds, 0))
+    assert value == pytest.approx(0.9524, abs=1e-4) and counted == pytest.approx(0.4143, abs=1e-4)
+
+
+def test_kaggle_metric_accumulates_batches_like_one_call():
+    rng = np.random.default_rng(2)
+    grades = rng.integers(0, 5, 40)
+    cumulative = np.sort(rng.uniform(size=(40, 5)), axis=1)[:, ::-1].copy()
+    cumulative[:, 0] = 1.0
+    metric = KaggleKappa()
+    for part in np.array_split(np.arange(40), 3):
+        metric.update(torch.from_numpy(cumulative[part]), torch.from_numpy(grades[part]))
+    expected = qw_kappa_kaggle(kaggle_cumulative(grades), cumulative)
+    assert metric.compute().item() == pytest.approx(expected, abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- end to end, per head
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Iterator[dict[str, TinyRun]]:
+    with one_thread():
+        yield {head: tiny_run(tmp_path_factory, head) for head in HEADS}
+
+
+@pytest.mark.parametrize("head", list(HEADS))
+def test_tiny_train_per_head(runs, head):
+    run = runs[head]
+    metrics = run.metrics
+    for key in ("val/qwk", "val/qwk_kaggle", "val/qwk_best", "test/qwk", "test/qwk_kaggle", "test/acc"):
+        assert key in metrics and (np.isnan(metrics[key]) or -1 <= metrics[key] <= 1), key
+    assert ("val/qwk_rounded" in metrics) is (head == "regression")
+    payload = torch.load(run.ckpt, map_location="cpu", weights_only=True)
+    assert payload["hyper_parameters"]["head"] == head
+    assert payload["state_dict"]["head.1.weight"].shape[0] == HEADS[head].num_outputs
+    if head != "classification":  # the paper's decoding of our cumulative layout is our own decoding
+        assert metrics["test/qwk_kaggle"] == pytest.approx(metrics["test/qwk"], abs=1e-5, nan_ok=True)
+    if head == "regression":
+        thresholds = payload["state_dict"]["grading.thresholds"]
+        assert torch.equal(run.model.grading.thresholds, thresholds) and (thresholds.diff() > 0).all()
+
+    # test_step's outputs, as TestPredictionWriter saved them: they reproduce test/qwk
+    table = pd.read_csv(run.ckpt.parent.parent / PREDICTIONS_NAME)
+    assert ({f"p{k}" for k in range(5)} <= set(table.columns)) is (head != "regression")
+    assert ("score" in table.columns) is (head == "regression")
+    qwk = cohen_kappa_score(table.grade, table.pred, labels=LABELS, weights="quadratic")
+    assert metrics["test/qwk"] == pytest.approx(qwk, abs=1e-5, nan_ok=True)
+    if head == "regression":
+        assert table.pred.tolist() == cut(torch.tensor(table.score.to_numpy()), thresholds).tolist()
+    else:
+        np.testing.assert_allclose(table[[f"p{k}" for k in range(5)]].sum(axis=1), 1.0, atol=1e-5)
