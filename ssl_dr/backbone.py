@@ -3,11 +3,18 @@
 Both the pretext and the grader wrap the same ``Backbone``; what passes between them is a small
 payload ``{"format", "name", "state_dict", "meta"}`` loaded with ``weights_only=True`` and strict key
 matching, so a file from another architecture fails loudly instead of half-loading.
+
+ImageNet weights (``pretrained=True``, the ``imagenet`` arm) are loaded by timm itself, from a local file
+(``pretrained_cfg_overlay=dict(file=...)``: .safetensors or a torch .pth/.bin state dict, torchvision's
+DenseNet key names mapped by timm) or, with no file, from the Hugging Face hub. Every way that can fail
+(offline, missing file, unreadable file, other architecture) ends in one ``BackboneWeightsError`` line
+that names the config key, the path and the fix.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,12 +31,27 @@ class BackboneWeightsError(ValueError):
 
 
 class Backbone(nn.Module):
-    """timm ``create_model(name, num_classes=0)``: images -> pooled features (1024-d for DenseNet121)."""
+    """timm ``create_model(name, num_classes=0)``: images -> pooled features (1024-d for DenseNet121).
 
-    def __init__(self, name: str = "densenet121", pretrained: bool = False, drop_rate: float = 0.0) -> None:
+    Arguments are the ``model.backbone.*`` config keys. ``pretrained=False`` (the default, and what
+    inference uses before loading a checkpoint) is a random init that never touches the network.
+    ``pretrained=True`` starts from timm's ``<name>.<pretrained_tag>`` ImageNet weights, read from
+    ``weights_file`` when given, else fetched from the hub; ``weights_source`` records which.
+    """
+
+    def __init__(self, name: str = "densenet121", pretrained: bool = False, drop_rate: float = 0.0,
+                 pretrained_tag: str | None = None, weights_file: str | Path | None = None) -> None:
         super().__init__()
         self.name = name
-        self.model = timm.create_model(name, pretrained=pretrained, num_classes=0, drop_rate=drop_rate)
+        self.weights_source: str | None = None
+        if pretrained:
+            self.model, self.weights_source = _pretrained_model(name, pretrained_tag, weights_file, drop_rate=drop_rate)
+        elif weights_file is not None:  # a file the user named must never be ignored silently
+            raise BackboneWeightsError(f"model.backbone.weights_file={weights_file} is set but "
+                                       "model.backbone.pretrained=false, so it would be ignored; use arm=imagenet "
+                                       "(or model.backbone.pretrained=true), or drop weights_file")
+        else:
+            self.model = timm.create_model(name, pretrained=False, num_classes=0, drop_rate=drop_rate)
         self.num_features: int = self.model.num_features
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -39,6 +61,78 @@ class Backbone(nn.Module):
         """Input mean/std the model expects, from timm's pretrained config (not hard-coded)."""
         data_cfg = timm.data.resolve_model_data_config(self.model)
         return tuple(data_cfg["mean"]), tuple(data_cfg["std"])
+
+
+def _pretrained_model(name: str, tag: str | None, weights_file: str | Path | None, **kwargs: Any
+                      ) -> tuple[nn.Module, str]:
+    """timm's ImageNet ``<name>.<tag>`` without its head, and where its weights came from (path or hub id).
+
+    Built with its ImageNet head so that timm loads strictly, then the head is dropped: a head-less model
+    is loaded non-strictly by timm, which would leave every tensor of a foreign file (another network, a
+    Lightning checkpoint) silently at random instead of failing.
+    """
+    variant = f"{name}.{tag}" if tag else name
+    try:
+        pretrained_cfg = timm.models.get_pretrained_cfg(variant) if timm.is_model(name) else None
+    except RuntimeError:  # timm: an unknown tag of a known model
+        pretrained_cfg = None
+    if pretrained_cfg is None:
+        raise BackboneWeightsError(f"model.backbone: timm has no pretrained weights {variant} (check "
+                                   "model.backbone.name and model.backbone.pretrained_tag)")
+    hub = pretrained_cfg.hf_hub_id or pretrained_cfg.url
+    if weights_file is None:
+        if not hub:
+            raise BackboneWeightsError(f"model.backbone.weights_file is not set and timm knows no download for "
+                                       f"{variant}; pass model.backbone.weights_file=<file of its weights>")
+        source, overlay = hub, None
+    else:
+        path = Path(weights_file).expanduser().resolve()
+        if not path.is_file():
+            problem = "is a folder, not a file" if path.is_dir() else "not found"
+            raise BackboneWeightsError(f"model.backbone.weights_file={weights_file}: {path} {problem}; "
+                                       f"{_how_to_get(hub)}")
+        source, overlay = str(path), {"file": str(path)}
+    try:
+        model = timm.create_model(variant, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    except Exception as err:  # timm, torch, safetensors and huggingface_hub raise many types
+        raise BackboneWeightsError(_load_failure(variant, source, weights_file is not None, hub, err)) from err
+    model.reset_classifier(0)
+    return model, source
+
+
+def _how_to_get(hub: str | None) -> str:
+    if hub and "://" not in hub:
+        return (f"download the weights once where there is internet (hf download {hub} model.safetensors "
+                f"--local-dir <dir>) and pass model.backbone.weights_file=<dir>/model.safetensors")
+    return f"download {hub} once and pass model.backbone.weights_file=<that file>"
+
+
+def _load_failure(variant: str, source: str, from_file: bool, hub: str | None, err: Exception) -> str:
+    """One line saying why timm could not load ``variant`` from ``source`` and what to do instead."""
+    lines = [" ".join(line.split()) for line in str(err).splitlines() if line.strip()]
+    if not from_file:
+        offline = "; HF_HUB_OFFLINE is set" if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") \
+            else ""
+        return (f"model.backbone.weights_file is not set and {source} cannot be fetched from the Hugging Face hub "
+                f"({type(err).__name__}{offline}); {_how_to_get(hub)}")
+    if isinstance(err, RuntimeError) and lines and lines[0].startswith("Error(s) in loading state_dict"):
+        return (f"model.backbone.weights_file={source} holds no {variant} weights ({_mismatch(lines[1:])}); pass "
+                f"the ImageNet checkpoint of this network with its classifier, e.g. {hub}")
+    reason = f"{type(err).__name__}: {lines[0].split('. ')[0][:200]}" if lines else type(err).__name__
+    return (f"model.backbone.weights_file={source} cannot be read as weights ({reason}); expected a .safetensors "
+            f"file or a PyTorch state dict (.pth/.bin); {_how_to_get(hub)}")
+
+
+def _mismatch(lines: list[str]) -> str:
+    """torch's strict-load complaint (thousands of keys) as a count and a first example per kind."""
+    kinds: dict[str, list[str]] = {}
+    for line in lines:
+        label, _, rest = line.partition(":")
+        if label.startswith("size mismatch for "):
+            kinds.setdefault("size mismatch", []).append(label.removeprefix("size mismatch for "))
+        else:
+            kinds.setdefault(label.removesuffix(" in state_dict").lower(), []).extend(re.findall(r'"([^"]+)"', rest))
+    return "; ".join(f"{kind}: {len(keys)}, e.g. {keys[0]}" for kind, keys in kinds.items() if keys)
 
 
 def save_backbone(backbone: Backbone, path: Path, meta: dict[str, Any] | None = None) -> None:
