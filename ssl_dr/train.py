@@ -40,7 +40,11 @@ from ssl_dr.scale import check_multirun_strategy, is_launch_rank_zero
 
 log = logging.getLogger(__name__)
 register_resolvers()  # before @hydra.main composes: hydra.run.dir uses ${ssl_dr.run_dir:...}
-INITS = ("pretext", "random")
+INITS = ("pretext", "random", "imagenet")
+"""How the grader's backbone starts (``init``, set by the arm): the pretext's weights, random, or timm's
+ImageNet weights (``model.backbone.pretrained``, loaded by ``Backbone`` itself)."""
+USER_ERRORS = (DataError, BackboneWeightsError, NonFiniteLossError)
+"""Errors of the user's data or settings: one ``error: ...`` line and exit status 2, no traceback."""
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
@@ -55,13 +59,36 @@ def pretext_pool(records: list[Record], table: pd.DataFrame, pool: str) -> list[
     raise DataError(f"pretext.pool={pool!r} must be 'all' or 'train_only'")
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one experiment job and return its final metrics (also written to ``metrics.json``)."""
+def check_init(cfg: DictConfig) -> None:
+    """``init`` must agree with ``model.backbone.pretrained``: metrics and reports trust ``init``, and a run
+    that starts from ImageNet weights under ``init=random`` would be reported as the baseline."""
     if cfg.init not in INITS:
         raise DataError(f"init={cfg.init!r} is not one of {INITS}")
+    pretrained = bool(cfg.model.backbone.get("pretrained", False))
+    if cfg.init == "imagenet" and not pretrained:
+        raise DataError("init=imagenet needs model.backbone.pretrained=true (arm=imagenet sets it)")
+    if cfg.init == "random" and pretrained:
+        raise DataError("init=random but model.backbone.pretrained=true starts from ImageNet weights; "
+                        "use arm=imagenet for that, or drop model.backbone.pretrained=true")
+
+
+def imagenet_source(cfg: DictConfig) -> str | None:
+    """Where ``model.backbone.pretrained`` weights come from (file path or hub id), checked by loading them
+    once before any data work, so a missing or wrong file ends the run in seconds, not after the cache."""
+    if not cfg.model.backbone.get("pretrained", False):
+        return None
+    source = instantiate(cfg.model.backbone).weights_source
+    print(f"[ssl_dr] ImageNet weights: {source}")
+    return source
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one experiment job and return its final metrics (also written to ``metrics.json``)."""
+    check_init(cfg)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"[ssl_dr] {cfg.arm}: fraction {cfg.data.label_fraction}, fold {cfg.data.fold}; outputs in {out_dir}")
+    imagenet = imagenet_source(cfg)  # before seeding: building the check's model draws random numbers
     L.seed_everything(cfg.seed, workers=True)
 
     source = instantiate(cfg.data.source)
@@ -84,7 +111,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     scores = finetune(cfg, *(records_with_role(records, table, role) for role in ("train", "val", "test")),
                       cache=cache, init_weights=init_weights, out_dir=out_dir)
 
-    metrics = {"arm": cfg.arm, "init": cfg.init, "folds_file": str(folds_path.resolve()),
+    init_source = {"pretext": str(init_weights), "imagenet": imagenet}.get(cfg.init)  # random: None
+    metrics = {"arm": cfg.arm, "init": cfg.init, "init/weights": init_source, "folds_file": str(folds_path.resolve()),
                "label_fraction": cfg.data.label_fraction, "fold": cfg.data.fold,
                "seed": cfg.seed, "split_seed": cfg.data.split_seed,
                "num_train": int((table.role == "train").sum()), "num_val": int((table.role == "val").sum()),
@@ -94,6 +122,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str))
     print(f"[ssl_dr] done: test/qwk = {metrics.get('test/qwk', float('nan')):.4f}  ({out_dir})")
     return metrics
+
+
+def _user_error(err: BaseException) -> Exception | None:
+    """The bad-data/bad-setting error behind ``err``, if any: Hydra's ``instantiate`` wraps what a
+    constructor raised (a ``Backbone`` that cannot load its weights) in an ``InstantiationException``."""
+    while err is not None:
+        if isinstance(err, USER_ERRORS):
+            return err
+        err = err.__cause__
+    return None
 
 
 def _in_multirun() -> bool:
@@ -111,17 +149,18 @@ def main(cfg: DictConfig) -> float:
     check_multirun_strategy(cfg, HydraConfig.get())  # outside the try: a wrong launcher stops the sweep
     try:
         metrics = train(cfg)
-    except (DataError, BackboneWeightsError, NonFiniteLossError) as err:
-        if _in_multirun():
-            log.error("job failed: %s", err)
-            return math.nan
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
     except Exception as err:
-        if not _in_multirun():
+        user_error = _user_error(err)
+        if _in_multirun():
+            if user_error is not None:
+                log.error("job failed: %s", user_error)
+            else:
+                log.exception("job failed: %s: %s", type(err).__name__, err)
+            return math.nan
+        if user_error is None:
             raise
-        log.exception("job failed: %s: %s", type(err).__name__, err)
-        return math.nan
+        print(f"error: {user_error}", file=sys.stderr)
+        raise SystemExit(2) from None
     value = metrics.get(cfg.optimized_metric)
     return float(value) if value is not None else math.nan
 
