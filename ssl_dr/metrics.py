@@ -94,7 +94,8 @@ class KaggleKappa(Metric):
         self.grades.append(grades.detach().long())
 
     def compute(self) -> torch.Tensor:
-        if not self.grades:
+        # a list of batches on one process; after a DDP sync, torchmetrics has already concatenated it
+        if isinstance(self.grades, list) and not self.grades:
             return torch.tensor(float("nan"))
         grades = dim_zero_cat(self.grades).cpu().numpy()
         cumulative = dim_zero_cat(self.cumulative).cpu().numpy()

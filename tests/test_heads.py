@@ -260,6 +260,11 @@ def test_kaggle_metric_accumulates_batches_like_one_call():
         metric.update(torch.from_numpy(cumulative[part]), torch.from_numpy(grades[part]))
     expected = qw_kappa_kaggle(kaggle_cumulative(grades), cumulative)
     assert metric.compute().item() == pytest.approx(expected, abs=1e-6)
+    # what a DDP sync leaves: each list state concatenated over ranks into one tensor
+    synced = KaggleKappa()
+    synced.cumulative, synced.grades = torch.from_numpy(cumulative).float(), torch.from_numpy(grades)
+    assert synced.compute().item() == pytest.approx(expected, abs=1e-6)
+    assert np.isnan(KaggleKappa().compute().item())
 
 
 # ----------------------------------------------------------------------------- end to end, per head
