@@ -33,7 +33,6 @@ from ssl_dr.data.transforms import (
 )
 from ssl_dr.loggers import build_loggers, close_loggers
 from ssl_dr.predictions import PREDICTIONS_NAME, TestPredictionWriter
-from ssl_dr.pretexts import build_pretext
 from ssl_dr.pretext_store import (
     LOCK_NAME,
     PARTIAL_DIR,
@@ -43,6 +42,7 @@ from ssl_dr.pretext_store import (
     stored_weights,
     write_summary,
 )
+from ssl_dr.pretexts import build_pretext
 from ssl_dr.resume import RngStateCallback
 from ssl_dr.scale import await_choice, await_file, is_launch_rank_zero, publish_choice
 

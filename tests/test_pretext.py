@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ssl_dr.pretext import NUM_ROTATIONS, rotate_batch
+from ssl_dr.pretexts.rotation import NUM_ROTATIONS, rotate_batch
 
 
 def test_rotate_batch_labels_match_rotations():

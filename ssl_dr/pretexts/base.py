@@ -1,0 +1,81 @@
+"""What every pretext shares: the backbone, the optimiser from config, and the metrics it logs.
+
+A pretext only adds a head (``self.head``, on the backbone's pooled features), how a batch of images
+becomes the network's input, and its loss (``step``). Every pretext logs ``pretext/{train,val}_loss`` and
+``pretext/{train,val}_acc``: the share of samples whose top-scoring candidate is the right one (the
+applied rotation or permutation, or the positive view). ``phases`` and the pretext store read
+``pretext/val_acc`` whichever pretext ran, so its meaning stays "held-out top-1 accuracy".
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, ClassVar, NamedTuple
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+
+from ssl_dr.backbone import Backbone
+from ssl_dr.optim import configure_optimizers
+
+
+class PretextStep(NamedTuple):
+    """One batch's loss, and the scores/targets its top-1 accuracy is measured on."""
+
+    loss: torch.Tensor
+    scores: torch.Tensor  # (N, candidates): the network's scores for every candidate answer
+    targets: torch.Tensor  # (N,): index of the right candidate
+
+
+def mlp_head(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
+    """A small two-layer head: the point is to shape the shared backbone, which the grader reuses."""
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_features))
+
+
+class PretextModule(L.LightningModule):
+    """Backbone + ``self.head`` (set by the subclass); the subclass implements ``step``.
+
+    Accuracy is a ``MeanMetric`` over per-sample hits: for a classification pretext that is exactly
+    micro-averaged accuracy, and it also covers retrieval (SimCLR), where the candidates change per batch.
+    """
+
+    head: nn.Module
+    # the ``pretext.transform`` whose batches ``step`` expects: ``pretext`` (B, C, H, W) images, or
+    # ``contrastive`` (B, 2, C, H, W) pairs of views
+    TRANSFORM: ClassVar[str] = "pretext"
+
+    def __init__(self, backbone: Backbone, optimizer: partial, scheduler: partial | None = None) -> None:
+        super().__init__()
+        # collects the subclass's own init arguments too (head size, temperature, ...)
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
+        self.backbone = backbone
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.train_acc = MeanMetric()
+        self.val_acc = MeanMetric()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images))
+
+    def step(self, batch: torch.Tensor, batch_idx: int) -> PretextStep:
+        """Build the pretext input from ``batch``, run the network, return loss, scores and targets."""
+        raise NotImplementedError
+
+    def _shared_step(self, batch: torch.Tensor, batch_idx: int, stage: str, accuracy: MeanMetric) -> torch.Tensor:
+        out = self.step(batch, batch_idx)
+        accuracy((out.scores.argmax(dim=1) == out.targets).float())
+        self.log(f"pretext/{stage}_loss", out.loss, prog_bar=True, on_step=stage == "train", on_epoch=True,
+                 batch_size=out.scores.shape[0])
+        self.log(f"pretext/{stage}_acc", accuracy, prog_bar=True, on_step=False, on_epoch=True)
+        return out.loss
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, batch_idx, "train", self.train_acc)
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self._shared_step(batch, batch_idx, "val", self.val_acc)
+
+    def configure_optimizers(self) -> Any:
+        return configure_optimizers(self, self.optimizer_factory, self.scheduler_factory)
