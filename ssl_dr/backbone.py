@@ -36,7 +36,8 @@ class Backbone(nn.Module):
     Arguments are the ``model.backbone.*`` config keys. ``pretrained=False`` (the default, and what
     inference uses before loading a checkpoint) is a random init that never touches the network.
     ``pretrained=True`` starts from timm's ``<name>.<pretrained_tag>`` ImageNet weights, read from
-    ``weights_file`` when given, else fetched from the hub; ``weights_source`` records which.
+    ``weights_file`` when given, else fetched from the hub; ``weights_source`` records which. Without
+    ``pretrained``, ``weights_file`` is not read, so one sweep over arms can name the file for all of them.
     """
 
     def __init__(self, name: str = "densenet121", pretrained: bool = False, drop_rate: float = 0.0,
@@ -46,10 +47,6 @@ class Backbone(nn.Module):
         self.weights_source: str | None = None
         if pretrained:
             self.model, self.weights_source = _pretrained_model(name, pretrained_tag, weights_file, drop_rate=drop_rate)
-        elif weights_file is not None:  # a file the user named must never be ignored silently
-            raise BackboneWeightsError(f"model.backbone.weights_file={weights_file} is set but "
-                                       "model.backbone.pretrained=false, so it would be ignored; use arm=imagenet "
-                                       "(or model.backbone.pretrained=true), or drop weights_file")
         else:
             self.model = timm.create_model(name, pretrained=False, num_classes=0, drop_rate=drop_rate)
         self.num_features: int = self.model.num_features

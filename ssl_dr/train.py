@@ -18,6 +18,7 @@ import hydra
 import lightning as L
 import pandas as pd
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -77,7 +78,13 @@ def imagenet_source(cfg: DictConfig) -> str | None:
     once before any data work, so a missing or wrong file ends the run in seconds, not after the cache."""
     if not cfg.model.backbone.get("pretrained", False):
         return None
-    source = instantiate(cfg.model.backbone).weights_source
+    try:
+        source = instantiate(cfg.model.backbone).weights_source
+    except InstantiationException as err:  # Hydra wraps what the constructor raised: raise that instead
+        cause = _user_error(err)
+        if cause is None:
+            raise
+        raise cause from None
     print(f"[ssl_dr] ImageNet weights: {source}")
     return source
 

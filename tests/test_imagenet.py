@@ -23,7 +23,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ssl_dr.backbone import Backbone, BackboneWeightsError
 from ssl_dr.data.records import DataError
-from ssl_dr.train import check_init, train
+from ssl_dr.train import check_init, imagenet_source, train
 from tests.conftest import TINY, compose_cfg
 
 HUB_ID = "timm/densenet121.tv_in1k"
@@ -161,11 +161,22 @@ def test_no_file_offline_names_the_hub_and_the_fix(hub_offline, no_network):
     assert f"hf download {HUB_ID} model.safetensors" in text and "model.backbone.weights_file=<dir>/" in text
 
 
-def test_unknown_tag_and_ignored_file_are_refused(weights_files):
+def test_unknown_tag_is_refused(weights_files):
     with pytest.raises(BackboneWeightsError, match="no pretrained weights densenet121.nope"):
         Backbone("densenet121", pretrained=True, pretrained_tag="nope", weights_file=weights_files["pth"])
-    with pytest.raises(BackboneWeightsError, match="pretrained=false, so it would be ignored"):
-        Backbone("densenet121", weights_file=weights_files["pth"])
+
+
+def test_other_arms_never_read_the_weights_file(tmp_path, no_network):
+    """A sweep over arms may name the file once for all of them: only the imagenet arm reads it."""
+    from hydra.utils import instantiate
+
+    missing = tmp_path / "absent.safetensors"
+    for arm in ("rotation", "baseline"):
+        cfg = compose_cfg(tmp_path, [f"arm={arm}", f"model.backbone.weights_file={missing}"])
+        check_init(cfg)
+        assert instantiate(cfg.model.backbone).weights_source is None
+    with pytest.raises(BackboneWeightsError, match="not found"):
+        imagenet_source(compose_cfg(tmp_path, ["arm=imagenet", f"model.backbone.weights_file={missing}"]))
 
 
 # --- config -----------------------------------------------------------------------------------------------
