@@ -35,16 +35,17 @@ from ssl_dr.data.splits import (
     stored_folds,
     write_split,
 )
+from ssl_dr.heads import check_head
 from ssl_dr.phases import finetune, pretext_weights
 from ssl_dr.resume import register_resolvers
-from ssl_dr.scale import check_multirun_strategy, is_launch_rank_zero
+from ssl_dr.scale import ScaleSettingsError, check_multirun_strategy, check_sync_batchnorm, is_launch_rank_zero
 
 log = logging.getLogger(__name__)
 register_resolvers()  # before @hydra.main composes: hydra.run.dir uses ${ssl_dr.run_dir:...}
 INITS = ("pretext", "random", "imagenet")
 """How the grader's backbone starts (``init``, set by the arm): the pretext's weights, random, or timm's
 ImageNet weights (``model.backbone.pretrained``, loaded by ``Backbone`` itself)."""
-USER_ERRORS = (DataError, BackboneWeightsError, NonFiniteLossError)
+USER_ERRORS = (DataError, BackboneWeightsError, NonFiniteLossError, ScaleSettingsError)
 """Errors of the user's data or settings: one ``error: ...`` line and exit status 2, no traceback."""
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -92,6 +93,8 @@ def imagenet_source(cfg: DictConfig) -> str | None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment job and return its final metrics (also written to ``metrics.json``)."""
     check_init(cfg)
+    check_head(cfg.model.head)  # in seconds, not after the image cache and the pretext
+    check_sync_batchnorm(cfg.trainer)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"[ssl_dr] {cfg.arm}: fraction {cfg.data.label_fraction}, fold {cfg.data.fold}; outputs in {out_dir}")

@@ -21,7 +21,7 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score
 
 from ssl_dr.data.datamodule import _evaluation_sampler
 from ssl_dr.predictions import PREDICTIONS_NAME
-from ssl_dr.scale import ScaleCallback, lr_scale
+from ssl_dr.scale import ScaleCallback, ScaleSettingsError, check_sync_batchnorm, lr_scale
 from ssl_dr.train import train
 
 # 62 labelled images -> a 13-image test fold: odd, so two equal shards are impossible without repeats
@@ -91,10 +91,16 @@ def test_unknown_lr_rule_names_the_key():
 
 
 def test_sync_batchnorm_on_cpu_processes_is_refused_with_the_fix(tiny_cfg):
-    from ssl_dr.scale import ScaleSettingsError, check_sync_batchnorm
-
     cfg = tiny_cfg("trainer=ddp", "trainer.accelerator=cpu")
     with pytest.raises(ScaleSettingsError, match="trainer.sync_batchnorm=false"):
         check_sync_batchnorm(cfg.trainer)
     check_sync_batchnorm(tiny_cfg("trainer=ddp", "trainer.accelerator=cpu", "trainer.sync_batchnorm=false").trainer)
     check_sync_batchnorm(tiny_cfg("trainer=ddp").trainer, cuda_available=True)  # GPUs: allowed
+
+
+def test_cli_refuses_sync_batchnorm_on_cpu_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "ssl_dr.train", "experiment=baseline", *DDP_RUN[:-1]],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "error: trainer.sync_batchnorm=true needs GPUs" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists(), "refused before any data work"

@@ -57,7 +57,7 @@ def test_every_experiment_composes():
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             cfg = compose(config_name="train", overrides=[f"experiment={name}"])
-        assert cfg.arm in ("rotation", "baseline")
+        assert cfg.arm in {p.stem for p in (Path(CONFIG_DIR) / "arm").glob("*.yaml")}
 
 
 def test_cli_from_another_directory_writes_hydra_files_and_wandb(tmp_path):
@@ -150,3 +150,12 @@ def test_checkpoint_carries_what_inference_needs(tiny_cfg):
     assert inference["preprocess"]["ben_graham"] is False and len(inference["mean"]) == 3
     model = DRClassifier.load_from_checkpoint(ckpt, backbone=Backbone(inference["backbone"]), weights_only=True)
     assert model.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 5)
+
+
+def test_unknown_head_fails_before_any_data_work(tiny_cfg, tmp_path):
+    from ssl_dr.heads import HeadError
+
+    cfg = tiny_cfg("experiment=rotation", "model.head=softmax")
+    with pytest.raises(HeadError, match="model.head='softmax'"):
+        train(cfg)
+    assert not (tmp_path / "data").exists() and not (tmp_path / "cache").exists()
