@@ -100,9 +100,14 @@ def _callbacks(cfg: DictConfig) -> list[Callback]:
 
 
 def pretext_description(cfg: DictConfig, pool: list[Record]) -> dict[str, Any]:
-    """Everything that shapes the pretext's weights (the store key is its hash)."""
+    """Everything that shapes the pretext's weights (the store key is its hash). The ImageNet-weights keys
+    count only for a pretrained backbone: a sweep naming ``model.backbone.weights_file`` for its imagenet
+    arm must not retrain the other arms' pretexts."""
+    backbone = OmegaConf.to_container(cfg.model.backbone, resolve=True)
+    if not backbone.get("pretrained", False):
+        backbone = {k: v for k, v in backbone.items() if k not in ("weights_file", "pretrained_tag")}
     return {"pretext": OmegaConf.to_container(cfg.pretext, resolve=True),
-            "backbone": OmegaConf.to_container(cfg.model.backbone, resolve=True),
+            "backbone": backbone,
             "image_size": cfg.data.image_size,
             "preprocess": OmegaConf.to_container(cfg.data.preprocess, resolve=True),
             "augment": OmegaConf.to_container(cfg.data.augment, resolve=True),

@@ -263,3 +263,15 @@ def test_cli_without_usable_weights_ends_in_one_line(weights, message, tmp_path)
     assert len(errors) == 1 and errors[0].startswith(message.format(path=path)), result.stderr[-3000:]
     assert HUB_ID in errors[0] and "Traceback" not in result.stderr
     assert not list(tmp_path.rglob("split.csv")) and not list(tmp_path.rglob("*.ckpt"))  # stopped before any data
+
+
+def test_weights_file_does_not_change_other_arms_pretext_key(tiny_cfg):
+    from ssl_dr.phases import pretext_description
+    from ssl_dr.pretext_store import pretext_key
+
+    keys = {pretext_key(pretext_description(tiny_cfg("experiment=rotation", *extra), []))
+            for extra in ([], ["model.backbone.weights_file=/x/densenet121.safetensors"],
+                          ["model.backbone.pretrained_tag=ra_in1k"])}
+    assert len(keys) == 1
+    changed = tiny_cfg("experiment=rotation", "pretext.max_epochs=7")
+    assert pretext_key(pretext_description(changed, [])) not in keys
