@@ -23,7 +23,13 @@ from ssl_dr.data.transforms import ContrastiveAugment, ContrastiveViews, build_c
 from ssl_dr.phases import pretext_description
 from ssl_dr.pretext_store import pretext_key
 from ssl_dr.pretexts import build_pretext
-from ssl_dr.pretexts.jigsaw import JigsawPretext, cell_geometry, jigsaw_batch, maximal_hamming_permutations
+from ssl_dr.pretexts.jigsaw import (
+    JigsawPretext,
+    cell_geometry,
+    central_crop,
+    jigsaw_batch,
+    maximal_hamming_permutations,
+)
 from ssl_dr.pretexts.simclr import SimCLRPretext, nt_xent_logits, pair_views, positive_indices
 from ssl_dr.train import train
 from tests.conftest import TINY_SYNTHETIC, compose_cfg
@@ -77,6 +83,18 @@ def test_jigsaw_cell_j_holds_input_cell_perm_j(size, grid, gap):
             blank[inner] = False
             assert (dst[j][blank] == 0).all()  # the gap hides pixel continuity across cuts
         assert (out[i, :, grid * cell:, :] == 0).all() and (out[i, :, :, grid * cell:] == 0).all()  # leftover
+
+
+def test_central_crop_takes_the_middle_and_keeps_the_size():
+    images = torch.arange(2 * 3 * 10 * 10, dtype=torch.float32).reshape(2, 3, 10, 10)
+    assert central_crop(images, 1.0) is images
+    cropped = central_crop(images, 0.6)  # the middle 6x6, resized back to 10x10
+    assert cropped.shape == images.shape
+    expected = F.interpolate(images[..., 2:8, 2:8], size=(10, 10), mode="bilinear", align_corners=False)
+    assert torch.equal(cropped, expected)
+    outside_changed = images.clone()
+    outside_changed[..., :2, :] = outside_changed[..., :, 8:] = -1e6
+    assert torch.equal(central_crop(outside_changed, 0.6), cropped)  # nothing from outside the middle
 
 
 def test_jigsaw_grid_too_big_for_the_image_is_one_clear_error(tmp_path):

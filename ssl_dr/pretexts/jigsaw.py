@@ -9,6 +9,13 @@ one image of the original size and the backbone sees the whole puzzle. Every cel
 puzzle by matching the pixels on either side of a cut; pixels left over when the size is not a multiple
 of ``grid`` are blanked too, so they say nothing about the permutation.
 
+Fundus-specific: the puzzle is cut from the centre of the image (``crop``, a share of the side, resized
+back to full size), by default about the square inside the circular fundus. Cut from the whole
+photograph, every border cell shows its own piece of the disc's rim against the black surround, which
+gives its place away: on the built-in set (64 px, defaults) the whole-image puzzle reached 100% held-out
+accuracy after two epochs, solved from the outline; cut from the centre it climbs to about 20% (chance:
+1 in 24) in ten epochs, learning from the retina itself.
+
 Convention (``jigsaw_batch``): cells are numbered row-major, and cell ``j`` of the output holds cell
 ``perm[j]`` of the input, ``perm = permutations[label]``.
 
@@ -76,6 +83,17 @@ def cell_geometry(size: int, grid: int, gap: float) -> tuple[int, int]:
     return cell, border
 
 
+def central_crop(images: torch.Tensor, share: float) -> torch.Tensor:
+    """The centred ``round(share * side)`` square of every image, resized (bilinear) back to full size."""
+    if share == 1.0:
+        return images
+    h, w = images.shape[-2:]
+    ch, cw = round(share * h), round(share * w)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return F.interpolate(images[..., top:top + ch, left:left + cw], size=(h, w), mode="bilinear",
+                         align_corners=False)
+
+
 def jigsaw_batch(images: torch.Tensor, permutations: torch.Tensor, labels: torch.Tensor, grid: int,
                  gap: float) -> torch.Tensor:
     """``(B, C, H, W)`` -> puzzles of the same shape: cell ``j`` (row-major) of ``out[i]`` holds cell
@@ -106,13 +124,16 @@ class JigsawPretext(PretextModule):
 
     def __init__(self, backbone: Backbone, optimizer: partial, scheduler: partial | None = None, *,
                  image_size: int, grid: int = 3, num_permutations: int = 24, gap: float = 0.1,
-                 permutation_seed: int = 0, head_hidden: int = 256) -> None:
+                 crop: float = 0.7, permutation_seed: int = 0, head_hidden: int = 256) -> None:
         super().__init__(backbone, optimizer, scheduler)
         cell_geometry(image_size, grid, gap)  # fail on a bad grid/gap now, not mid-training
         if num_permutations < 2:
             raise DataError(f"pretext.module.num_permutations={num_permutations} must be at least 2")
+        if not 0 < crop <= 1:
+            raise DataError(f"pretext.module.crop={crop} must be in (0, 1] (1 = the whole image)")
         self.grid = grid
         self.gap = gap
+        self.crop = crop
         perms = maximal_hamming_permutations(grid * grid, num_permutations, permutation_seed)
         self.register_buffer("permutations", torch.tensor(perms))
         self.head = mlp_head(backbone.num_features, head_hidden, num_permutations)
@@ -123,5 +144,5 @@ class JigsawPretext(PretextModule):
 
     def step(self, batch: torch.Tensor, batch_idx: int) -> PretextStep:
         labels = self._labels(batch.shape[0], batch_idx).to(batch.device)
-        logits = self(jigsaw_batch(batch, self.permutations, labels, self.grid, self.gap))
+        logits = self(jigsaw_batch(central_crop(batch, self.crop), self.permutations, labels, self.grid, self.gap))
         return PretextStep(F.cross_entropy(logits, labels), logits, labels)
