@@ -1,7 +1,7 @@
 """The two training phases of a run, each built entirely from config.
 
-``pretext_weights`` returns backbone weights from the rotation pretext — reused from the store when an
-identical pretext already ran, trained otherwise. ``finetune`` trains the grader on the run's split,
+``pretext_weights`` returns backbone weights from the configured pretext (``cfg.pretext``), reused from
+the store when an identical pretext already ran, trained otherwise. ``finetune`` trains the grader on the run's split,
 picks the checkpoint with the best ``val/qwk`` and tests it on the held-out fold.
 """
 

@@ -47,6 +47,8 @@ INITS = ("pretext", "random", "imagenet")
 ImageNet weights (``model.backbone.pretrained``, loaded by ``Backbone`` itself)."""
 USER_ERRORS = (DataError, BackboneWeightsError, NonFiniteLossError, ScaleSettingsError)
 """Errors of the user's data or settings: one ``error: ...`` line and exit status 2, no traceback."""
+# arms named after the pretext they use (conf/arm/<name>.yaml chooses conf/pretext/<name>.yaml)
+PRETEXT_ARMS = ("rotation", "jigsaw", "simclr")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
@@ -69,6 +71,9 @@ def check_init(cfg: DictConfig) -> None:
     pretrained = bool(cfg.model.backbone.get("pretrained", False))
     if cfg.init == "imagenet" and not pretrained:
         raise DataError("init=imagenet needs model.backbone.pretrained=true (arm=imagenet sets it)")
+    if cfg.init == "pretext" and cfg.arm in PRETEXT_ARMS and cfg.pretext.name != cfg.arm:
+        raise DataError(f"arm={cfg.arm} but pretext={cfg.pretext.name}: the {cfg.pretext.name} pretext's results would "
+                        f"be reported as {cfg.arm}; drop the pretext= override (arm={cfg.arm} chooses its pretext)")
     if cfg.init == "random" and pretrained:
         raise DataError("init=random but model.backbone.pretrained=true starts from ImageNet weights; "
                         "use arm=imagenet for that, or drop model.backbone.pretrained=true")

@@ -159,3 +159,10 @@ def test_unknown_head_fails_before_any_data_work(tiny_cfg, tmp_path):
     with pytest.raises(HeadError, match="model.head='softmax'"):
         train(cfg)
     assert not (tmp_path / "data").exists() and not (tmp_path / "cache").exists()
+
+
+def test_pretext_arm_with_another_pretext_is_refused(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("experiment=jigsaw", "pretext=rotation")
+    with pytest.raises(DataError, match="arm=jigsaw but pretext=rotation"):
+        train(cfg)
+    assert not (tmp_path / "data").exists()
