@@ -20,7 +20,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCohenKappa
 
@@ -29,6 +28,7 @@ from ssl_dr.data.records import NUM_GRADES
 from ssl_dr.heads import DEFAULT_THRESHOLDS, RegressionHead, build_head, cut, tune_thresholds
 from ssl_dr.metrics import KaggleKappa
 from ssl_dr.optim import configure_optimizers
+from ssl_dr.scale import gather_from_ranks
 
 
 class DRClassifier(L.LightningModule):
@@ -133,7 +133,9 @@ class DRClassifier(L.LightningModule):
         if not self.tunes_thresholds or not self._val_scores:
             return
         scores, grades = torch.cat(self._val_scores), torch.cat(self._val_grades)
-        tuned = tune_thresholds(_gathered(scores.cpu().numpy()), _gathered(grades.cpu().numpy()))
+        all_scores = np.concatenate(gather_from_ranks(scores.cpu().numpy()))
+        all_grades = np.concatenate(gather_from_ranks(grades.cpu().numpy()))
+        tuned = tune_thresholds(all_scores, all_grades)
         self.grading.thresholds.copy_(torch.as_tensor(tuned, dtype=self.grading.thresholds.dtype))
         self._score("val", scores, grades)  # this rank's samples; the metrics sum the ranks
         self._val_scores.clear()
@@ -151,12 +153,3 @@ class DRClassifier(L.LightningModule):
             raise ValueError("DRClassifier was built without an optimizer (inference only)")
         return configure_optimizers(self, self.optimizer_factory, self.scheduler_factory)
 
-
-def _gathered(local: np.ndarray) -> np.ndarray:
-    """``local`` concatenated over every DDP rank (in rank order). ``all_gather_object`` because shards can
-    differ in length, which ``LightningModule.all_gather`` (equal shapes) does not allow."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return local
-    parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, local)
-    return np.concatenate(parts)

@@ -15,8 +15,9 @@ from typing import Any
 
 import lightning as L
 import pandas as pd
-import torch
 from lightning.pytorch.callbacks import Callback
+
+from ssl_dr.scale import gather_from_ranks
 
 PREDICTIONS_NAME = "test_predictions.csv"
 
@@ -60,21 +61,12 @@ class TestPredictionWriter(Callback):
             self._rows.append(row)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        rows = _gather_rows(self._rows)
+        rows = [row for part in gather_from_ranks(self._rows) for row in part]
         if trainer.is_global_zero:
             records = trainer.test_dataloaders.dataset.records
             table = pd.DataFrame(rows).sort_values("index").reset_index(drop=True)
             table.insert(0, "id_code", [records[i].id_code for i in table["index"]])
             _write_csv(table.drop(columns="index"), self.path)
-
-
-def _gather_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every rank's rows on every rank (shards differ in length, so an object gather, not a tensor one)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return list(rows)
-    gathered: list[list[dict[str, Any]] | None] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, rows)
-    return [row for part in gathered for row in (part or [])]
 
 
 def _write_csv(table: pd.DataFrame, path: Path) -> None:

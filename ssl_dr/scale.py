@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import lightning as L
 import torch
@@ -35,6 +35,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Strategies whose extra ranks are started inside this process (no script re-run): safe in any launcher.
 IN_PROCESS_STRATEGY_TAGS = ("spawn", "fork", "notebook")
@@ -268,6 +269,20 @@ RANK_VARIABLES = ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK")
 def is_launch_rank_zero() -> bool:
     """True in the process that owns the run (rank 0, or a run without DDP); usable before ``trainer.fit``."""
     return all(int(os.environ.get(var) or 0) == 0 for var in RANK_VARIABLES)
+
+
+def gather_from_ranks(local: T) -> list[T]:
+    """Every DDP rank's ``local``, in rank order, on every rank (``[local]`` outside DDP).
+
+    ``all_gather_object`` rather than ``LightningModule.all_gather``: validation and test shards may differ
+    in length by one image (``ssl_dr.data.datamodule._evaluation_sampler``), and tensor gathers need equal
+    shapes.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [local]
+    parts: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, local)
+    return parts
 
 
 def _choice_path(out_dir: Path, name: str) -> Path:
