@@ -17,6 +17,7 @@ reads, so the paper's ``qw_kappa_kaggle`` can be logged for every head.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
@@ -35,7 +36,7 @@ MAX_ROUNDS = 20
 """Coordinate-search sweeps over the 4 thresholds; it stops earlier as soon as a sweep changes nothing."""
 
 
-class GradeHead(nn.Module):
+class GradeHead(nn.Module, ABC):
     """What a head must say. ``outputs`` are the linear layer's ``(B, num_outputs)`` values; ``activated``
     is ``activate(outputs)``, the quantity TTA averages."""
 
@@ -44,15 +45,17 @@ class GradeHead(nn.Module):
     activation: ClassVar[str]
     """What ``activate`` returns, in words (for the export's JSON)."""
 
+    @abstractmethod
     def loss(self, outputs: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Training loss of the raw ``outputs`` against the true ``grades``."""
 
+    @abstractmethod
     def activate(self, outputs: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Raw outputs -> the quantity TTA averages and ``decode`` reads (see ``activation``)."""
 
+    @abstractmethod
     def decode(self, activated: torch.Tensor) -> torch.Tensor:
         """``(B,)`` long grades 0..4."""
-        raise NotImplementedError
 
     def probs(self, activated: torch.Tensor) -> torch.Tensor | None:
         """``(B, 5)`` per-grade probabilities, or None where the head has none (regression)."""
@@ -62,18 +65,18 @@ class GradeHead(nn.Module):
         """``(B,)`` continuous grade, or None where the head has none."""
         return None
 
+    @abstractmethod
     def cumulative(self, activated: torch.Tensor) -> torch.Tensor:
         """``(B, 5)`` P(grade >= k), k = 0..4, in the paper's ``qw_kappa_kaggle`` layout (column 0 is 1)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def evidence(self, outputs: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
         """``(B,)`` the scalar whose gradient Grad-CAM follows to show the evidence for ``grades``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def decoding(self) -> dict[str, Any]:
         """How to read the exported model's raw outputs (for the export's JSON): ``meaning``, ``grade``
         (the decoding rule), ``probabilities`` (how to get them, or None)."""
-        raise NotImplementedError
 
 
 class ClassificationHead(GradeHead):

@@ -1,8 +1,8 @@
 """The two training phases of a run, each built entirely from config.
 
 ``pretext_weights`` returns backbone weights from the configured pretext (``cfg.pretext``), reused from
-the store when an identical pretext already ran, trained otherwise. ``finetune`` trains the grader on the run's split,
-picks the checkpoint with the best ``val/qwk`` and tests it on the held-out fold.
+the store when an identical pretext already ran, trained otherwise. ``finetune`` trains the grader on the
+run's split, picks the checkpoint with the best ``val/qwk`` and tests it on the held-out fold.
 """
 
 from __future__ import annotations
@@ -189,8 +189,8 @@ def finetune(cfg: DictConfig, train: list[Record], val: list[Record], test: list
              init_weights: Path | None, out_dir: Path) -> dict[str, float]:
     """Grade with the backbone initialised from ``init_weights`` (or at random) and test the best
     checkpoint (chosen on ``val/qwk``) on the held-out fold, writing every test image's prediction to
-    ``test_predictions.csv``. With ``resume`` set, continue from the
-    run folder's ``checkpoints/last.ckpt`` when there is one."""
+    ``test_predictions.csv``. With ``resume`` set, continue from the run folder's
+    ``checkpoints/last.ckpt`` when there is one."""
     backbone: Backbone = instantiate(cfg.model.backbone)
     if init_weights is not None:
         load_backbone(backbone, init_weights)

@@ -9,6 +9,7 @@ applied rotation or permutation, or the positive view). ``phases`` and the prete
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from functools import partial
 from typing import Any, ClassVar, NamedTuple
 
@@ -34,7 +35,7 @@ def mlp_head(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_features))
 
 
-class PretextModule(L.LightningModule):
+class PretextModule(L.LightningModule, ABC):
     """Backbone + ``self.head`` (set by the subclass); the subclass implements ``step``.
 
     Accuracy is a ``MeanMetric`` over per-sample hits: for a classification pretext that is exactly
@@ -59,9 +60,9 @@ class PretextModule(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(images))
 
+    @abstractmethod
     def step(self, batch: torch.Tensor, batch_idx: int) -> PretextStep:
         """Build the pretext input from ``batch``, run the network, return loss, scores and targets."""
-        raise NotImplementedError
 
     def _shared_step(self, batch: torch.Tensor, batch_idx: int, stage: str, accuracy: MeanMetric) -> torch.Tensor:
         out = self.step(batch, batch_idx)
