@@ -68,7 +68,7 @@ class PretextModule(L.LightningModule, ABC):
         out = self.step(batch, batch_idx)
         accuracy((out.scores.argmax(dim=1) == out.targets).float())
         self.log(f"pretext/{stage}_loss", out.loss, prog_bar=True, on_step=stage == "train", on_epoch=True,
-                 batch_size=out.scores.shape[0])
+                 batch_size=out.scores.shape[0], sync_dist=True)  # epoch value averaged over DDP ranks
         self.log(f"pretext/{stage}_acc", accuracy, prog_bar=True, on_step=False, on_epoch=True)
         return out.loss
 
