@@ -1,8 +1,12 @@
 """DRClassifier: the shared backbone plus a grade head (``model.head``), scored by quadratic weighted kappa.
 
-The encoder can be frozen for the first ``freeze_epochs`` (in ``eval`` mode, so BatchNorm statistics
-learnt in pre-training are not overwritten by a randomly initialised head's first noisy gradients),
-then everything trains end to end.
+The encoder can be frozen for the first ``freeze_steps`` optimiser steps (in ``eval`` mode, so BatchNorm
+statistics learnt in pre-training are not overwritten by a randomly initialised head's first noisy
+gradients), then everything trains end to end. Only an encoder that starts from learned weights is ever
+frozen (``phases.finetune`` passes 0 for the random-init baseline): freezing a random encoder spends the
+highest-learning-rate steps fitting a head on noise. The budget is counted in steps, not epochs, so that
+every arm and label fraction gets the same number of optimiser updates (an epoch at 5 % is 20x shorter
+than at 100 %), and the learning-rate schedule steps per optimiser step too.
 
 ``head`` picks how outputs become grades (``ssl_dr.heads``: classification, ordinal, regression). The
 linear layer stays ``self.head`` (so checkpoints written before heads existed still load); the head's
@@ -36,7 +40,7 @@ class DRClassifier(L.LightningModule):
     regression head, ``val/qwk_rounded``: QWK with the untuned cut points 0.5, 1.5, 2.5, 3.5)."""
 
     def __init__(self, backbone: Backbone, optimizer: partial | None = None, scheduler: partial | None = None,
-                 head_dropout: float = 0.2, freeze_epochs: int = 0, inference: dict[str, Any] | None = None,
+                 head_dropout: float = 0.2, freeze_steps: int = 0, inference: dict[str, Any] | None = None,
                  head: str = "classification") -> None:
         super().__init__()
         # `inference` (backbone name, image size, preprocessing, mean/std) and `head` travel in the checkpoint
@@ -47,7 +51,7 @@ class DRClassifier(L.LightningModule):
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(backbone.num_features, self.grading.num_outputs))
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.freeze_epochs = freeze_epochs
+        self.freeze_steps = freeze_steps
         self.qwk = nn.ModuleDict({s: MulticlassCohenKappa(NUM_GRADES, weights="quadratic") for s in ("val", "test")})
         self.acc = nn.ModuleDict({s: MulticlassAccuracy(NUM_GRADES, average="micro") for s in ("val", "test")})
         self.qwk_kaggle = nn.ModuleDict({s: KaggleKappa() for s in ("val", "test")})
@@ -66,8 +70,8 @@ class DRClassifier(L.LightningModule):
 
     @property
     def encoder_frozen(self) -> bool:
-        """True during the warm-up epochs in which only the head learns."""
-        return self.current_epoch < self.freeze_epochs
+        """True during the first ``freeze_steps`` optimiser steps, in which only the head learns."""
+        return self.global_step < self.freeze_steps
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Set every batch, both ways: Lightning restores each module's own mode after validation (a frozen
@@ -151,5 +155,5 @@ class DRClassifier(L.LightningModule):
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
             raise ValueError("DRClassifier was built without an optimizer (inference only)")
-        return configure_optimizers(self, self.optimizer_factory, self.scheduler_factory)
+        return configure_optimizers(self, self.optimizer_factory, self.scheduler_factory, interval="step")
 

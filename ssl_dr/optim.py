@@ -1,24 +1,65 @@
-"""Completing the config's partial optimiser/scheduler (``_partial_: true``) for a module."""
+"""Completing the config's partial optimiser/scheduler (``_partial_: true``) for a module, and the
+fine-tune's learning-rate schedule (linear warm-up, then cosine decay, per optimiser step)."""
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any
 
 from lightning import LightningModule
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+SCHEDULER_INTERVALS = ("epoch", "step")
 
 
-def configure_optimizers(module: LightningModule, optimizer: partial, scheduler: partial | None) -> Any:
+class WarmupCosineFactor:
+    """Multiplier of the base learning rate at optimiser step ``step``: ``(step + 1) / warmup_steps`` while
+    warming up, then a cosine from 1 down to ``final_factor`` at ``total_steps``.
+
+    Why a warm-up: the grade head starts random, and its first large gradients flow into the encoder at
+    the full learning rate; a random-init baseline has no frozen-encoder phase to absorb that (freezing a
+    random encoder would only fit a head on noise), so every arm gets the same gentle start instead.
+    A class, not a lambda, so ``LambdaLR.state_dict`` keeps it and a resumed run continues the schedule.
+    """
+
+    def __init__(self, warmup_steps: int, total_steps: int, final_factor: float = 0.0) -> None:
+        if total_steps < 1:
+            raise ValueError(f"the schedule needs total_steps >= 1 (trainer.max_steps), got {total_steps}")
+        if not 0 <= warmup_steps < total_steps:
+            raise ValueError(f"warmup_steps={warmup_steps} must be in [0, total_steps={total_steps})")
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+        self.final_factor = final_factor
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        return self.final_factor + (1 - self.final_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def warmup_cosine(optimizer: Optimizer, warmup_steps: int, total_steps: int, final_factor: float = 0.0) -> LambdaLR:
+    """``LambdaLR`` following ``WarmupCosineFactor``; step it once per optimiser step."""
+    return LambdaLR(optimizer, WarmupCosineFactor(warmup_steps, total_steps, final_factor))
+
+
+def configure_optimizers(module: LightningModule, optimizer: partial, scheduler: partial | None,
+                         interval: str = "epoch") -> Any:
     """All parameters go to the optimiser; frozen ones simply get no gradient (so unfreezing later
-    needs no new optimiser). The scheduler steps once per epoch.
+    needs no new optimiser). The scheduler steps once per ``interval``: ``epoch`` (the pretexts, whose
+    length is in epochs) or ``step`` (the fine-tune, whose budget is in optimiser steps).
 
     ``module.lr_scale`` (set by ``ssl_dr.scale.ScaleCallback`` from ``scale.lr_scaling`` and the number of
     DDP ranks) multiplies the configured learning rates before the scheduler records them as its base.
     """
+    if interval not in SCHEDULER_INTERVALS:
+        raise ValueError(f"scheduler interval {interval!r} is not one of {SCHEDULER_INTERVALS}")
     opt = optimizer(params=module.parameters())
     factor = float(getattr(module, "lr_scale", 1.0))
     for group in opt.param_groups:
         group["lr"] *= factor
     if scheduler is None:
         return opt
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler(optimizer=opt), "interval": "epoch"}}
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler(optimizer=opt), "interval": interval}}

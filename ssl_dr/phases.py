@@ -21,7 +21,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_dr.backbone import Backbone, load_backbone, save_backbone
-from ssl_dr.data.cache import ImageCache
+from ssl_dr.budget import budget_record, freeze_steps
+from ssl_dr.data.cache import PREPROCESS_VERSION, ImageCache
 from ssl_dr.data.datamodule import FundusDataModule
 from ssl_dr.data.records import Record, pool_fingerprint
 from ssl_dr.data.transforms import (
@@ -81,6 +82,7 @@ def _fit(cfg: DictConfig, phase: str, run_id: str, run_name: str, module: Any, d
             trainer.validate(module, datamodule=datamodule, verbose=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if test:
+            metrics.update(budget_record(trainer))
             best = trainer.checkpoint_callback
             metrics["val/qwk_best"] = float(best.best_model_score) if best and best.best_model_score is not None \
                 else float("nan")
@@ -99,20 +101,37 @@ def _callbacks(cfg: DictConfig) -> list[Callback]:
     return callbacks
 
 
+SPEED_ONLY_PREPROCESS = ("num_workers",)
+"""``data.preprocess`` keys that change how fast the cache is built, never its pixels: not in the store key."""
+
+
 def pretext_description(cfg: DictConfig, pool: list[Record]) -> dict[str, Any]:
-    """Everything that shapes the pretext's weights (the store key is its hash). The ImageNet-weights keys
-    count only for a pretrained backbone: a sweep naming ``model.backbone.weights_file`` for its imagenet
-    arm must not retrain the other arms' pretexts."""
+    """Everything that shapes the pretext's weights, and nothing that only changes speed: the store key is
+    its hash, so a missing entry would serve stale weights and a speed setting would retrain for nothing.
+
+    In: the pretext config, the backbone, image size, preprocessing (its pixel settings and the code's
+    ``PREPROCESS_VERSION``), augmentation, ``seed`` and ``data.split_seed`` (it draws the pretext's held-out
+    slice), the pool (ids, file sizes and modification times), precision, batch limits, and the number of
+    processes with the learning-rate rule (the global batch and its learning rate shape the weights).
+    Out: cache-building workers, loader workers, compile, channels_last and gradient checkpointing. The
+    ImageNet-weights keys count only for a pretrained backbone: a sweep naming
+    ``model.backbone.weights_file`` for its imagenet arm must not retrain the other arms' pretexts."""
     backbone = OmegaConf.to_container(cfg.model.backbone, resolve=True)
     if not backbone.get("pretrained", False):
         backbone = {k: v for k, v in backbone.items() if k not in ("weights_file", "pretrained_tag")}
+    preprocess = {k: v for k, v in OmegaConf.to_container(cfg.data.preprocess, resolve=True).items()
+                  if k not in SPEED_ONLY_PREPROCESS}
+    scale = cfg.get("scale") or {}
     return {"pretext": OmegaConf.to_container(cfg.pretext, resolve=True),
             "backbone": backbone,
             "image_size": cfg.data.image_size,
-            "preprocess": OmegaConf.to_container(cfg.data.preprocess, resolve=True),
+            "preprocess": {**preprocess, "version": PREPROCESS_VERSION},
             "augment": OmegaConf.to_container(cfg.data.augment, resolve=True),
-            "seed": cfg.seed, "pool_size": len(pool), "pool": pool_fingerprint(pool),
+            "seed": cfg.seed, "split_seed": cfg.data.split_seed,
+            "pool_size": len(pool), "pool": pool_fingerprint(pool),
             "precision": str(cfg.trainer.get("precision")),
+            "processes": {k: cfg.trainer.get(k) for k in ("devices", "num_nodes")},
+            "lr_scaling": scale.get("lr_scaling"),
             "limits": {k: cfg.trainer.get(k) for k in ("limit_train_batches", "limit_val_batches")}}
 
 
@@ -179,6 +198,7 @@ def _train_pretext(cfg: DictConfig, pool: list[Record], cache: ImageCache, out_d
     last = partial / "last.ckpt"
     metrics = _fit(cfg, "pretext", f"pretext-{key}", f"pretext-{key[:8]}", module, datamodule, callbacks,
                    resume_from=last if last.is_file() else None, max_epochs=cfg.pretext.max_epochs,
+                   max_steps=-1, val_check_interval=1.0, check_val_every_n_epoch=1,  # the fine-tune counts steps
                    default_root_dir=str(out_dir / "pretext"))
     return {"backbone": backbone, "pretext/val_acc": metrics.get("pretext/val_acc"),
             "pretext/val_loss": metrics.get("pretext/val_loss"), "pretext/train_acc": metrics.get("pretext/train_acc"),
@@ -189,15 +209,17 @@ def finetune(cfg: DictConfig, train: list[Record], val: list[Record], test: list
              init_weights: Path | None, out_dir: Path) -> dict[str, float]:
     """Grade with the backbone initialised from ``init_weights`` (or at random) and test the best
     checkpoint (chosen on ``val/qwk``) on the held-out fold, writing every test image's prediction to
-    ``test_predictions.csv``. With ``resume`` set, continue from the run folder's
-    ``checkpoints/last.ckpt`` when there is one."""
+    ``test_predictions.csv``. The budget is ``trainer.max_steps`` optimiser steps whatever the fraction
+    (``ssl_dr.budget``); the encoder is frozen for the first steps only when it starts from learned weights.
+    With ``resume`` set, continue from the run folder's ``checkpoints/last.ckpt`` when there is one."""
     backbone: Backbone = instantiate(cfg.model.backbone)
     if init_weights is not None:
         load_backbone(backbone, init_weights)
     mean, std = backbone.normalization()
     inference = {"backbone": backbone.name, "image_size": cfg.data.image_size, "mean": list(mean), "std": list(std),
                  "preprocess": OmegaConf.to_container(cfg.data.preprocess, resolve=True)}
-    module = instantiate(cfg.model.classifier, backbone=backbone, inference=inference)
+    module = instantiate(cfg.model.classifier, backbone=backbone, inference=inference,
+                         freeze_steps=freeze_steps(cfg))
     datamodule = FundusDataModule(train, val, test, with_grades=True, batch_size=cfg.data.batch_size,
                                   num_workers=cfg.data.num_workers, cache=cache,
                                   **_transforms(cfg, backbone, "finetune"))

@@ -1,4 +1,4 @@
-"""The encoder is frozen (no gradients, BatchNorm statistics fixed) only for the warm-up epochs."""
+"""The encoder is frozen (no gradients, BatchNorm statistics fixed) only for the first optimiser steps."""
 
 import lightning as L
 import torch
@@ -16,16 +16,19 @@ class ModeProbe(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         backbone = pl_module.backbone
-        self.seen.append((trainer.current_epoch, backbone.training, next(backbone.parameters()).requires_grad))
+        self.seen.append((trainer.global_step, backbone.training, next(backbone.parameters()).requires_grad))
 
 
-def test_encoder_frozen_for_warmup_then_trained_in_train_mode():
+def test_encoder_frozen_for_the_first_steps_then_trained_in_train_mode():
     data = TensorDataset(torch.randn(8, 3, 32, 32), torch.randint(0, 5, (8,)))
     loader = DataLoader(data, batch_size=4)
     model = DRClassifier(Backbone("resnet10t"), optimizer=lambda params: torch.optim.SGD(params, lr=0.01),
-                         freeze_epochs=1)
+                         freeze_steps=3)
     probe = ModeProbe()
-    trainer = L.Trainer(max_epochs=3, callbacks=[probe], logger=False, enable_checkpointing=False,
+    trainer = L.Trainer(max_steps=6, val_check_interval=2, check_val_every_n_epoch=None, callbacks=[probe],
+                        logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
-    trainer.fit(model, loader, loader)  # validation each epoch puts modules in eval and back
-    assert {(e, t, g) for e, t, g in probe.seen} == {(0, False, False), (1, True, True), (2, True, True)}
+    trainer.fit(model, loader, loader)  # validation every 2 steps puts modules in eval and back
+    # global_step after the batch: steps 0-2 frozen, then trained (step 3 crosses an epoch boundary)
+    assert probe.seen == [(1, False, False), (2, False, False), (3, False, False),
+                          (4, True, True), (5, True, True), (6, True, True)]

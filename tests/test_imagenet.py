@@ -217,8 +217,8 @@ def test_imagenet_arm_end_to_end(tiny_cfg, weights_files, imagenet_state, no_net
     from ssl_dr.inference import load_classifier, read_spec
 
     path = weights_files["safetensors"]
-    metrics = train(tiny_cfg("experiment=imagenet", f"model.backbone.weights_file={path}", "trainer.max_epochs=1",
-                             "model.classifier.freeze_epochs=1", run="imagenet"))
+    metrics = train(tiny_cfg("experiment=imagenet", f"model.backbone.weights_file={path}", "trainer.max_steps=2",
+                             "model.classifier.freeze_steps=1", run="imagenet"))
     out = Path(metrics["output_dir"])
     saved = json.loads((out / "metrics.json").read_text())
     assert (saved["arm"], saved["init"], saved["init/weights"]) == ("imagenet", "imagenet", str(path.resolve()))

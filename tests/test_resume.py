@@ -51,7 +51,7 @@ def _same(a: dict, b: dict) -> None:
     ("rotation", "cache/pretext/*/partial/last.ckpt"),  # killed during the pretext
 ])
 def test_killed_run_resumes_to_the_same_metrics(tmp_path, experiment, checkpoint):
-    overrides = (f"experiment={experiment}", "trainer.max_epochs=4", "pretext.max_epochs=3")
+    overrides = (f"experiment={experiment}", "trainer.max_steps=8", "pretext.max_epochs=3")
     fresh, killed = tmp_path / "a", tmp_path / "b"
     fresh.mkdir()
     killed.mkdir()
@@ -79,8 +79,8 @@ def test_same_command_twice_is_identical(tmp_path):
 
 
 def test_resume_refuses_another_command(tmp_path):
-    _kill_when(tmp_path, "outputs/*/runs/*/checkpoints/last.ckpt", "experiment=baseline", "trainer.max_epochs=4")
-    result = subprocess.run(_command("experiment=baseline", "trainer.max_epochs=5", "resume=last"), cwd=tmp_path,
+    _kill_when(tmp_path, "outputs/*/runs/*/checkpoints/last.ckpt", "experiment=baseline", "trainer.max_steps=8")
+    result = subprocess.run(_command("experiment=baseline", "trainer.max_steps=10", "resume=last"), cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "resume=last: no unfinished run started with" in result.stderr

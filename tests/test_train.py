@@ -47,8 +47,8 @@ def test_rotation_then_baseline_share_split_and_reuse_pretext(tiny_cfg, tmp_path
 
 
 def test_changed_pretext_setting_is_not_reused(tiny_cfg):
-    first = train(tiny_cfg("experiment=rotation", "trainer.max_epochs=1", run="a"))
-    other = train(tiny_cfg("experiment=rotation", "trainer.max_epochs=1", "pretext.module.head_hidden=32", run="b"))
+    first = train(tiny_cfg("experiment=rotation", "trainer.max_steps=2", run="a"))
+    other = train(tiny_cfg("experiment=rotation", "trainer.max_steps=2", "pretext.module.head_hidden=32", run="b"))
     assert other["pretext/reused"] is False and other["pretext/key"] != first["pretext/key"]
 
 

@@ -49,12 +49,14 @@ def labelled(records: Sequence[Record]) -> list[Record]:
 
 
 def pool_fingerprint(records: Sequence[Record]) -> str:
-    """Content address of an image pool: ids and file sizes, never labels.
+    """Content address of an image pool: ids, file sizes and modification times, never labels.
 
-    Used to decide whether a stored pretext result was trained on exactly this pool; labels are left
-    out on purpose because the pretext never reads them.
+    Used to decide whether a stored pretext result was trained on exactly this pool (a file rewritten in
+    place with the same size still changes its time); labels are left out on purpose because the pretext
+    never reads them.
     """
     digest = hashlib.sha256()
     for rec in sorted(records, key=lambda r: r.id_code):
-        digest.update(f"{rec.id_code}\t{rec.path.stat().st_size}\n".encode())
+        stat = rec.path.stat()
+        digest.update(f"{rec.id_code}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
