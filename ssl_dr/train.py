@@ -29,6 +29,7 @@ from ssl_dr.data.cache import build_cache
 from ssl_dr.data.records import DataError, Record
 from ssl_dr.data.splits import (
     SplitConfig,
+    label_counts,
     read_folds,
     records_with_role,
     split_roles,
@@ -110,7 +111,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     source.prepare()
     records = source.load()
     split_cfg = SplitConfig(num_folds=cfg.data.num_folds, fold=cfg.data.fold, split_seed=cfg.data.split_seed,
-                            val_fraction=cfg.data.val_fraction, label_fraction=cfg.data.label_fraction)
+                            val_fraction=cfg.data.val_fraction, label_fraction=cfg.data.label_fraction,
+                            val_protocol=cfg.data.val_protocol)
     folds_path = stored_folds(records, split_cfg.num_folds, split_cfg.split_seed, Path(cfg.paths.cache_dir) / "folds")
     table = split_roles(records, split_cfg, read_folds(folds_path, records))
     write_split(table, out_dir / "split.csv")
@@ -131,7 +133,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                "label_fraction": cfg.data.label_fraction, "fold": cfg.data.fold,
                "seed": cfg.seed, "split_seed": cfg.data.split_seed,
                "num_train": int((table.role == "train").sum()), "num_val": int((table.role == "val").sum()),
-               "num_test": int((table.role == "test").sum()), "output_dir": str(out_dir),
+               "num_test": int((table.role == "test").sum()), **label_counts(table, split_cfg),
+               "output_dir": str(out_dir),
                **pretext_info, **scores}
     if is_launch_rank_zero():  # every DDP rank runs this job; one writes its result
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str))

@@ -1,17 +1,37 @@
 """Who is train, val, test or unused in one run — the same for every arm, so comparisons are paired.
 
-* folds: ``StratifiedKFold`` (``StratifiedGroupKFold`` when records carry a patient group) over the
-  labelled records, seeded by ``split_seed``; the held-out fold is the test set;
-* validation: a stratified slice of the training folds (fixed per fold, independent of the fraction);
-* label fraction: a *nested* stratified subset of what remains — each grade's images are ranked once by
-  a seeded permutation and the first ``round(fraction * n)`` are taken, so the 5 % subset lies inside the
-  10 % one, and so on;
+Everything below works in units of *patients*: a record's ``group`` is its patient, and a record without
+one is its own patient. No patient ever has images in two of train / val / test / unused, because one
+eye scored against a model trained on the other eye inflates every score.
+
+* folds: ``StratifiedKFold`` over the labelled records, or ``StratifiedGroupKFold`` as soon as any record
+  carries a patient group; seeded by ``split_seed``; the held-out fold is the test set;
+* strata: a patient is stratified by their *worst* (max) grade — the grade a screening programme acts on,
+  and the only per-patient grade that keeps every severe image in its severe stratum;
+* order: the training folds' patients are ranked once by a permutation seeded by ``(split_seed, fold)``
+  (nothing else: identical for every arm and fraction); per stratum the order is that ranking;
+* label fraction: per stratum, the longest *prefix* of the order whose image count does not exceed
+  ``floor(fraction * images of the stratum)`` — a prefix of one fixed order, so the 5 % subset lies inside
+  the 10 % one, and so on. Exception, the per-grade minimum: a stratum always contributes at least its
+  first patient, and a grade that is nobody's worst grade (only a better eye of a worse patient) gets one
+  patient that has it, moved to the front of their stratum; both are always training patients, so training
+  sees every grade present in the training folds;
+* validation (``val_protocol``):
+  - ``within_fraction`` (default): the slice is drawn *inside* the fraction's patients — per stratum about
+    ``val_fraction`` of the prefix's patients, at least one once the prefix has a patient beyond the
+    minimum — so a run reads train + val <= fraction x available labels (plus the minimum above). The
+    val/train mark of a patient depends only on their place in the order, so train, val and their union
+    are each nested across fractions;
+  - ``fixed``: ``val_fraction`` of each stratum's patients (the end of the order, never a minimum patient),
+    the same for every fraction; the fraction is then taken from the rest. A run reads more labels than
+    its fraction says (optimistic for small fractions); kept to compare with the older protocol;
 * everything else labelled is ``unused`` (kept in ``split.csv`` so nothing disappears silently).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +44,8 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from ssl_dr.data.records import DataError, Record, labelled
 
 ROLES = ("train", "val", "test", "unused")
+VAL_PROTOCOLS = ("within_fraction", "fixed")
+MAX_LISTED = 5
 
 
 @dataclass(frozen=True)
@@ -33,8 +55,9 @@ class SplitConfig:
     num_folds: int = 5
     fold: int = 0
     split_seed: int = 42
-    val_fraction: float = 0.15
+    val_fraction: float = 0.2
     label_fraction: float = 1.0
+    val_protocol: str = "within_fraction"
 
     def validate(self) -> None:
         """Reject impossible settings with the config key to change."""
@@ -47,18 +70,32 @@ class SplitConfig:
             raise DataError(f"data.label_fraction={self.label_fraction} must be in (0, 1], e.g. 0.05 for 5%")
         if not 0 < self.val_fraction < 1:
             raise DataError(f"data.val_fraction={self.val_fraction} must be in (0, 1)")
+        if self.val_protocol not in VAL_PROTOCOLS:
+            raise DataError(f"data.val_protocol={self.val_protocol!r} is not one of {list(VAL_PROTOCOLS)}")
+
+
+def patient_keys(ids: Sequence[str], groups: Sequence[str | None]) -> list[str]:
+    """One key per record naming its patient: the group, or the record itself when it has none.
+
+    The prefixes keep a group called like some image id from merging with that image.
+    """
+    return [f"g:{g}" if g else f"i:{i}" for i, g in zip(ids, groups, strict=True)]
 
 
 def assign_folds(grades: np.ndarray, groups: Sequence[str | None], num_folds: int,
                  split_seed: int) -> np.ndarray:
-    """Fold index per labelled image; grouped when every record has a group (patients never straddle)."""
+    """Fold index per labelled image; grouped as soon as any record has a group (patients never straddle).
+
+    Records without a group are then their own patient; a fully ungrouped set keeps plain
+    ``StratifiedKFold``, so its stored fold files stay as they were.
+    """
     if len(grades) < num_folds:
         raise DataError(f"only {len(grades)} labelled images for data.num_folds={num_folds}")
     folds = np.empty(len(grades), dtype=int)
     placeholder = np.zeros(len(grades))
-    if all(g is not None for g in groups):
+    if any(groups):
         splitter = StratifiedGroupKFold(n_splits=num_folds, shuffle=True, random_state=split_seed)
-        parts = splitter.split(placeholder, grades, groups=list(groups))
+        parts = splitter.split(placeholder, grades, groups=patient_keys([str(i) for i in range(len(grades))], groups))
     else:
         splitter = StratifiedKFold(n_splits=num_folds, shuffle=True, random_state=split_seed)
         parts = splitter.split(placeholder, grades)
@@ -67,19 +104,32 @@ def assign_folds(grades: np.ndarray, groups: Sequence[str | None], num_folds: in
     return folds
 
 
-def stratified_take(grades: np.ndarray, fraction: float, rng_seed: int, min_per_grade: int = 1) -> np.ndarray:
-    """Boolean mask taking ``round(fraction * n_g)`` (at least ``min_per_grade``) of each grade g.
+def nested_prefix(sizes: Sequence[int], budget: int, minimum: int = 1) -> int:
+    """How many of ``sizes`` (images per patient, in rank order) to take: the longest prefix whose total
+    does not exceed ``budget``, but at least ``minimum`` patients.
 
-    The ranking depends only on the seed and the images, not on ``fraction``, so masks for growing
-    fractions are nested.
+    A prefix of a fixed order (rather than skipping a patient that does not fit and trying the next)
+    is what keeps a smaller budget's selection inside a larger one's.
     """
-    rng = np.random.default_rng(rng_seed)
-    mask = np.zeros(len(grades), dtype=bool)
-    for grade in np.unique(grades):
-        members = np.flatnonzero(grades == grade)
-        ranked = members[rng.permutation(len(members))]
-        mask[ranked[: max(min_per_grade, round(fraction * len(members)))]] = True
-    return mask
+    total = np.cumsum(np.asarray(sizes, dtype=int))
+    return max(min(minimum, len(total)), int(np.searchsorted(total, budget, side="right")))
+
+
+def val_count(n: int, keep: int, val_fraction: float) -> int:
+    """Validation patients among the first ``n`` of a stratum whose first ``keep`` must train.
+
+    About ``val_fraction * n`` (half up), at least one once there is a patient beyond ``keep``, never
+    one of the ``keep``. It grows by 0 or 1 per patient, so marking patient ``i`` as val when
+    ``val_count(i + 1) > val_count(i)`` gives exactly ``val_count(n)`` val patients in every prefix.
+    """
+    if n <= keep:
+        return 0
+    return min(n - keep, max(1, math.floor(val_fraction * n + 0.5)))
+
+
+def _budget(fraction: float, images: int) -> int:
+    """``floor(fraction * images)``; the epsilon keeps e.g. 0.29 * 100 from flooring to 28."""
+    return math.floor(fraction * images + 1e-9)
 
 
 def _labelled_rows(records: Sequence[Record]) -> list[Record]:
@@ -131,25 +181,74 @@ def read_folds(path: Path, records: Sequence[Record]) -> np.ndarray:
 def split_roles(records: Sequence[Record], cfg: SplitConfig, folds: np.ndarray | None = None) -> pd.DataFrame:
     """``id_code, diagnosis, role`` for every labelled record (the content of ``split.csv``).
 
-    ``folds`` (per labelled record, e.g. from ``read_folds``) defaults to ``assign_folds``.
+    ``folds`` (per labelled record, e.g. from ``read_folds``) defaults to ``assign_folds``; it must keep
+    each patient in one fold. Given the folds, roles depend on the records' ids, grades and groups and on
+    ``split_seed``/``fold``/the fractions, never on the order of the records.
     """
     cfg.validate()
     rows = _labelled_rows(records)
     grades = np.array([r.grade for r in rows], dtype=int)
     if folds is None:
         folds = assign_folds(grades, [r.group for r in rows], cfg.num_folds, cfg.split_seed)
-    roles = np.full(len(rows), "unused", dtype=object)
-    roles[folds == cfg.fold] = "test"
+    keys = patient_keys([r.id_code for r in rows], [r.group for r in rows])
+    _check_one_fold_per_patient(keys, folds)
+    roles = np.full(len(rows), "test", dtype=object)
     pool = np.flatnonzero(folds != cfg.fold)
-    val = stratified_take(grades[pool], cfg.val_fraction, rng_seed=cfg.split_seed + 1000 * (cfg.fold + 1),
-                          min_per_grade=0)
-    roles[pool[val]] = "val"
-    remaining = pool[~val]
-    chosen = stratified_take(grades[remaining], cfg.label_fraction, rng_seed=cfg.split_seed + cfg.fold + 1)
-    roles[remaining[chosen]] = "train"
+    patient_role = _pool_roles([keys[i] for i in pool], grades[pool], cfg)
+    roles[pool] = [patient_role[keys[i]] for i in pool]
     table = pd.DataFrame({"id_code": [r.id_code for r in rows], "diagnosis": grades, "role": roles})
     _check_train_grades(table, cfg)
     return table
+
+
+def _pool_roles(keys: Sequence[str], grades: np.ndarray, cfg: SplitConfig) -> dict[str, str]:
+    """Role per patient of the training folds (see the module docstring for the rules)."""
+    sizes: dict[str, int] = {}
+    worst: dict[str, int] = {}
+    grades_of: dict[str, set[int]] = {}
+    for key, grade in zip(keys, grades.tolist(), strict=True):
+        sizes[key] = sizes.get(key, 0) + 1
+        worst[key] = max(worst.get(key, grade), grade)
+        grades_of.setdefault(key, set()).add(grade)
+    patients = sorted(sizes)  # the order of the records must not matter
+    order = [patients[i] for i in np.random.default_rng([cfg.split_seed, cfg.fold]).permutation(len(patients))]
+    # the per-grade minimum for a grade that is nobody's worst: its first-ranked patient, moved to the front
+    only_better_eyes = set(grades.tolist()) - set(worst.values())
+    forced = {next(p for p in order if grade in grades_of[p]) for grade in only_better_eyes}
+    roles: dict[str, str] = {}
+    for stratum in sorted(set(worst.values())):
+        members = [p for p in order if worst[p] == stratum]
+        members = [p for p in members if p in forced] + [p for p in members if p not in forced]
+        keep = max(1, sum(p in forced for p in members))
+        roles.update(_stratum_roles(members, [sizes[p] for p in members], keep, cfg))
+    return roles
+
+
+def _stratum_roles(members: list[str], sizes: list[int], keep: int, cfg: SplitConfig) -> dict[str, str]:
+    """Roles of one stratum's patients in rank order, whose first ``keep`` always train."""
+    v, f = cfg.val_fraction, cfg.label_fraction
+    roles = {}
+    if cfg.val_protocol == "fixed":
+        rest = len(members) - val_count(len(members), keep, v)  # the val slice: the end of the order
+        take = nested_prefix(sizes[:rest], _budget(f, sum(sizes[:rest])), keep)
+        for i, patient in enumerate(members):
+            roles[patient] = "train" if i < take else "unused" if i < rest else "val"
+        return roles
+    take = nested_prefix(sizes, _budget(f, sum(sizes)), keep)
+    for i, patient in enumerate(members):
+        marked_val = val_count(i + 1, keep, v) > val_count(i, keep, v)
+        roles[patient] = "unused" if i >= take else "val" if marked_val else "train"
+    return roles
+
+
+def _check_one_fold_per_patient(keys: Sequence[str], folds: np.ndarray) -> None:
+    """A patient split across folds would be tested on an eye whose twin trained the model: refuse."""
+    seen: dict[str, int] = {}
+    split = sorted({k[2:] for k, fold in zip(keys, folds.tolist(), strict=True) if seen.setdefault(k, fold) != fold})
+    if split:
+        more = f" and {len(split) - MAX_LISTED} more" if len(split) > MAX_LISTED else ""
+        raise DataError(f"the fold file puts patient(s) {split[:MAX_LISTED]}{more} in more than one fold: "
+                        "give each patient one fold, or delete the file to rebuild it")
 
 
 def _check_train_grades(table: pd.DataFrame, cfg: SplitConfig) -> None:
@@ -158,6 +257,17 @@ def _check_train_grades(table: pd.DataFrame, cfg: SplitConfig) -> None:
     if missing:
         raise DataError(f"data.fold={cfg.fold}, data.label_fraction={cfg.label_fraction} leaves grade(s) "
                         f"{missing} without a training image; use a larger fraction or more data")
+
+
+def label_counts(table: pd.DataFrame, cfg: SplitConfig) -> dict[str, int | str]:
+    """How many labels a run read, against how many its training folds offered (for ``metrics.json``).
+
+    ``labels/read`` = train + val is the honest x-axis of a label-efficiency curve: under ``fixed``
+    it exceeds ``label_fraction x labels/available`` by the whole validation slice.
+    """
+    train, val = int((table.role == "train").sum()), int((table.role == "val").sum())
+    return {"labels/train": train, "labels/val": val, "labels/read": train + val,
+            "labels/available": int((table.role != "test").sum()), "val_protocol": cfg.val_protocol}
 
 
 def records_with_role(records: Sequence[Record], table: pd.DataFrame, role: str) -> list[Record]:
