@@ -21,13 +21,21 @@ from ssl_dr.data.records import NUM_GRADES, DataError, Record, bulleted, duplica
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MAX_LISTED = 10
+MAX_WARNED = 5
+# patient cells that mean "unknown" (read as text, so pandas' NaN arrives as these strings)
+MISSING_CELLS = frozenset({"", "nan", "na", "n/a", "null", "none", "<na>"})
 
 
 class CsvSource:
     """Records from ``root/csv`` (id, grade and optional patient columns) + ``root/image_dir``.
 
     ``group_column`` names a patient column; ``group_pattern`` (a regex whose first group is the
-    patient) derives it from the id instead, e.g. ``^(.+)_(?:left|right)$`` for EyePACS.
+    patient) derives it from the id instead, e.g. ``^(.+)_(?:left|right)$`` for EyePACS. An empty
+    patient cell (blank, whitespace, or a missing-value marker such as ``NaN``/``NA``/``null``) makes that
+    image its own patient (``group=None``) and prints one warning with the count and the first rows:
+    merging all such rows into one "patient" would pull unrelated images into one fold, and refusing
+    the whole export would block a user who cannot recover a few ids. The price, named in the warning:
+    the eyes of a patient whose cells are empty may land in different roles.
     ``unlabelled_tables``: ``[{csv, image_dir, required}]`` whose ids join the pool without grades;
     ``unlabelled_dirs``: folders whose every image joins the pool.
     """
@@ -73,6 +81,7 @@ class CsvSource:
             raise DataError(f"image folder {image_dir} not found (listed by {csv_path.name}); "
                             "set data.source.image_dir")
         problems: list[str] = []
+        no_patient: list[str] = []
         records = []
         for row_number, row in enumerate(table.to_dict("records"), start=2):
             id_code = str(row[id_column]).strip()
@@ -80,9 +89,12 @@ class CsvSource:
             path = _image_path(image_dir, id_code, row_number, problems)
             if path is None or (label_column and grade is None):
                 continue
-            group = str(row[group_column]).strip() if group_column else self._group_from_id(id_code)
+            group = _patient(row[group_column]) if group_column else self._group_from_id(id_code)
+            if group_column and group is None:
+                no_patient.append(f"{row_number} ({id_code})")
             records.append(Record(id_code=id_code, path=path, grade=grade, group=group))
         _raise_if(problems, f"in {csv_path}")
+        _warn_no_patient(no_patient, csv_path, group_column)
         return records
 
     def _group_from_id(self, id_code: str) -> str | None:
@@ -90,6 +102,20 @@ class CsvSource:
             return None
         match = self.group_pattern.match(id_code)
         return match.group(1) if match else id_code
+
+
+def _patient(value: object) -> str | None:
+    """The patient id in a cell, or ``None`` when the cell is empty or a missing-value marker."""
+    text = str(value).strip()
+    return None if text.lower() in MISSING_CELLS else text
+
+
+def _warn_no_patient(rows: list[str], csv_path: Path, column: str | None) -> None:
+    if rows:
+        more = f" and {len(rows) - MAX_WARNED} more" if len(rows) > MAX_WARNED else ""
+        print(f"[ssl_dr] warning: {len(rows)} row(s) of {csv_path.name} have an empty {column} cell (rows "
+              f"{', '.join(rows[:MAX_WARNED])}{more}); each is its own patient: fill the cells to keep a "
+              "patient's images together")
 
 
 def _read_csv(csv_path: Path, columns: list[str]) -> pd.DataFrame:
