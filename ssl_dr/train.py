@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from ssl_dr.backbone import BackboneWeightsError
+from ssl_dr.budget import check_budget, freeze_steps
 from ssl_dr.callbacks import NonFiniteLossError
 from ssl_dr.data.cache import build_cache
 from ssl_dr.data.records import DataError, Record
@@ -38,6 +39,7 @@ from ssl_dr.data.splits import (
 )
 from ssl_dr.heads import check_head
 from ssl_dr.phases import finetune, pretext_weights
+from ssl_dr.predictions import PREDICTIONS_NAME
 from ssl_dr.resume import register_resolvers
 from ssl_dr.scale import ScaleSettingsError, check_multirun_strategy, check_sync_batchnorm, is_launch_rank_zero
 
@@ -100,6 +102,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment job and return its final metrics (also written to ``metrics.json``)."""
     check_init(cfg)
     check_head(cfg.model.head)  # in seconds, not after the image cache and the pretext
+    check_budget(cfg)
     check_sync_batchnorm(cfg.trainer)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -135,11 +138,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                "num_train": int((table.role == "train").sum()), "num_val": int((table.role == "val").sum()),
                "num_test": int((table.role == "test").sum()), **label_counts(table, split_cfg),
                "output_dir": str(out_dir),
-               **pretext_info, **scores}
-    if is_launch_rank_zero():  # every DDP rank runs this job; one writes its result
+               "finetune/freeze_steps": freeze_steps(cfg), **pretext_info, **scores}
+    if is_launch_rank_zero():  # every DDP rank runs this job; one writes its result (and the predictions)
+        metrics["test/grades_predicted"] = grades_predicted(out_dir)
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str))
     print(f"[ssl_dr] done: test/qwk = {metrics.get('test/qwk', float('nan')):.4f}  ({out_dir})")
     return metrics
+
+
+def grades_predicted(out_dir: Path) -> int:
+    """How many distinct grades the tested checkpoint predicted on the held-out fold: 1 means the run
+    collapsed to one grade (the report flags it), which says more about its training than its QWK does."""
+    return int(pd.read_csv(out_dir / PREDICTIONS_NAME)["pred"].nunique())
 
 
 def _user_error(err: BaseException) -> Exception | None:
