@@ -2,9 +2,13 @@
 
 Why a module of its own: a sweep where a job crashed or was deleted must never turn quietly into a 4-fold
 average printed next to 5-fold ones. Every expected job (arm x label fraction x fold, from ``multirun.yaml``
-and the job configs) without a result is named at the top of the report, and the CLI exits 1. Arms are
-compared with the ``baseline`` arm fold by fold (same split, paired), with a t interval, because the spread
-between folds is larger than most differences between arms.
+and the job configs) without a result is named at the top of the report, and the CLI exits 1. Beside QWK each
+arm x fraction shows what makes it trustworthy: how many runs collapsed to one grade (``test_predictions.csv``),
+the labels read (train + validation; a ``val_protocol=fixed`` run reads more than its fraction, and the report
+says so at the top) and the training budget (optimiser steps, the step of the chosen checkpoint). Arms are
+compared with the ``baseline`` arm fold by fold (same split, paired) with the corrected resampled t interval of
+Nadeau & Bengio, because the folds' training sets overlap (see ``ssl_dr.report_stats``); the naive t interval
+stands beside it, labelled.
 
 ``python -m ssl_dr.report <sweep_dir> [--no-paper-reference]`` writes ``report.md``, ``report.csv``,
 ``report_paired.csv`` and ``qwk_vs_fraction.png`` into the sweep folder; exit 0 complete, 1 incomplete,
@@ -26,18 +30,16 @@ import pandas as pd
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from ssl_dr import report_stats
 from ssl_dr.resume import register_resolvers
 
 PAPER_ROTATION_AVG: dict[float, float] = {0.05: 0.294, 0.10: 0.432, 0.25: 0.575, 0.50: 0.680, 1.00: 0.725}
 """Published numbers of the paper this project reproduces: AVG test QWK over its 5 folds of the rotation-pretext
 DenseNet121, per label fraction (the "AVG" row of its results table). Drawn as the dashed reference line."""
 
-BASELINE = "baseline"
 ARM_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-CONFIDENCE = 0.95
 FINISHED, FAILED = "finished", "failed"
-TABLE_COLUMNS = ["arm", "label_fraction", "folds_present", "folds_expected", "qwk_min", "qwk_avg", "qwk_max", "qwk_std"]
-PAIRED_COLUMNS = ["arm", "baseline", "label_fraction", "pairs", "folds", "diff_mean", "ci_low", "ci_high"]
+PREDICTIONS = "test_predictions.csv"  # ssl_dr.predictions.PREDICTIONS_NAME, not imported: that pulls in Lightning
 # job config keys that identify a job, and the sweep override keys that set them
 CONFIG_KEYS = {"arm": "arm", "label_fraction": "data.label_fraction", "fold": "data.fold"}
 # overrides that choose the arm by a name (the `arm` and `experiment` config groups): name -> arm via job configs
@@ -64,8 +66,9 @@ class Gap:
 
 @dataclass
 class SweepResults:
-    """Per-job rows (``job, arm, label_fraction, fold, choices, status, test_qwk, reason``), the expected
-    value sets (the report covers their cartesian product) and the expected jobs without a result."""
+    """Per-job rows (``job, arm, label_fraction, fold, num_folds, choices, status, test_qwk, reason`` and the
+    ``report_stats.job_facts``), the expected value sets (the report covers their cartesian product), the
+    expected jobs without a result and the sweep's k (None when no job config names it)."""
 
     sweep_dir: Path
     jobs: pd.DataFrame
@@ -74,6 +77,7 @@ class SweepResults:
     folds: list[int]
     gaps: list[Gap]
     expected_from: str
+    num_folds: int | None = None
 
     @property
     def finished(self) -> pd.DataFrame:
@@ -128,20 +132,22 @@ def _read_metrics(path: Path) -> dict:
 
 def _read_identity(job_dir: Path, metrics: dict | None) -> dict:
     """arm / label_fraction / fold of a job from its Hydra files (there even if it crashed), else from metrics.json;
-    ``choices``: its overrides of ARM_CHOOSERS (``{"experiment": "rotation"}``)."""
+    ``choices``: its overrides of ARM_CHOOSERS (``{"experiment": "rotation"}``); ``num_folds``: the k of its k-fold
+    split (``data.num_folds``; None without a config), which sizes the corrected interval."""
     path, overrides = job_dir / ".hydra" / "config.yaml", job_dir / ".hydra" / "overrides.yaml"
     try:
         if path.is_file():
             cfg = OmegaConf.load(path)
             values = {name: OmegaConf.select(cfg, key) for name, key in CONFIG_KEYS.items()}
+            num_folds = OmegaConf.select(cfg, "data.num_folds")
         else:
-            values = {name: metrics.get(name) for name in CONFIG_KEYS}
+            values, num_folds = {name: metrics.get(name) for name in CONFIG_KEYS}, None
         if None in values.values():
             raise KeyError(f"needs {', '.join(CONFIG_KEYS.values())}")
         lines = OmegaConf.to_container(OmegaConf.load(overrides)) if overrides.is_file() else []
         pairs = [line.split("=", 1) for line in lines if "=" in line]
         return {"arm": str(values["arm"]), "label_fraction": _fraction(values["label_fraction"]),
-                "fold": int(values["fold"]),
+                "fold": int(values["fold"]), "num_folds": None if num_folds is None else int(num_folds),
                 "choices": {key.lstrip("+~"): value for key, value in pairs if key.lstrip("+~") in ARM_CHOOSERS}}
     except Exception as err:  # yaml / omegaconf / conversion errors all mean: not a readable ssl_dr job
         source = path if path.is_file() else job_dir / "metrics.json"
@@ -158,7 +164,8 @@ def _last_log_line(job_dir: Path) -> str | None:
 def _read_job(job_dir: Path) -> dict:
     metrics_path = job_dir / "metrics.json"
     metrics = _read_metrics(metrics_path) if metrics_path.is_file() else None
-    row = {"job": job_dir.name, **_read_identity(job_dir, metrics), "status": FAILED, "test_qwk": math.nan}
+    row = {"job": job_dir.name, **_read_identity(job_dir, metrics), "status": FAILED, "test_qwk": math.nan,
+           **report_stats.job_facts(metrics, job_dir / PREDICTIONS)}
     if metrics is None:
         row["reason"] = _last_log_line(job_dir) or "no metrics.json and no log: crashed early or still running"
     elif not math.isfinite(metrics["test/qwk"]):
@@ -231,6 +238,16 @@ def _check_unique(jobs: pd.DataFrame, sweep_dir: Path) -> None:
                           "its own arm (e.g. arm=rotation_lr1e-3)")
 
 
+def _num_folds(jobs: pd.DataFrame, sweep_dir: Path) -> int | None:
+    """The one k of the sweep's k-fold split: fold numbers of different splits are different test sets, so
+    pairing or averaging them would compare nothing."""
+    ks = sorted({int(k) for k in jobs.num_folds.dropna()})
+    if len(ks) > 1:
+        raise ReportError(f"{sweep_dir}: jobs use data.num_folds={', '.join(map(str, ks))}; folds of different "
+                          "splits cannot be paired or averaged, so report each k from a sweep of its own")
+    return ks[0] if ks else None
+
+
 def _gaps(jobs: pd.DataFrame, arms: list[str], fractions: list[float], folds: list[int]) -> list[Gap]:
     by_key = {(job.arm, job.label_fraction, job.fold): job for job in jobs.itertuples()}
     gaps = []
@@ -248,99 +265,34 @@ def collect(sweep_dir: Path) -> SweepResults:
     sweep_dir = Path(sweep_dir)
     jobs = pd.DataFrame([_read_job(job_dir) for job_dir in _job_dirs(sweep_dir)])
     _check_unique(jobs, sweep_dir)
+    num_folds = _num_folds(jobs, sweep_dir)
     swept, expected_from = _swept_values(sweep_dir)
     arms, fractions, folds = _expected(jobs, swept)
-    return SweepResults(sweep_dir, jobs, arms, fractions, folds, _gaps(jobs, arms, fractions, folds), expected_from)
-
-
-# ---------------------------------------------------------------- tables
-
-
-def summarise(results: SweepResults) -> pd.DataFrame:
-    """One row per expected arm x fraction: folds present/expected, MIN / AVG / MAX / sample std of test QWK."""
-    groups = results.finished.groupby(["arm", "label_fraction"])
-    stats_ = groups.test_qwk.agg(qwk_min="min", qwk_avg="mean", qwk_max="max", qwk_std="std")
-    index = pd.MultiIndex.from_product([results.arms, results.fractions], names=["arm", "label_fraction"])
-    table = pd.concat([groups.fold.nunique().rename("folds_present"), stats_], axis=1).reindex(index).reset_index()
-    table["folds_present"] = table.folds_present.fillna(0).astype(int)
-    table["folds_expected"] = len(results.folds)
-    return table[TABLE_COLUMNS]
-
-
-def _mean_ci(diffs: pd.Series) -> tuple[float, float, float]:
-    from scipy import stats  # imported here (as matplotlib in plot): bad input is refused without the slow imports
-
-    n = len(diffs)
-    mean = float(diffs.mean()) if n else math.nan
-    if n < 2:
-        return mean, math.nan, math.nan
-    half = stats.t.ppf((1 + CONFIDENCE) / 2, n - 1) * diffs.std(ddof=1) / math.sqrt(n)
-    return mean, mean - half, mean + half
-
-
-def paired_differences(results: SweepResults, baseline: str = BASELINE) -> pd.DataFrame:
-    """Per non-baseline arm and fraction: arm minus baseline test QWK over the folds both finished, mean, t CI."""
-    rows = []
-    if baseline in results.arms:
-        done = results.finished.set_index("fold")
-        for arm, fraction in product([a for a in results.arms if a != baseline], results.fractions):
-            qwk = [done[(done.arm == name) & (done.label_fraction == fraction)].test_qwk for name in (arm, baseline)]
-            diffs = (qwk[0] - qwk[1]).dropna()
-            rows.append([arm, baseline, fraction, len(diffs), ",".join(map(str, sorted(diffs.index))),
-                         *_mean_ci(diffs)])
-    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+    return SweepResults(sweep_dir, jobs, arms, fractions, folds, _gaps(jobs, arms, fractions, folds), expected_from,
+                        num_folds)
 
 
 # ---------------------------------------------------------------- markdown and plot
 
 
-def _pct(fraction: float) -> str:
-    return f"{fraction * 100:g}%"
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-
-
-def _table_rows(table: pd.DataFrame) -> list[list[str]]:
-    rows = []
-    for r in table.itertuples():
-        folds = f"{r.folds_present}/{r.folds_expected}" + (" **incomplete**" * (r.folds_present < r.folds_expected))
-        if r.folds_present == 0:
-            rows.append([r.arm, _pct(r.label_fraction), folds, "no finished fold", "-"])
-            continue
-        std = f"{r.qwk_std:.3f}" if r.folds_present > 1 else "n/a (1 fold)"
-        rows.append([r.arm, _pct(r.label_fraction), folds, f"{r.qwk_avg:.3f} ({r.qwk_min:.3f} – {r.qwk_max:.3f})",
-                     f"{r.qwk_avg:.3f} ± {std}"])
-    return rows
-
-
-def _paired_rows(paired: pd.DataFrame) -> list[list[str]]:
-    rows = []
-    for r in paired.itertuples():
-        if r.pairs == 0:
-            rows.append([r.arm, _pct(r.label_fraction), "0", "-", "-", "no fold finished in both arms"])
-            continue
-        ci = f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}]" if r.pairs > 1 else "n=1: no interval"
-        rows.append([r.arm, _pct(r.label_fraction), str(r.pairs), r.folds, f"{r.diff_mean:+.3f}", ci])
-    return rows
-
-
 def to_markdown(results: SweepResults, table: pd.DataFrame, paired: pd.DataFrame) -> str:
-    """The report: incomplete jobs first, then the table, then the paired differences."""
+    """The report: warnings first (labels read beyond the fraction, incomplete jobs, collapsed runs), then the
+    QWK table, labels read and training budget, and the paired differences."""
     lines = [f"# Sweep report: {results.sweep_dir.name}", "", f"Sweep folder: `{results.sweep_dir}`  ",
              f"Expected jobs ({results.expected_from}): {len(results.arms)} arms x {len(results.fractions)} "
-             f"fractions x {len(results.folds)} folds = {len(table) * len(results.folds)}", ""]
+             f"fractions x {len(results.folds)} folds = {len(table) * len(results.folds)}", "",
+             *report_stats.fixed_val_warning(results.jobs)]
     if results.gaps:
         lines += [f"## Incomplete: {len(results.gaps)} expected job(s) have no result", "",
                   "The numbers below use only the folds that finished (see the folds column).", "",
                   *(f"- {gap}" for gap in results.gaps), ""]
-    lines += ["## Test QWK over folds: AVG (MIN – MAX), as the paper prints it", "",
-              *_md_table(["arm", "labels", "folds", "AVG (MIN – MAX)", "mean ± std"], _table_rows(table)), ""]
+    if collapsed := report_stats.collapsed_lines(results.finished):
+        lines += [f"## Collapsed: {len(collapsed)} finished job(s) predict a single grade for the whole test fold", "",
+                  "Such a run learnt one grade (as a rule the majority): its QWK shows failed training, not the arm.",
+                  "", *collapsed, ""]
+    lines += [*report_stats.qwk_md(table), "", *report_stats.budget_md(table), ""]
     for baseline in paired.baseline.unique():
-        lines += [f"## Paired difference: arm minus {baseline}, same folds ({CONFIDENCE:.0%} t interval over folds)",
-                  "", *_md_table(["arm", "labels", "pairs", "folds", "mean diff", f"{CONFIDENCE:.0%} CI"],
-                                 _paired_rows(paired[paired.baseline == baseline])), ""]
+        lines += [*report_stats.paired_md(paired[paired.baseline == baseline], results.num_folds), ""]
     return "\n".join(lines)
 
 
@@ -368,7 +320,7 @@ def plot(table: pd.DataFrame, path: Path, title: str, paper_reference: bool = Tr
         labels.append("paper (rotation, AVG)")
         ticks |= set(PAPER_ROTATION_AVG)
     ax.set_xscale("log")
-    ax.set_xticks(sorted(ticks), [_pct(t) for t in sorted(ticks)])
+    ax.set_xticks(sorted(ticks), [report_stats.pct(t) for t in sorted(ticks)])
     ax.set_xticks([], minor=True)
     ax.set_xlabel("labelled fraction of the training images (log scale)")
     ax.set_ylabel("test QWK (quadratic weighted kappa)")
@@ -382,7 +334,8 @@ def write_report(sweep_dir: Path, paper_reference: bool = True) -> ReportFiles:
     """Collect a sweep and write report.md, report.csv, report_paired.csv and qwk_vs_fraction.png into it."""
     sweep_dir = Path(sweep_dir)
     results = collect(sweep_dir)
-    table, paired = summarise(results), paired_differences(results)
+    table = report_stats.summarise(results.finished, results.arms, results.fractions, len(results.folds))
+    paired = report_stats.paired_differences(results.finished, results.arms, results.fractions, results.num_folds)
     files = ReportFiles(sweep_dir / "report.md", sweep_dir / "report.csv",
                         sweep_dir / "report_paired.csv" if len(paired) else None, sweep_dir / "qwk_vs_fraction.png",
                         table, paired, results.gaps)

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from scipy import stats
 
-from ssl_dr.report import collect, main, paired_differences, summarise, write_report
+from ssl_dr.report import collect, main, write_report
 
 # test QWK per (arm, fraction): folds 0, 1, 2
 QWK = {
@@ -41,27 +41,48 @@ MULTIRUN = """hydra:
 
 
 def write_job(sweep: Path, num: int, arm: str, fraction: float, fold: int, qwk: float | None,
-              chooser: str = "experiment") -> Path:
+              chooser: str = "experiment", metrics: dict | None = None, preds: list[int] | None = None,
+              num_folds: int = 5) -> Path:
     """One job folder as ssl_dr.train leaves it (``qwk=None``: crashed before metrics.json). ``chooser``: the
-    override that picked the arm: ``experiment=<arm>`` (command-line sweep) or ``arm=<arm>`` (experiment=paper)."""
+    override that picked the arm: ``experiment=<arm>`` (command-line sweep) or ``arm=<arm>`` (experiment=paper).
+    ``metrics``: keys added to (or, as None, removed from) metrics.json, which by default has only what runs before
+    the labels/* and train/* keys wrote; ``preds``: the test predictions (None: no test_predictions.csv)."""
     job = sweep / str(num)
     (job / ".hydra").mkdir(parents=True)
     cfg = {"arm": arm, "init": "pretext" if arm == "rotation" else "random", "seed": 42,
-           "data": {"label_fraction": fraction, "fold": fold, "num_folds": 5}, "paths": {"output_dir": str(job)}}
+           "data": {"label_fraction": fraction, "fold": fold, "num_folds": num_folds},
+           "paths": {"output_dir": str(job)}}
     OmegaConf.save(OmegaConf.create(cfg), job / ".hydra" / "config.yaml")
     overrides = [f"{chooser}={arm}", f"data.label_fraction={fraction}", f"data.fold={fold}"]
     overrides += ["experiment=paper"] if chooser == "arm" else []
     OmegaConf.save(OmegaConf.create(overrides), job / ".hydra" / "overrides.yaml")
     if qwk is not None:
         metrics = {"arm": arm, "label_fraction": fraction, "fold": fold, "test/qwk": qwk, "val/qwk_best": qwk + 0.01,
-                   "output_dir": str(job), "num_train": 10}
-        (job / "metrics.json").write_text(json.dumps(metrics, indent=2))
+                   "output_dir": str(job), "num_train": 10, **(metrics or {})}
+        (job / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if v is not None}, indent=2))
+    if preds is not None:
+        write_predictions(job, preds)
     return job
 
 
-def make_sweep(root: Path, qwk: dict[tuple[str, float], list[float]] = QWK, chooser: str = "experiment") -> Path:
+def write_predictions(job: Path, preds: list[int]) -> None:
+    """``test_predictions.csv`` as ssl_dr.predictions writes it (true grades cycle 0..4)."""
+    pd.DataFrame({"id_code": [f"img{i}" for i in range(len(preds))], "grade": [i % 5 for i in range(len(preds))],
+                  "pred": preds, **{f"p{k}": 0.2 for k in range(5)}}).to_csv(job / "test_predictions.csv", index=False)
+
+
+def edit_metrics(job: Path, **changes: object) -> None:
+    """Change keys of a job's metrics.json (``labels__train=5`` for ``labels/train``; None removes the key)."""
+    metrics = json.loads((job / "metrics.json").read_text())
+    metrics.update({key.replace("__", "/"): value for key, value in changes.items()})
+    (job / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if v is not None}))
+
+
+def make_sweep(root: Path, qwk: dict[tuple[str, float], list[float]] = QWK, chooser: str = "experiment",
+               **job: object) -> Path:
     """A sweep over the arms / fractions / folds in ``qwk``, jobs numbered in Hydra's order; the arms are swept
-    as ``experiment=...`` or (``chooser="arm"``) as conf/experiment/paper.yaml does, ``arm=...``."""
+    as ``experiment=...`` or (``chooser="arm"``) as conf/experiment/paper.yaml does, ``arm=...``; ``job``: more
+    ``write_job`` arguments, the same for every job."""
     sweep = root / "multiruns" / "2026-01-01_00-00-00_000000"
     sweep.mkdir(parents=True)
     arms = list(dict.fromkeys(arm for arm, _ in qwk))
@@ -72,7 +93,7 @@ def make_sweep(root: Path, qwk: dict[tuple[str, float], list[float]] = QWK, choo
         task="[experiment=paper]" if chooser == "arm" else "[]"))
     jobs = [(arm, fraction, fold) for arm in arms for fraction in fractions for fold in folds]
     for num, (arm, fraction, fold) in enumerate(jobs):
-        write_job(sweep, num, arm, fraction, fold, qwk[arm, fraction][fold], chooser)
+        write_job(sweep, num, arm, fraction, fold, qwk[arm, fraction][fold], chooser, **job)
     return sweep
 
 
@@ -95,7 +116,9 @@ def test_complete_sweep_table_cell_by_cell(tmp_path):
     assert files.complete and files.gaps == []
     table = pd.read_csv(sweep / "report.csv")
     assert list(table.columns) == ["arm", "label_fraction", "folds_present", "folds_expected",
-                                   "qwk_min", "qwk_avg", "qwk_max", "qwk_std"]
+                                   "qwk_min", "qwk_avg", "qwk_max", "qwk_std", "collapsed", "collapse_checked",
+                                   "labels_train", "labels_val", "labels_read", "labels_available", "val_protocol",
+                                   "train_steps", "train_epochs", "best_step"]
     assert len(table) == len(QWK)
     for (arm, fraction), values in QWK.items():
         row = table[(table.arm == arm) & (table.label_fraction == fraction)].iloc[0]
@@ -111,22 +134,57 @@ def test_complete_sweep_table_cell_by_cell(tmp_path):
     assert f"{sum(values) / 3:.3f} ± {statistics.stdev(values):.3f}" in markdown
 
 
-def test_paired_difference_and_ci_by_hand(tmp_path):
-    sweep = make_sweep(tmp_path)
+@pytest.mark.parametrize("num_folds", [5, 10])
+def test_paired_difference_corrected_and_naive_ci_by_hand(tmp_path, num_folds):
+    """3 of k folds swept: the corrected interval takes k from data.num_folds (n_test/n_train = 1/(k-1)), not
+    from the 3 folds present; the naive one is the plain t interval over the 3 differences."""
+    sweep = make_sweep(tmp_path, num_folds=num_folds)
     write_report(sweep)
     paired = pd.read_csv(sweep / "report_paired.csv")
+    assert list(paired.columns) == ["arm", "baseline", "label_fraction", "pairs", "folds", "num_folds", "diff_mean",
+                                    "ci_low", "ci_high", "naive_ci_low", "naive_ci_high"]
     assert len(paired) == 2 and set(paired.arm) == {"rotation"} and set(paired.baseline) == {"baseline"}
     markdown = (sweep / "report.md").read_text()
     assert "## Paired difference: arm minus baseline" in markdown
+    assert f"k = {num_folds} (data.num_folds)" in markdown and "heuristic correction, not an exact one" in markdown
+    assert "test = one fold and training = the other k - 1 folds" in markdown
+    assert "| 95% CI (corrected) | 95% CI naive (folds treated as independent) |" in markdown
     for fraction, label in ((0.05, "5%"), (0.1, "10%")):
         diffs = [r - b for r, b in zip(QWK["rotation", fraction], QWK["baseline", fraction], strict=True)]
         mean = sum(diffs) / 3
-        low, high = stats.t.interval(0.95, df=2, loc=mean, scale=stats.sem(diffs))
+        corrected_se = math.sqrt(1 / 3 + 1 / (num_folds - 1)) * statistics.stdev(diffs)
+        low, high = stats.t.interval(0.95, df=2, loc=mean, scale=corrected_se)
+        naive_low, naive_high = stats.t.interval(0.95, df=2, loc=mean, scale=stats.sem(diffs))
         row = paired[paired.label_fraction == fraction].iloc[0]
-        assert row.pairs == 3 and row.folds == "0,1,2"
+        assert row.pairs == 3 and row.folds == "0,1,2" and row.num_folds == num_folds
         assert row.diff_mean == pytest.approx(mean)
         assert (row.ci_low, row.ci_high) == (pytest.approx(low), pytest.approx(high))
-        assert f"| rotation | {label} | 3 | 0,1,2 | {mean:+.3f} | [{low:+.3f}, {high:+.3f}] |" in markdown
+        assert (row.naive_ci_low, row.naive_ci_high) == (pytest.approx(naive_low), pytest.approx(naive_high))
+        assert low < naive_low and naive_high < high  # the overlap of training sets widens the interval
+        assert (f"| rotation | {label} | 3 | 0,1,2 | {mean:+.3f} | [{low:+.3f}, {high:+.3f}] | "
+                f"[{naive_low:+.3f}, {naive_high:+.3f}] |") in markdown
+
+
+def test_paired_without_num_folds_claims_no_corrected_interval(tmp_path):
+    """Job folders with only metrics.json (no Hydra config, so no data.num_folds): the naive interval is still
+    shown, the corrected one is left open instead of guessing k."""
+    sweep = make_sweep(tmp_path)
+    for hydra_dir in sweep.glob("*/.hydra"):
+        shutil.rmtree(hydra_dir)
+    files = write_report(sweep)
+    assert files.paired.num_folds.isna().all() and files.paired.ci_low.isna().all()
+    assert files.paired.naive_ci_low.notna().all()
+    markdown = files.markdown.read_text()
+    assert "k unknown (no data.num_folds in the job configs)" in markdown
+    assert "| 0,1,2 | +0.057 | k unknown | [" in markdown
+
+
+def test_jobs_of_different_k_are_refused(tmp_path, capsys):
+    sweep = make_sweep(tmp_path)
+    shutil.rmtree(job_dir(sweep, "rotation", 0.1, 2))
+    write_job(sweep, 99, "rotation", 0.1, 2, 0.5, num_folds=10)
+    assert main([str(sweep)]) == 2
+    assert "data.num_folds=5, 10" in capsys.readouterr().err
 
 
 def test_complete_sweep_plot_and_cli_exit_0(tmp_path, capsys):
@@ -154,7 +212,7 @@ def test_deleted_job_is_listed_missing_and_exits_1(tmp_path, capsys):
     values = [QWK["rotation", 0.1][fold] for fold in (0, 2)]
     assert row.qwk_avg == pytest.approx(sum(values) / 2)
     assert "| rotation | 10% | 2/3 **incomplete** |" in markdown
-    pair = paired_differences(collect(sweep)).set_index("label_fraction").loc[0.1]
+    pair = write_report(sweep).paired.set_index("label_fraction").loc[0.1]
     assert (pair.pairs, pair.folds) == (2, "0,2")  # only folds both arms finished
 
 
@@ -190,7 +248,7 @@ def test_arm_with_no_job_left_is_still_expected_from_multirun_yaml(tmp_path, cho
     results = collect(sweep)
     assert results.arms == ["baseline", "rotation"]
     assert sum(gap.kind == "MISSING" and gap.arm == "baseline" for gap in results.gaps) == 6
-    assert set(summarise(results).query("arm == 'baseline'").folds_present) == {0}
+    assert set(write_report(sweep).table.query("arm == 'baseline'").folds_present) == {0}
 
 
 def test_swept_arm_choice_maps_to_the_arm_its_jobs_name(tmp_path):
@@ -274,3 +332,21 @@ def test_every_arm_of_a_paper_arm_list_is_reported_and_paired_with_baseline(tmp_
     finished = files.paired.dropna(subset=["diff_mean"])
     assert set(finished.arm) == {"rotation", "jigsaw", "imagenet"}  # simclr has no fold to pair
     assert finished.set_index(["arm", "label_fraction"]).loc[("rotation", 1.0), "diff_mean"] == pytest.approx(-0.4)
+
+
+def test_sweep_without_any_finished_job_is_still_reported(tmp_path, capsys):
+    sweep = make_sweep(tmp_path)
+    for metrics in sweep.glob("*/metrics.json"):
+        metrics.unlink()
+    assert main([str(sweep)]) == 1
+    markdown = (sweep / "report.md").read_text()
+    assert "| baseline | 5% | 0/3 **incomplete** | no finished fold | - | - |" in markdown
+    assert "| rotation | 10% |  |  |  |  |  |  |  |" in markdown
+    assert "| rotation | 5% | 0 | - | - | no fold finished in both arms | - |" in markdown
+
+
+def test_predictions_file_name_is_the_one_training_writes():
+    from ssl_dr.predictions import PREDICTIONS_NAME
+    from ssl_dr.report import PREDICTIONS
+
+    assert PREDICTIONS == PREDICTIONS_NAME

@@ -1,0 +1,280 @@
+"""The numbers behind ``ssl_dr.report`` and the markdown tables they are printed in: what a finished job says
+beyond its test QWK (did it collapse to one grade, how many labels it read, how long it trained), their per
+arm x fraction aggregates, and the paired arm-minus-baseline intervals.
+
+Why apart from the report module: that one finds a sweep's jobs, their gaps and writes the files; here are the
+numbers, functions of a job's metrics (and its ``test_predictions.csv``) or of the job table, each checked
+against a hand computation in ``tests/test_report.py``.
+
+The paired interval. The k folds of one cross-validation are not independent samples: any two training sets
+share (k-2)/(k-1) of their images (75 % at k=5), so the fold-to-fold spread of a difference understates its
+real variability and the plain t interval over folds is too narrow. The headline interval is therefore the
+corrected resampled t of Nadeau & Bengio (2003, "Inference for the generalization error"): the variance of the
+mean of J paired differences is (1/J + n_test/n_train) * s^2 instead of s^2 / J, with t on J-1 degrees of
+freedom. For k-fold cross-validation, where the test set is one fold and the training set the other k-1
+folds, n_test/n_train = 1/(k-1). It is a heuristic correction, not an exact one: Nadeau & Bengio derive it
+for random train/test splits, the label fraction trains on a subset of the k-1 folds, and by default the
+rotation pretext sees every image, the held-out fold's included. The naive interval (folds treated as
+independent) is kept beside it for comparison, never as the headline.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable
+from itertools import product
+from pathlib import Path
+
+import pandas as pd
+
+CONFIDENCE = 0.95
+FIXED_VAL = "fixed"  # val_protocol of a run whose validation labels were drawn outside its label fraction
+BASELINE = "baseline"
+TABLE_COLUMNS = ["arm", "label_fraction", "folds_present", "folds_expected", "qwk_min", "qwk_avg", "qwk_max",
+                 "qwk_std", "collapsed", "collapse_checked", "labels_train", "labels_val", "labels_read",
+                 "labels_available", "val_protocol", "train_steps", "train_epochs", "best_step"]
+# ci_*: the corrected resampled t interval (the headline); naive_ci_*: folds treated as independent
+PAIRED_COLUMNS = ["arm", "baseline", "label_fraction", "pairs", "folds", "num_folds", "diff_mean", "ci_low", "ci_high",
+                  "naive_ci_low", "naive_ci_high"]
+# per-job fact -> metrics.json keys it is read from, first found wins (num_*: runs older than labels/*)
+MEAN_KEYS = {"labels_train": ("labels/train", "num_train"), "labels_val": ("labels/val", "num_val"),
+             "labels_read": ("labels/read",), "labels_available": ("labels/available",),
+             "train_steps": ("train/steps",), "train_epochs": ("train/epochs",), "best_step": ("best/step",)}
+
+
+# ---------------------------------------------------------------- the paired interval
+
+
+def kfold_test_train_ratio(num_folds: int | None) -> float | None:
+    """n_test / n_train of k-fold cross-validation: one fold tested, the other k-1 trained on. None when the
+    sweep's k is unknown (job folders without a Hydra config): then no corrected interval is claimed."""
+    if num_folds is None:
+        return None
+    if num_folds < 2:
+        raise ValueError(f"k-fold cross-validation needs k >= 2 folds, got {num_folds}")
+    return 1 / (num_folds - 1)
+
+
+def corrected_resampled_t_interval(diffs: Iterable[float], test_train_ratio: float | None,
+                                   confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """(mean, low, high) of paired differences, one per fold, by the corrected resampled t of Nadeau & Bengio:
+    standard error sqrt(1/J + test_train_ratio) * s, t quantile on J-1 degrees of freedom (J = len(diffs)).
+    ``test_train_ratio=0`` is the plain t interval that treats the folds as independent. Fewer than 2
+    differences (no spread to estimate) or an unknown ratio (None) give NaN bounds."""
+    from scipy import stats  # imported here: the report refuses bad input without the slow imports
+
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    if test_train_ratio is not None and test_train_ratio < 0:
+        raise ValueError(f"n_test/n_train must be >= 0, got {test_train_ratio}")
+    values = [float(d) for d in diffs]
+    mean = statistics.fmean(values) if values else math.nan
+    if len(values) < 2 or test_train_ratio is None:
+        return mean, math.nan, math.nan
+    half = stats.t.ppf((1 + confidence) / 2, len(values) - 1) * math.sqrt(1 / len(values) + test_train_ratio) \
+        * statistics.stdev(values)
+    return mean, mean - half, mean + half
+
+
+def naive_t_interval(diffs: Iterable[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """The plain t interval over folds (folds treated as independent): too narrow for cross-validation, shown
+    only beside the corrected one."""
+    return corrected_resampled_t_interval(diffs, 0.0, confidence)
+
+
+# ---------------------------------------------------------------- what one job says
+
+
+def _number(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # absent (None) or not a number: blank in the report, never a failure
+        return math.nan
+
+
+def predicted_grades(predictions: Path, metrics: dict) -> tuple[float, float]:
+    """(number of distinct grades the job predicted on its test fold, the grade if it predicted only one).
+
+    A run that predicts one grade for every image has learnt nothing but the majority class, whatever its QWK
+    (0 or NaN) says. Read from ``test_predictions.csv``'s ``pred`` column, else from ``test/grades_predicted``
+    in metrics.json (the count, or the list of grades); NaN where they do not tell (unknown)."""
+    reported = metrics.get("test/grades_predicted")
+    try:
+        if predictions.is_file():
+            grades = {int(p) for p in pd.read_csv(predictions, usecols=["pred"]).pred.dropna()}
+        elif isinstance(reported, list):
+            grades = {int(p) for p in reported}
+        else:
+            return _number(reported), math.nan
+    except (ValueError, TypeError, OSError):  # no pred column, not grades, unreadable: cannot tell
+        return math.nan, math.nan
+    return (len(grades) or math.nan), (grades.pop() if len(grades) == 1 else math.nan)
+
+
+def job_facts(metrics: dict | None, predictions: Path) -> dict:
+    """A job's facts beyond test QWK (NaN / None where its files do not say): distinct grades predicted, the
+    grade it collapsed to, labels read (train + val, the older ``num_train`` / ``num_val`` as fallback), its
+    validation protocol and training budget."""
+    metrics = metrics or {}
+    facts = {name: next((_number(metrics[k]) for k in keys if k in metrics), math.nan)
+             for name, keys in MEAN_KEYS.items()}
+    if math.isnan(facts["labels_read"]):
+        facts["labels_read"] = facts["labels_train"] + facts["labels_val"]  # NaN when either is unknown
+    protocol = metrics.get("val_protocol")
+    facts["val_protocol"] = str(protocol) if protocol is not None else None
+    facts["grades_predicted"], facts["collapsed_to"] = (predicted_grades(predictions, metrics) if metrics
+                                                        else (math.nan, math.nan))
+    return facts
+
+
+# ---------------------------------------------------------------- per arm x fraction
+
+
+def summarise(finished: pd.DataFrame, arms: list[str], fractions: list[float], folds_expected: int) -> pd.DataFrame:
+    """One row per arm x fraction (all of ``arms`` x ``fractions``, finished or not) over its ``finished`` jobs:
+    folds present, MIN / AVG / MAX / sample std of test QWK, how many runs collapsed to one grade out of how many
+    could be checked, the mean labels read and training budget (NaN when no job reported them), the protocols."""
+    index = pd.MultiIndex.from_product([arms, fractions], names=["arm", "label_fraction"])
+    keys = [finished.arm, finished.label_fraction]
+    groups = finished.groupby(keys)
+    table = pd.concat([groups.fold.nunique().rename("folds_present"),
+                       groups.test_qwk.agg(qwk_min="min", qwk_avg="mean", qwk_max="max", qwk_std="std"),
+                       (finished.grades_predicted == 1).groupby(keys).sum().rename("collapsed"),
+                       finished.grades_predicted.notna().groupby(keys).sum().rename("collapse_checked"),
+                       groups[list(MEAN_KEYS)].mean(),
+                       groups.val_protocol.agg(lambda p: ",".join(sorted(set(p.dropna()))) or None)], axis=1)
+    table = table.reindex(index).reset_index()
+    for column in ("folds_present", "collapse_checked"):
+        table[column] = table[column].fillna(0).astype(int)
+    table["collapsed"] = table.collapsed.where(table.collapse_checked > 0).astype("Int64")  # unknown, not 0
+    table["folds_expected"] = folds_expected
+    return table[TABLE_COLUMNS]
+
+
+def paired_differences(finished: pd.DataFrame, arms: list[str], fractions: list[float], num_folds: int | None,
+                       baseline: str = BASELINE) -> pd.DataFrame:
+    """Per non-baseline arm and fraction: arm minus ``baseline`` test QWK over the folds both finished, its mean,
+    the corrected resampled t interval (``ci_*``, the headline; needs the sweep's k, ``num_folds``) and the
+    naive one (``naive_ci_*``). Empty when ``baseline`` is not among ``arms``."""
+    ratio = kfold_test_train_ratio(num_folds)
+    done = finished.set_index("fold")
+    rows = []
+    for arm, fraction in product([a for a in arms if a != baseline] if baseline in arms else [], fractions):
+        qwk = [done[(done.arm == name) & (done.label_fraction == fraction)].test_qwk for name in (arm, baseline)]
+        diffs = (qwk[0] - qwk[1]).dropna()
+        rows.append([arm, baseline, fraction, len(diffs), ",".join(map(str, sorted(diffs.index))), num_folds,
+                     *corrected_resampled_t_interval(diffs, ratio), *naive_t_interval(diffs)[1:]])
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+
+
+# ---------------------------------------------------------------- as markdown
+
+
+def pct(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _count(value: float) -> str:
+    """Blank for NaN (a key older runs' metrics.json lacks), whole means without decimals."""
+    return "" if math.isnan(value) else f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
+
+
+def _collapsed_cell(row: object) -> str:
+    unknown = row.folds_present - row.collapse_checked  # finished folds whose predictions could not be read
+    if not row.collapse_checked:
+        return "unknown" if row.folds_present else "-"
+    return f"{row.collapsed:.0f}/{row.collapse_checked}" + (f" ({unknown} unknown)" if unknown else "")
+
+
+def qwk_md(table: pd.DataFrame) -> list[str]:
+    """The paper's table (AVG (MIN – MAX) test QWK) with mean ± std and the collapsed runs per arm x fraction."""
+    rows = []
+    for r in table.itertuples():
+        folds = f"{r.folds_present}/{r.folds_expected}" + (" **incomplete**" * (r.folds_present < r.folds_expected))
+        if r.folds_present == 0:
+            rows.append([r.arm, pct(r.label_fraction), folds, "no finished fold", "-", "-"])
+            continue
+        std = f"{r.qwk_std:.3f}" if r.folds_present > 1 else "n/a (1 fold)"
+        rows.append([r.arm, pct(r.label_fraction), folds, f"{r.qwk_avg:.3f} ({r.qwk_min:.3f} – {r.qwk_max:.3f})",
+                     f"{r.qwk_avg:.3f} ± {std}", _collapsed_cell(r)])
+    return ["## Test QWK over folds: AVG (MIN – MAX), as the paper prints it", "",
+            "collapsed: finished folds that predict a single grade / folds whose test predictions were read.", "",
+            *_md_table(["arm", "labels", "folds", "AVG (MIN – MAX)", "mean ± std", "collapsed"], rows)]
+
+
+def budget_md(table: pd.DataFrame) -> list[str]:
+    """Mean labels read (train + val, share of the available) and training budget per arm x fraction."""
+    rows = []
+    for r in table.itertuples():
+        read = _count(r.labels_read)
+        if read and not math.isnan(r.labels_available) and r.labels_available > 0:
+            read += f" ({r.labels_read / r.labels_available:.1%} of {_count(r.labels_available)})"
+        protocol = r.val_protocol if isinstance(r.val_protocol, str) else ""  # NaN: no finished job
+        rows.append([r.arm, pct(r.label_fraction), _count(r.labels_train), _count(r.labels_val), read, protocol,
+                     _count(r.train_steps), _count(r.best_step), _count(r.train_epochs)])
+    return ["## Labels read and training budget (mean over the finished folds)", "",
+            "labels read = train + validation labels (share of the labels available); steps: optimiser steps "
+            "trained; best step: the step of the checkpoint chosen on validation; blank: not in the jobs' "
+            "metrics.json.", "",
+            *_md_table(["arm", "labels", "train labels", "val labels", "labels read", "val protocol", "steps",
+                        "best step", "epochs"], rows)]
+
+
+def _interval(low: float, high: float, pairs: int, unknown: str) -> str:
+    if pairs < 2:
+        return "n=1: no interval"
+    return unknown if math.isnan(low) else f"[{low:+.3f}, {high:+.3f}]"
+
+
+def paired_md(paired: pd.DataFrame, num_folds: int | None) -> list[str]:
+    """The paired differences of the arms with one baseline: what the two intervals are, then the table."""
+    rows = []
+    for r in paired.itertuples():
+        if r.pairs == 0:
+            rows.append([r.arm, pct(r.label_fraction), "0", "-", "-", "no fold finished in both arms", "-"])
+            continue
+        rows.append([r.arm, pct(r.label_fraction), str(r.pairs), r.folds, f"{r.diff_mean:+.3f}",
+                     _interval(r.ci_low, r.ci_high, r.pairs, "k unknown"),
+                     _interval(r.naive_ci_low, r.naive_ci_high, r.pairs, "-")])
+    header = ["arm", "labels", "pairs", "folds", "mean diff", f"{CONFIDENCE:.0%} CI (corrected)",
+              f"{CONFIDENCE:.0%} CI naive (folds treated as independent)"]
+    return [f"## Paired difference: arm minus {paired.baseline.iloc[0]}, same folds", "", *_paired_note(num_folds), "",
+            *_md_table(header, rows)]
+
+
+def _paired_note(num_folds: int | None) -> list[str]:
+    """What the two interval columns are, and the assumption behind the corrected one."""
+    k = f"k = {num_folds} (data.num_folds)" if num_folds else "k unknown (no data.num_folds in the job configs)"
+    overlap = f" ({(num_folds - 2) / (num_folds - 1):.0%} at k = {num_folds})" if num_folds else ""
+    return [f"**{CONFIDENCE:.0%} CI (corrected)**, the headline: corrected resampled t interval (Nadeau & Bengio, "
+            "2003): variance of the mean difference (1/J + n_test/n_train) * s², t on J - 1 degrees of freedom, "
+            f"J = pairs. It assumes k-fold cross-validation, test = one fold and training = the other k - 1 folds, "
+            f"so n_test/n_train = 1/(k - 1), with {k}; this widens the interval for the overlap of the folds' "
+            f"training sets{overlap}. It is a heuristic correction, not an exact one.  ",
+            f"**{CONFIDENCE:.0%} CI naive (folds treated as independent)**: the plain t interval over folds, too "
+            "narrow because the folds share training images; shown for comparison only."]
+
+
+def collapsed_lines(finished: pd.DataFrame) -> list[str]:
+    """One line per finished job that predicted a single grade for its whole test fold."""
+    lines = []
+    for job in finished[finished.grades_predicted == 1].itertuples():
+        grade = "one grade" if math.isnan(job.collapsed_to) else f"grade {job.collapsed_to:.0f}"
+        lines.append(f"- job {job.job}: arm={job.arm} fraction={job.label_fraction:g} fold={job.fold} predicts "
+                     f"{grade} for every test image (test QWK {job.test_qwk:.3f})")
+    return lines
+
+
+def fixed_val_warning(jobs: pd.DataFrame) -> list[str]:
+    """The top-of-report warning when any job drew its validation labels outside its label fraction."""
+    fixed = jobs[jobs.val_protocol == FIXED_VAL]
+    if fixed.empty:
+        return []
+    return [f"**Optimistic results: {len(fixed)} job(s) ran with val_protocol={FIXED_VAL}** (arms: "
+            f"{', '.join(sorted(set(fixed.arm)))}): their validation labels were drawn outside the label fraction, so "
+            "the labels read exceed the fraction (see *labels read* below) and their results are optimistic.", ""]

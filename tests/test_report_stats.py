@@ -1,0 +1,193 @@
+"""ssl_dr.report_stats: the paired interval against hand arithmetic, what one job's files say (collapse, labels
+read, budget), and how those facts land per arm x fraction in report.csv / report.md."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import pandas as pd
+import pytest
+
+from ssl_dr.report import write_report
+from ssl_dr.report_stats import (
+    corrected_resampled_t_interval,
+    job_facts,
+    kfold_test_train_ratio,
+    naive_t_interval,
+    predicted_grades,
+)
+from tests.test_report import edit_metrics, job_dir, make_sweep, write_predictions
+
+# ---------------------------------------------------------------- the interval, by hand
+
+
+def test_corrected_resampled_t_interval_by_hand():
+    """diffs 0.1, 0.2, 0.0, 0.3, 0.15 over J = 5 folds of k = 5-fold cross-validation:
+    mean = 0.75 / 5 = 0.15; squared deviations 0.0025 + 0.0025 + 0.0225 + 0.0225 + 0 = 0.05; s² = 0.05 / 4 = 0.0125;
+    n_test/n_train = 1/(k-1) = 1/4; corrected se = sqrt((1/5 + 1/4) * 0.0125) = sqrt(0.005625) = 0.075;
+    t(0.975, 4 df) = 2.776445 (table); half width 0.075 * 2.776445 = 0.208233375 -> [-0.058233375, 0.358233375].
+    Naive: se = sqrt(0.0125 / 5) = 0.05, half width 0.13882225 -> [0.01117775, 0.28882225]."""
+    diffs = [0.1, 0.2, 0.0, 0.3, 0.15]
+    assert kfold_test_train_ratio(5) == 0.25
+    mean, low, high = corrected_resampled_t_interval(diffs, kfold_test_train_ratio(5))
+    assert mean == pytest.approx(0.15, abs=1e-12)
+    assert (low, high) == (pytest.approx(-0.058233375, abs=1e-6), pytest.approx(0.358233375, abs=1e-6))
+    mean, low, high = naive_t_interval(diffs)
+    assert mean == pytest.approx(0.15, abs=1e-12)
+    assert (low, high) == (pytest.approx(0.01117775, abs=1e-6), pytest.approx(0.28882225, abs=1e-6))
+
+
+def test_corrected_interval_at_another_confidence_and_k():
+    """90 %, k = 10: se = sqrt((1/5 + 1/9) * 0.0125) = 0.0623610; t(0.95, 4 df) = 2.131847 -> half 0.1329444."""
+    mean, low, high = corrected_resampled_t_interval([0.1, 0.2, 0.0, 0.3, 0.15], kfold_test_train_ratio(10), 0.90)
+    assert (low, high) == (pytest.approx(0.15 - 0.1329444, abs=1e-6), pytest.approx(0.15 + 0.1329444, abs=1e-6))
+
+
+def test_one_difference_has_no_interval():
+    """J = 1: no spread to estimate (and t on 0 degrees of freedom): mean only; J = 0: nothing."""
+    mean, low, high = corrected_resampled_t_interval([0.12], 0.25)
+    assert mean == 0.12 and math.isnan(low) and math.isnan(high)
+    assert all(math.isnan(v) for v in corrected_resampled_t_interval([], 0.25))
+    assert math.isnan(naive_t_interval([0.12])[1])
+
+
+def test_zero_variance_gives_a_point_interval():
+    """Identical differences: s = 0, so both intervals collapse to the mean (no division by zero, no NaN)."""
+    assert corrected_resampled_t_interval([0.05] * 4, 0.25) == pytest.approx((0.05, 0.05, 0.05))
+    assert naive_t_interval([0.05] * 4) == pytest.approx((0.05, 0.05, 0.05))
+
+
+def test_unknown_k_claims_no_corrected_interval():
+    assert kfold_test_train_ratio(None) is None
+    mean, low, high = corrected_resampled_t_interval([0.1, 0.2, 0.3], None)
+    assert mean == pytest.approx(0.2) and math.isnan(low) and math.isnan(high)
+
+
+@pytest.mark.parametrize("call", [lambda: kfold_test_train_ratio(1),
+                                  lambda: corrected_resampled_t_interval([0.1, 0.2], -0.1),
+                                  lambda: corrected_resampled_t_interval([0.1, 0.2], 0.25, confidence=1.0)])
+def test_impossible_arguments_are_refused(call):
+    with pytest.raises(ValueError):
+        call()
+
+
+# ---------------------------------------------------------------- one job's facts
+
+
+def test_predicted_grades_from_predictions_file_first(tmp_path):
+    write_predictions(tmp_path, [3, 3, 3])
+    path = tmp_path / "test_predictions.csv"
+    assert predicted_grades(path, {"test/grades_predicted": 4}) == (1, 3)  # the file wins over the metrics key
+    write_predictions(tmp_path, [0, 2, 2, 4])
+    count, grade = predicted_grades(path, {})
+    assert count == 3 and math.isnan(grade)
+
+
+@pytest.mark.parametrize(("metrics", "expected"), [({"test/grades_predicted": 1}, (1, math.nan)),
+                                                   ({"test/grades_predicted": [2, 2]}, (1, 2)),
+                                                   ({"test/grades_predicted": [0, 4]}, (2, math.nan)),
+                                                   ({}, (math.nan, math.nan))])
+def test_predicted_grades_without_predictions_file(tmp_path, metrics, expected):
+    assert predicted_grades(tmp_path / "test_predictions.csv", metrics) == pytest.approx(expected, nan_ok=True)
+
+
+@pytest.mark.parametrize("text", ["id_code,grade,score\nimg0,1,0.7\n", "id_code,grade,pred\n", "\x00garbage",
+                                  "id_code,grade,pred\nimg0,1,mild\n"])
+def test_unreadable_or_empty_predictions_are_unknown(tmp_path, text):
+    (tmp_path / "test_predictions.csv").write_text(text)
+    count, grade = predicted_grades(tmp_path / "test_predictions.csv", {"test/grades_predicted": 1})
+    assert math.isnan(count) and math.isnan(grade)
+
+
+def test_job_facts_prefer_new_keys_and_fall_back_to_num_train(tmp_path):
+    new = job_facts({"labels/train": 8, "labels/val": 2, "labels/read": 10, "num_train": 99, "num_val": 99,
+                     "train/steps": 150, "best/step": None, "val_protocol": "fixed"}, tmp_path / "none.csv")
+    assert (new["labels_train"], new["labels_val"], new["labels_read"], new["train_steps"]) == (8, 2, 10, 150)
+    assert math.isnan(new["best_step"]) and math.isnan(new["train_epochs"]) and new["val_protocol"] == "fixed"
+    old = job_facts({"num_train": 40, "num_val": 5}, tmp_path / "none.csv")
+    assert (old["labels_train"], old["labels_val"], old["labels_read"]) == (40, 5, 45)
+    assert old["val_protocol"] is None and math.isnan(old["labels_available"])
+    crashed = job_facts(None, tmp_path / "none.csv")
+    assert all(v is None or math.isnan(v) for v in crashed.values())
+
+
+# ---------------------------------------------------------------- per arm x fraction, through the report
+
+def test_collapsed_run_is_counted_and_listed(tmp_path):
+    """A run that predicts one grade for its whole test fold (test_predictions.csv) is counted per cell, in
+    report.csv and report.md, and named above the table."""
+    sweep = make_sweep(tmp_path, preds=[0, 1, 2, 3, 4, 2])
+    job = job_dir(sweep, "baseline", 0.05, 1)
+    write_predictions(job, [0] * 6)
+    files = write_report(sweep)
+    table = pd.read_csv(sweep / "report.csv").set_index(["arm", "label_fraction"])
+    assert (table.loc[("baseline", 0.05), "collapsed"], table.loc[("baseline", 0.05), "collapse_checked"]) == (1, 3)
+    assert (table.drop(index=[("baseline", 0.05)]).collapsed == 0).all() and (table.collapse_checked == 3).all()
+    assert pd.read_csv(sweep / "report.csv", dtype=str).collapsed.tolist() == ["1", "0", "0", "0"]  # counts, not 1.0
+    markdown = files.markdown.read_text()
+    line = f"- job {job.name}: arm=baseline fraction=0.05 fold=1 predicts grade 0 for every test image (test QWK 0.300)"
+    assert markdown.index("## Collapsed: 1 finished job(s)") < markdown.index(line) < markdown.index("## Test QWK")
+    assert "| baseline | 5% | 3/3 | 0.257 (0.220 – 0.300) | 0.257 ± 0.040 | 1/3 |" in markdown
+    assert "| rotation | 5% | 3/3 | 0.313 (0.280 – 0.350) | 0.313 ± 0.035 | 0/3 |" in markdown
+
+
+def test_collapse_from_metrics_when_predictions_are_missing_else_unknown(tmp_path):
+    """No test_predictions.csv: metrics.json's test/grades_predicted tells; without either the run is unknown,
+    never counted as not collapsed."""
+    sweep = make_sweep(tmp_path)
+    edit_metrics(job_dir(sweep, "baseline", 0.05, 0), test__grades_predicted=1)
+    edit_metrics(job_dir(sweep, "baseline", 0.05, 1), test__grades_predicted=4)
+    files = write_report(sweep)
+    table = files.table.set_index(["arm", "label_fraction"])
+    assert (table.loc[("baseline", 0.05), "collapsed"], table.loc[("baseline", 0.05), "collapse_checked"]) == (1, 2)
+    unchecked = table.loc[("rotation", 0.1)]
+    assert unchecked.collapse_checked == 0 and pd.isna(unchecked.collapsed)
+    markdown = files.markdown.read_text()
+    assert "| 0.257 ± 0.040 | 1/2 (1 unknown) |" in markdown and "| 0.443 ± 0.031 | unknown |" in markdown
+    assert "fraction=0.05 fold=0 predicts one grade for every test image" in markdown
+
+
+NEW_KEYS = {"num_train": None, "labels/train": 10, "labels/val": 2, "labels/read": 12, "labels/available": 240,
+            "val_protocol": "within_fraction", "train/steps": 150, "train/epochs": 15.0, "best/step": 120}
+
+
+def test_labels_read_and_training_budget_per_cell(tmp_path):
+    sweep = make_sweep(tmp_path, metrics=NEW_KEYS)
+    edit_metrics(job_dir(sweep, "rotation", 0.05, 2), labels__train=13, labels__read=15, best__step=math.nan)
+    files = write_report(sweep)
+    row = pd.read_csv(sweep / "report.csv").set_index(["arm", "label_fraction"]).loc[("rotation", 0.05)]
+    assert (row.labels_train, row.labels_val, row.labels_read, row.labels_available) == (11, 2, 13, 240)
+    assert (row.train_steps, row.train_epochs, row.best_step) == (150, 15, 120)  # NaN best step: mean of the others
+    assert row.val_protocol == "within_fraction"
+    markdown = files.markdown.read_text()
+    assert "## Labels read and training budget (mean over the finished folds)" in markdown
+    assert "| rotation | 5% | 11 | 2 | 13 (5.4% of 240) | within_fraction | 150 | 120 | 15 |" in markdown
+    assert "| baseline | 10% | 10 | 2 | 12 (5.0% of 240) | within_fraction | 150 | 120 | 15 |" in markdown
+    assert "Optimistic" not in markdown
+
+
+def test_old_runs_fall_back_to_num_train_and_leave_the_budget_blank(tmp_path):
+    sweep = make_sweep(tmp_path, metrics={"num_val": 3})
+    files = write_report(sweep)
+    assert (files.table.labels_read == 13).all()
+    assert files.table[["labels_available", "train_steps", "train_epochs", "best_step"]].isna().all().all()
+    assert files.table.val_protocol.isna().all()
+    assert "| rotation | 10% | 10 | 3 | 13 |  |  |  |  |" in files.markdown.read_text()
+
+
+def test_fixed_validation_protocol_is_flagged_at_the_top(tmp_path):
+    """val_protocol=fixed draws validation labels outside the fraction: the report says so before anything else."""
+    sweep = make_sweep(tmp_path, metrics=NEW_KEYS)
+    for fold in range(3):
+        edit_metrics(job_dir(sweep, "rotation", 0.05, fold), val_protocol="fixed", labels__val=30, labels__read=40)
+    shutil.rmtree(job_dir(sweep, "baseline", 0.1, 0))
+    files = write_report(sweep)
+    markdown = files.markdown.read_text()
+    warning = "**Optimistic results: 3 job(s) ran with val_protocol=fixed** (arms: rotation)"
+    assert markdown.index(warning) < markdown.index("## Incomplete") < markdown.index("## Test QWK")
+    assert "validation labels were drawn outside the label fraction" in markdown
+    assert "| rotation | 5% | 10 | 30 | 40 (16.7% of 240) | fixed |" in markdown
+    assert files.table.set_index(["arm", "label_fraction"]).loc[("rotation", 0.05), "val_protocol"] == "fixed"
+
+
