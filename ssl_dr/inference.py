@@ -2,7 +2,7 @@
 
 Why one module: the three tools must see an image exactly as training did, and must fail the same way.
 So the input pipeline is rebuilt from the checkpoint's ``inference`` hyper-parameters (backbone, size,
-crop/Ben Graham, mean/std: never re-typed) with the training code itself (``fundus_preprocess.preprocess``
+crop/mask/Ben Graham, mean/std: never re-typed) with the training code itself (``fundus_preprocess.preprocess``
 then the ``eval`` transform of ``data.transforms``), and every user mistake ends as one ``InferenceError``
 that ``run_cli`` prints as ``error: ...`` (exit status 2) without a traceback.
 
@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from ssl_dr.data.csv_source import IMAGE_EXTENSIONS, find_image
 from ssl_dr.data.datasets import read_rgb
-from ssl_dr.data.fundus_preprocess import preprocess
+from ssl_dr.data.fundus_preprocess import MASKS, preprocess
 from ssl_dr.data.records import DataError, Record, duplicate_ids
 
 if TYPE_CHECKING:
@@ -166,12 +166,16 @@ class InferenceSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     ben_graham: bool
+    mask: str = "none"  # data.preprocess.mask; checkpoints from before the mask existed trained unmasked
 
     @classmethod
     def from_hparams(cls, inference: dict[str, Any]) -> InferenceSpec:
+        mask = str(inference["preprocess"].get("mask", "none"))
+        if mask not in MASKS:
+            raise ValueError(f"preprocess.mask={mask!r} is not one of {MASKS}")
         return cls(backbone=str(inference["backbone"]), image_size=int(inference["image_size"]),
                    mean=tuple(float(m) for m in inference["mean"]), std=tuple(float(s) for s in inference["std"]),
-                   ben_graham=bool(inference["preprocess"]["ben_graham"]))
+                   ben_graham=bool(inference["preprocess"]["ben_graham"]), mask=mask)
 
 
 def read_spec(ckpt: Path) -> InferenceSpec:
@@ -309,12 +313,12 @@ class Decoded:
     skipped: list[Skipped]
 
 
-def decode_one(path: Path, size: int, ben_graham: bool) -> np.ndarray | str:
-    """The training pipeline's preprocessing of one file, or the reason it cannot be read."""
+def decode_one(path: Path, size: int, ben_graham: bool, mask: str = "none") -> np.ndarray | str:
+    """The training pipeline's preprocessing of one file (the checkpoint's mask too), or why it cannot be read."""
     if not path.is_file():
         return f"image file {path} not found (also tried .png/.jpg/.jpeg/.tif/.tiff)"
     try:
-        return preprocess(read_rgb(path), size, ben_graham)
+        return preprocess(read_rgb(path), size, ben_graham, mask)
     except DataError as err:
         return str(err)
     except (cv2.error, ValueError) as err:  # decodable but degenerate (e.g. zero-sized)
@@ -336,7 +340,7 @@ def decoded_images(records: Sequence[Record], spec: InferenceSpec, num_workers: 
                              shape=(len(records), size, size, 3))
         kept: list[Record] = []
         skipped: list[Skipped] = []
-        decode = partial(decode_one, size=size, ben_graham=spec.ben_graham)
+        decode = partial(decode_one, size=size, ben_graham=spec.ben_graham, mask=spec.mask)
         results = _parallel_map(decode, [r.path for r in records], num_workers)
         for rec, result in zip(records, tqdm(results, total=len(records), desc="reading", unit="img"), strict=True):
             if isinstance(result, str):

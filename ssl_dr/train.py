@@ -121,7 +121,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     write_split(table, out_dir / "split.csv")
     # decodes every image once (all unreadable files are reported together, before any training)
     cache = build_cache(records, Path(cfg.paths.cache_dir) / "images", size=cfg.data.image_size,
-                        ben_graham=cfg.data.preprocess.ben_graham, num_workers=cfg.data.preprocess.num_workers)
+                        ben_graham=cfg.data.preprocess.ben_graham, num_workers=cfg.data.preprocess.num_workers,
+                        mask=cfg.data.preprocess.mask)
 
     init_weights, pretext_info = None, {}
     if cfg.init == "pretext":

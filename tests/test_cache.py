@@ -98,10 +98,10 @@ def test_preprocess_gives_a_square_uint8_image(shape, normalise):
     assert out.shape == (SIZE, SIZE, 3) and out.dtype == np.uint8
 
 
-def test_preprocess_matches_crop_pad_then_resize():
+def test_preprocess_without_a_mask_matches_crop_pad_then_resize():
     image = fundus(300, 420, centre=(250, 150), radius=140)  # clipped at top and bottom
     expected = cv2.resize(crop_to_fundus(image), (64, 64), interpolation=cv2.INTER_AREA).astype(int)
-    assert np.abs(preprocess(image, 64, ben_graham=False).astype(int) - expected).mean() < 2
+    assert np.abs(preprocess(image, 64, ben_graham=False, mask="none").astype(int) - expected).mean() < 2
 
 
 # --- cache: build, reuse, keys -----------------------------------------------------------------------------------
@@ -174,11 +174,11 @@ def test_missing_and_duplicate_records_are_data_errors(tmp_path, images):
 def test_a_build_that_fails_midway_leaves_nothing_trusted(tmp_path, images, monkeypatch):
     calls = []
 
-    def flaky(image, size, ben_graham):
+    def flaky(image, size, ben_graham, mask):
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("worker died")
-        return preprocess(image, size, ben_graham)
+        return preprocess(image, size, ben_graham, mask)
 
     monkeypatch.setattr(cache_module, "preprocess", flaky)
     with pytest.raises(RuntimeError, match="worker died"):
@@ -307,11 +307,13 @@ def odd_images(folder) -> dict[str, object]:
 def test_odd_valid_images_are_converted_and_cached(tmp_path):
     paths = odd_images(tmp_path)
     assert Image.open(paths["deep"]).mode.startswith("I") and Image.open(paths["cmyk"]).mode == "CMYK"
-    cache = build_cache(records_for(paths.values()), tmp_path / "cache", SIZE, ben_graham=False, num_workers=1)
+    # unmasked: the checks below read the photograph's top and bottom rows, which a FOV mask blacks out
+    cache = build_cache(records_for(paths.values()), tmp_path / "cache", SIZE, ben_graham=False, num_workers=1,
+                        mask="none")
     for name, path in paths.items():
         out = cache.image(path.stem)
         assert out.shape == (SIZE, SIZE, 3) and out.dtype == np.uint8, name
-        np.testing.assert_array_equal(out, preprocess(read_rgb(path), SIZE, False))
+        np.testing.assert_array_equal(out, preprocess(read_rgb(path), SIZE, False, mask="none"))
     upright = cache.image("rotated").astype(int)  # 20 wide x 40 tall once rotated, padded left and right
     assert upright[2, SIZE // 2, 0] > 150 > upright[2, SIZE // 2, 2]  # top is the stored left half: red
     assert upright[-3, SIZE // 2, 2] > 150 > upright[-3, SIZE // 2, 0]  # bottom: blue

@@ -1,9 +1,11 @@
 """Preprocessed-image cache: decode and preprocess each fundus photograph once, reuse it everywhere.
 
 Full-size fundus photographs are 2-10 megapixels; decoding them every epoch starves a GPU. So the
-images of a record list are decoded, cropped, resized (and optionally Ben-Graham normalised) ONCE per
-(images, preprocessing, size) into one uint8 ``.npy`` array, which every later run, fold and DDP rank
-memory-maps: reading a row is a page-cache copy, and the OS shares those pages between processes.
+images of a record list are decoded, cropped, resized, masked to the field of view (``mask``, see
+``fundus_preprocess.fov_mask``: the pretext, every fine-tuned arm and ``predict`` then see the same pixels)
+and optionally Ben-Graham normalised ONCE per (images, preprocessing, size) into one uint8 ``.npy`` array,
+which every later run, fold and DDP rank memory-maps: reading a row is a page-cache copy, and the OS
+shares those pages between processes.
 
 Entries are content addressed (``cache_key``): the key hashes the preprocessing settings and every
 file's id, path, size and mtime, so a changed setting or a rewritten file gives a new entry and a stale
@@ -36,10 +38,10 @@ from PIL import ImageFile
 from tqdm import tqdm
 
 from ssl_dr.data.datasets import read_rgb
-from ssl_dr.data.fundus_preprocess import preprocess
+from ssl_dr.data.fundus_preprocess import DEFAULT_MASK, MASKS, preprocess
 from ssl_dr.data.records import DataError, Record, bulleted, duplicate_ids
 
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2
 """Bump whenever ``fundus_preprocess`` changes its output, so old entries are no longer matched."""
 ARRAY_NAME = "images.npy"
 INDEX_NAME = "index.json"
@@ -48,9 +50,9 @@ CHUNK = 16
 MAX_LISTED = 20
 
 
-def cache_key(records: Sequence[Record], size: int, ben_graham: bool) -> str:
+def cache_key(records: Sequence[Record], size: int, ben_graham: bool, mask: str = DEFAULT_MASK) -> str:
     """Content address of the preprocessed images: settings + each file's id, path, size and mtime."""
-    digest = hashlib.sha256(json.dumps({"version": PREPROCESS_VERSION, "size": size,
+    digest = hashlib.sha256(json.dumps({"version": PREPROCESS_VERSION, "size": size, "mask": mask,
                                         "ben_graham": bool(ben_graham)}, sort_keys=True).encode())
     missing = []
     for rec in _sorted_unique(records):
@@ -80,6 +82,7 @@ class ImageCache:
         self.key: str = index["key"]
         self.size: int = index["size"]
         self.ben_graham: bool = index["ben_graham"]
+        self.mask: str = index["mask"]
         self.ids: list[str] = index["ids"]
         self._rows = {id_code: row for row, id_code in enumerate(self.ids)}
         self._array: np.ndarray | None = None
@@ -110,14 +113,17 @@ class ImageCache:
 
 
 def build_cache(records: Sequence[Record], cache_root: str | Path, size: int, ben_graham: bool,
-                num_workers: int | None = None) -> ImageCache:
+                num_workers: int | None = None, mask: str = DEFAULT_MASK) -> ImageCache:
     """Open the cache entry of these records and settings, building it first when there is none.
 
     A build decodes every image with ``read_rgb``, runs ``preprocess`` and writes the rows in ``id_code``
     order, in ``num_workers`` processes (default: all CPUs; 0 or 1: in this process). Unreadable files
-    are all reported together in one ``DataError``; nothing is published then.
+    are all reported together in one ``DataError``; nothing is published then. An unknown ``mask``
+    (``data.preprocess.mask``) is a ``DataError`` before any image is read.
     """
-    key = cache_key(records, size, ben_graham)
+    if mask not in MASKS:
+        raise DataError(f"data.preprocess.mask={mask!r} must be one of {', '.join(MASKS)}")
+    key = cache_key(records, size, ben_graham, mask)
     root = Path(cache_root).expanduser()
     final = root / key
     if _is_complete(final, key):
@@ -127,7 +133,7 @@ def build_cache(records: Sequence[Record], cache_root: str | Path, size: int, be
     workers = (os.cpu_count() or 1) if num_workers is None else num_workers
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(key), dir=root))
     try:
-        _write_entry(tmp, _sorted_unique(records), size, ben_graham, key, workers)
+        _write_entry(tmp, _sorted_unique(records), size, ben_graham, mask, key, workers)
         _publish(tmp, final, key)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -158,12 +164,12 @@ def _is_complete(entry: Path, key: str) -> bool:
             and array.dtype == np.uint8 and array.shape == (len(index.get("ids", ())), size, size, 3))
 
 
-def _write_entry(folder: Path, records: list[Record], size: int, ben_graham: bool, key: str,
+def _write_entry(folder: Path, records: list[Record], size: int, ben_graham: bool, mask: str, key: str,
                  num_workers: int) -> None:
     """Fill ``folder`` with the array and index; raise one ``DataError`` listing every bad image."""
     array_path = folder / ARRAY_NAME
     open_memmap(array_path, mode="w+", dtype=np.uint8, shape=(len(records), size, size, 3)).flush()
-    tasks = [(array_path, start, [r.path for r in records[start:start + CHUNK]], size, ben_graham)
+    tasks = [(array_path, start, [r.path for r in records[start:start + CHUNK]], size, ben_graham, mask)
              for start in range(0, len(records), CHUNK)]
     failures = []
     with tqdm(total=len(records), desc=f"caching {len(records)} images at {size} px", unit="img") as bar:
@@ -174,7 +180,7 @@ def _write_entry(folder: Path, records: list[Record], size: int, ben_graham: boo
         raise DataError(_listing(f"{len(failures)} image file(s) cannot be read", failures,
                                  "replace or remove these files (or their rows), then run again"))
     index = {"key": key, "version": PREPROCESS_VERSION, "size": size, "ben_graham": bool(ben_graham),
-             "ids": [r.id_code for r in records]}
+             "mask": mask, "ids": [r.id_code for r in records]}
     (folder / INDEX_NAME).write_text(json.dumps(index))
 
 
@@ -205,14 +211,14 @@ def _strict_decoding() -> Iterator[None]:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
-def _fill_rows(array_path: Path, start: int, paths: list[Path], size: int,
-               ben_graham: bool) -> tuple[int, list[str]]:
+def _fill_rows(array_path: Path, start: int, paths: list[Path], size: int, ben_graham: bool,
+               mask: str) -> tuple[int, list[str]]:
     """Worker: preprocess ``paths`` into rows ``start...`` of the array; return (count, failure messages)."""
     array = np.load(array_path, mmap_mode="r+")
     errors = []
     for row, path in enumerate(paths, start=start):
         try:
-            array[row] = preprocess(read_rgb(path), size, ben_graham)
+            array[row] = preprocess(read_rgb(path), size, ben_graham, mask)
         except DataError as err:
             errors.append(str(err) if isinstance(err, DataError) else f"cannot read image {path}: {err}")
     array.flush()
