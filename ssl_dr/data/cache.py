@@ -13,8 +13,10 @@ one is never served. An entry is built in a temporary sibling folder and renamed
 complete, so a killed build never leaves a half entry that a later run trusts. Decoding every image
 also validates the whole set: all unreadable files are reported in one ``DataError``.
 
-Under DDP, build in ``prepare_data`` (one process per node) and open in ``setup``: ranks that race
-all build, the first to finish publishes and the others use its entry.
+Processes that ask for the same entry at once (parallel sweep jobs, DDP ranks started together by
+SLURM) build it once: the first takes a file lock beside the entry (``filelock``, as the pretext store
+does), the others wait for it and open what it published. A builder that dies drops its lock with its
+process, and the next one builds. The lock file is removed by the builder, so the root holds only entries.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock, Timeout
 from numpy.lib.format import open_memmap
 from PIL import ImageFile
 from tqdm import tqdm
@@ -129,15 +132,48 @@ def build_cache(records: Sequence[Record], cache_root: str | Path, size: int, be
     if _is_complete(final, key):
         return ImageCache(final)
     root.mkdir(parents=True, exist_ok=True)
-    _remove_dead_temps(root, key)
-    workers = (os.cpu_count() or 1) if num_workers is None else num_workers
-    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(key), dir=root))
-    try:
-        _write_entry(tmp, _sorted_unique(records), size, ben_graham, mask, key, workers)
-        _publish(tmp, final, key)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _build_lock(root, key, final) as building:
+        if not building:
+            return ImageCache(final)
+        _remove_dead_temps(root, key)
+        workers = (os.cpu_count() or 1) if num_workers is None else num_workers
+        tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(key), dir=root))
+        try:
+            _write_entry(tmp, _sorted_unique(records), size, ben_graham, mask, key, workers)
+            _publish(tmp, final, key)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return ImageCache(final)
+
+
+def lock_file(root: str | Path, key: str) -> Path:
+    """The file whose lock a process holds while it builds entry ``key`` under ``root``."""
+    return Path(root).expanduser() / f".{key}.lock"
+
+
+@contextmanager
+def _build_lock(root: Path, key: str, final: Path) -> Iterator[bool]:
+    """Hold the entry's build lock; yield whether this process must build (False: another one published it
+    while this one waited). Without it, N sweep jobs started together each decode every image (N x the CPU
+    time) and all but one throw their work away. Every holder removes the lock file before releasing it, so
+    the root keeps only entries. That is safe because filelock (4.3 checked) re-opens a lock file removed while
+    it waited and locks the file at the path again: a third process still waits for the second. Were it not,
+    the worst case would be a second build, never a wrong entry (``_publish`` keeps whichever is complete)."""
+    lock = FileLock(lock_file(root, key))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"[ssl_dr] waiting for another process building the image cache {final} (lock {lock.lock_file})",
+              flush=True)
+        lock.acquire()
+    try:
+        building = not _is_complete(final, key)
+        if not building:
+            print(f"[ssl_dr] image cache {final}: built by another process, reused", flush=True)
+        yield building
+    finally:
+        Path(lock.lock_file).unlink(missing_ok=True)
+        lock.release()
 
 
 def _sorted_unique(records: Sequence[Record]) -> list[Record]:
