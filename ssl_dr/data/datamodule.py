@@ -1,10 +1,16 @@
 """One LightningDataModule for both phases: it gets record lists already split (see ``splits``) and
 serves them through the right transforms. The pretext serves images only; the grader images + grades.
+
+Loader workers (``data.num_workers``, default ``auto``) are resolved when Lightning asks for a loader, from
+the trainer the module is attached to (``resolve_num_workers``): a GPU must be fed by several processes, the
+CPU quick start is fastest with none.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -13,7 +19,55 @@ from torch.utils.data import DataLoader
 
 from ssl_dr.data.cache import ImageCache
 from ssl_dr.data.datasets import FundusDataset
-from ssl_dr.data.records import Record
+from ssl_dr.data.records import DataError, Record
+
+AUTO = "auto"
+CPU_WORKERS = 0
+"""``auto`` on the CPU. Measured end to end on 2 busy cores (load 4-9; one run each, in turn, of
+benchmarks/throughput.py --cpu, DenseNet121, 64 px, batch 16): 0 workers 3.7 fine-tune / 1.6 pretext images/s,
+1 worker 2.3 / 0.7, 2 workers 1.4 / 0.6. One worker reads + augments ~2,000 images/s from the cache, so
+loading is < 1 % of a CPU training step, and a worker process only takes a core from the model's threads."""
+GPU_WORKERS_CAP = 8
+"""Most ``auto`` workers per GPU process. One worker reads + augments 2,031 images/s at 224 px from the cache
+alone, 370 images/s inside a 2-worker DataLoader on 2 busy cores (benchmarks/loader.py on eyepacs-dev), so 8
+should carry DESIGN's 5,000 images/s on free cores; unmeasured on a GPU machine (docs/real_data.md)."""
+GPU_PREFETCH = 4
+"""Batches each worker keeps ready on a GPU (PyTorch's default is 2): rides out a slow batch (a page-cache
+miss) without the GPU waiting."""
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (a container or ``taskset`` limit, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve_num_workers(value: int | str, on_gpu: bool, processes: int, cpus: int | None = None) -> int:
+    """``data.num_workers``: a count is kept; ``auto`` = ``CPU_WORKERS`` on the CPU, and on a GPU the CPUs per
+    GPU process of this node minus one (that process feeds the GPU itself), at least 1, at most
+    ``GPU_WORKERS_CAP``: 15 -> 8 on a 16-core one-GPU machine, 7 per rank for DDP on 2 GPUs of 16 cores."""
+    if value == AUTO:
+        if not on_gpu:
+            return CPU_WORKERS
+        cpus = usable_cpus() if cpus is None else cpus
+        return max(1, min(GPU_WORKERS_CAP, cpus // max(1, processes) - 1))
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DataError(f"data.num_workers={value!r} must be auto or a whole number >= 0 (0: load in the "
+                        "training process)")
+    return value
+
+
+def loader_settings(num_workers: int | str, on_gpu: bool, processes: int, cpus: int | None = None) -> dict[str, Any]:
+    """DataLoader keyword arguments for speed: workers, and on a GPU pinned memory (asynchronous copies to the
+    device) and a deeper prefetch; workers persist across epochs (at 5 % of the labels an epoch is a few
+    steps, and restarting workers every few steps would cost more than the steps)."""
+    workers = resolve_num_workers(num_workers, on_gpu, processes, cpus)
+    settings: dict[str, Any] = {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": on_gpu}
+    if workers > 0:
+        settings["prefetch_factor"] = GPU_PREFETCH if on_gpu else 2
+    return settings
 
 
 class FundusDataModule(L.LightningDataModule):
@@ -21,7 +75,7 @@ class FundusDataModule(L.LightningDataModule):
 
     def __init__(self, train: Sequence[Record], val: Sequence[Record], test: Sequence[Record] = (), *,
                  train_transform: Callable, eval_transform: Callable, with_grades: bool,
-                 batch_size: int, num_workers: int = 0, cache: ImageCache | None = None) -> None:
+                 batch_size: int, num_workers: int | str = 0, cache: ImageCache | None = None) -> None:
         super().__init__()
         if not train:
             raise ValueError("the training set is empty")
@@ -30,16 +84,23 @@ class FundusDataModule(L.LightningDataModule):
             "val": FundusDataset(val, eval_transform, with_grades, cache),
             "test": FundusDataset(test, eval_transform, with_grades, cache),
         }
+        resolve_num_workers(num_workers, on_gpu=False, processes=1)  # a bad value fails here, before any fit
         self.batch_size = batch_size
         self.num_workers = num_workers
+
+    def loader_settings(self) -> dict[str, Any]:
+        """``loader_settings`` for the device and processes per node of the attached trainer (none attached:
+        CUDA if there is one, one process)."""
+        if self.trainer is None:
+            return loader_settings(self.num_workers, torch.cuda.is_available(), 1)
+        return loader_settings(self.num_workers, self.trainer.strategy.root_device.type == "cuda",
+                               self.trainer.num_devices)
 
     def _loader(self, stage: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[stage]
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle,
                           sampler=None if shuffle else _evaluation_sampler(dataset),
-                          drop_last=shuffle and len(dataset) > self.batch_size,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available())
+                          drop_last=shuffle and len(dataset) > self.batch_size, **self.loader_settings())
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
