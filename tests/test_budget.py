@@ -4,6 +4,7 @@ encoder frozen only when it starts from learned weights; metrics.json says what 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,3 +79,6 @@ def test_every_fraction_and_arm_trains_the_same_number_of_steps(tiny_cfg):
     assert small["best/step"] in (3, 6) and full["best/step"] in (3, 6)
     assert (small["finetune/freeze_steps"], full["finetune/freeze_steps"]) == (0, 1)
     assert 1 <= small["test/grades_predicted"] <= 5
+    for run in (small, full):  # last.ckpt is the final state (resume continues from it), not the last best
+        last = torch.load(Path(run["output_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        assert last["global_step"] == 6
