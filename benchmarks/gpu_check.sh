@@ -39,7 +39,7 @@ stage() { echo; echo "=== $* ($((SECONDS - START)) s)"; }
 left() { echo $((BUDGET_S - (SECONDS - START))); }
 
 check() {  # every step below; main body unindented to keep the lines short
-stage "gpu_check $([[ $DRY == 1 ]] && echo '--dry-run ')on $(hostname), $(date -u +%FT%TZ)"
+stage "gpu_check $([[ $DRY == 1 ]] && echo '--dry-run ')on ${HOSTNAME:-?}, $(date -u +%FT%TZ)"
 if [[ $DRY == 0 ]]; then
   if [[ ! -f $BUNDLE/wheels/requirements.txt ]]; then
     echo "error: $BUNDLE/wheels/requirements.txt missing: run python benchmarks/prepare_gpu_bundle.py here first" \
@@ -80,7 +80,7 @@ else
 fi
 
 stage "throughput: model only and end to end"
-timeout $(( $(left) / 2 )) "$PY" benchmarks/throughput.py --images "$DATA" "${THROUGHPUT[@]}" \
+timeout $(( $(left) / 2 )) "$PY" benchmarks/throughput.py --images "$DATA" ${THROUGHPUT[@]+"${THROUGHPUT[@]}"} \
   | tee "$OUT/throughput.txt"
 echo "throughput exit status ${PIPESTATUS[0]}"
 
