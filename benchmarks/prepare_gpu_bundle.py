@@ -9,7 +9,8 @@ folder /work/shared/data/eyepacs-dev does not travel. So, run here once (network
 
 - ``wheels/``: cp312 manylinux x86_64 wheels of the missing packages at the versions this machine tests
   with (``pip download --only-binary``), antlr4-python3-runtime built here as a wheel (it is an sdist only,
-  and OmegaConf 2.3 pins 4.9.*), and ``requirements.txt`` naming them for ``benchmarks/gpu_check.sh``;
+  and OmegaConf 2.3 pins 4.9.*), and ``requirements.txt`` naming the three that ``benchmarks/gpu_check.sh``
+  asks pip for (the others follow as their dependencies);
 - ``eyepacs-dev/``: ``labels.csv`` as it is and every image re-encoded at the training size (224 px JPEG,
   quality 90: 256 px originals of ~30 KB become ~15 KB, so 2,046 images fit beside the wheels);
 - ``COMMIT``: the commit and whether the tree was dirty (the GPU machine may get no ``.git``).
@@ -39,6 +40,9 @@ BINARY = ("hydra-core", "omegaconf", "albumentations", "albucore", "pydantic", "
           "stringzilla", "typing-inspection", "annotated-types", "typing-extensions")
 """Missing on the GPU machine (typing-extensions too: pydantic 2.13 needs >= 4.14.1, the machine may be older)."""
 SDIST_ONLY = ("antlr4-python3-runtime",)
+REQUIRED = ("hydra-core", "omegaconf", "albumentations")
+"""What the GPU machine's pip is asked for: the rest come as their dependencies, from the bundle only where the
+machine has no suitable version (so its own typing-extensions, numpy or OpenCV are never replaced)."""
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64")
 PYTHON = "3.12"
@@ -64,7 +68,7 @@ def fetch_wheels(dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for command in wheel_commands(dest):
         subprocess.run(command, check=True)
-    (dest / "requirements.txt").write_text("\n".join(pinned(BINARY + SDIST_ONLY)) + "\n")
+    (dest / "requirements.txt").write_text("\n".join(pinned(REQUIRED)) + "\n")
 
 
 def reencode(source: Path, dest: Path, size: int, quality: int) -> int:

@@ -90,6 +90,8 @@ def test_the_wheels_are_cp312_manylinux_binaries_at_the_tested_versions(tmp_path
         assert f"{name}=={metadata.version(name)}" in download
     antlr = metadata.version("antlr4-python3-runtime")
     assert build[3:5] == ["wheel", "--no-deps"] and f"antlr4-python3-runtime=={antlr}" in build
+    assert prepare.pinned(prepare.REQUIRED) == [f"{n}=={metadata.version(n)}" for n in
+                                                ("hydra-core", "omegaconf", "albumentations")]
     needed = [r for r in metadata.requires("omegaconf") if r.startswith("antlr4-python3-runtime")]
     assert needed and antlr.startswith(needed[0].split("==")[1].rstrip("*"))  # the version OmegaConf pins
 
