@@ -7,8 +7,8 @@ held-out accuracy; what is left is the anatomy (and illumination) signal. This t
 ``build_cache`` exactly as ``ssl_dr.train`` builds it) with the rotation pretext's defaults
 (``conf/pretext/rotation.yaml``: AdamW 1e-3, cosine, 16 images per batch, each in 4 rotations;
 ``data.augment`` for the ``pretext`` transform), holds out 10 % of the patients, and prints one table row
-per epoch. CPU cost: DenseNet121 trains ~40 images/s at 64 px on 2 cores and every image counts 4 times,
-so 1,200 images x 6 epochs x 2 masks is about an hour.
+per epoch. CPU cost: DenseNet121 trains ~30 rotated images per CPU-second at 64 px and every image counts
+4 times, so 1,200 images x 6 epochs is about 15 minutes per mask on one free core.
 
     python benchmarks/camera_cue_probe.py --data /work/shared/data/eyepacs-dev --n 1200 --epochs 6 \\
         --masks none rotation_invariant
@@ -43,11 +43,16 @@ from ssl_dr.pretexts.rotation import RotationPretext
 class _EpochAccuracy(Callback):
     """Held-out accuracy after every epoch (validation runs before ``on_train_epoch_end``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str | None = None) -> None:
         self.values: list[float] = []
+        self.label = label
+        self.started = time.time()
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: PretextModule) -> None:
         self.values.append(float(trainer.callback_metrics["pretext/val_acc"]))
+        if self.label:  # progress of a long run: one line per epoch
+            print(f"  {self.label} epoch {len(self.values)}: {self.values[-1]:.3f} "
+                  f"({time.time() - self.started:.0f} s)", flush=True)
 
 
 def eyepacs_records(root: Path, n: int | None, seed: int = 0) -> tuple[list[Record], dict[str, str]]:
@@ -80,8 +85,9 @@ def rotation_module(backbone: str = "densenet121", lr: float = 1e-3, epochs: int
 
 def pretext_accuracy(module: PretextModule, cache: ImageCache, train: Sequence[Record], val: Sequence[Record],
                      epochs: int, batch_size: int = 16, seed: int = 0,
-                     transforms: tuple[Callable, Callable] | None = None) -> list[float]:
-    """Train ``module`` on ``train`` from ``cache`` on the CPU; its held-out accuracy after each epoch.
+                     transforms: tuple[Callable, Callable] | None = None, label: str | None = None) -> list[float]:
+    """Train ``module`` on ``train`` from ``cache`` on the CPU; its held-out accuracy after each epoch
+    (printed as it comes when ``label`` names the run).
 
     ``transforms``: (train, eval); default: the ``pretext`` and ``eval`` pipelines of ``data.augment``'s
     defaults, as rotation and jigsaw use them."""
@@ -92,7 +98,7 @@ def pretext_accuracy(module: PretextModule, cache: ImageCache, train: Sequence[R
                       build_transform("eval", cache.size, mean, std, AugmentConfig(), seed))
     data = FundusDataModule(train, val, with_grades=False, batch_size=batch_size, cache=cache,
                             train_transform=transforms[0], eval_transform=transforms[1])
-    accuracy = _EpochAccuracy()
+    accuracy = _EpochAccuracy(label)
     trainer = Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                       callbacks=[accuracy], deterministic=True)
@@ -111,7 +117,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[float]]:
     parser.add_argument("--backbone", default="densenet121")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--cache", type=Path, default=None, help="cache root (default: a temporary folder)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads: on a busy 2-core machine 2 OpenMP threads waiting for each other "
+                             "spent over 2.5x the CPU time of 1 on the same epochs")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     records, patients = eyepacs_records(args.data, args.n or None)
     train, val = held_out(records, patients)
     print(f"{len(records)} images from {args.data}: {len(train)} train, {len(val)} held out (10 % of patients); "
@@ -123,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[float]]:
             cache = build_cache(records, args.cache or Path(tmp), args.size, args.ben_graham, num_workers=1,
                                 mask=mask)
             results[mask] = pretext_accuracy(rotation_module(args.backbone, epochs=args.epochs), cache, train, val,
-                                             args.epochs, args.batch_size)
+                                             args.epochs, args.batch_size, label=f"mask={mask}")
             print(f"mask={mask}: {' '.join(f'{a:.3f}' for a in results[mask])} ({time.time() - started:.0f} s)",
                   flush=True)
     print("\nheld-out rotation accuracy (chance 0.25)")

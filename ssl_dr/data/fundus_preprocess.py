@@ -19,7 +19,9 @@ padded square is not enough: a photograph clipped flat at top and bottom keeps i
 about the square's centre, so the mask's outline is the same whichever way the image is turned, after
 shrinking it by ``MASK_MARGIN`` of the radius so rim notches, the halo and the anti-aliased clipped edges
 fall outside. ``inscribed_circle`` keeps the largest centred circle inside the FOV, shrunk likewise
-(loses more retina on clipped photographs). ``none``: the crop and pad only, as before.
+(loses more retina on clipped photographs). ``none``: the crop and pad only, as before. Both masks centre
+the disc itself in the square, not its bounding box (``disc_square``), since the rotations turn the image
+about the square's centre.
 
 The augmentations applied after the cache (``data.transforms`` kind ``pretext``) add no orientation,
 because each is symmetric under the 90-degree rotations that ``rotate_batch`` applies after it: the
