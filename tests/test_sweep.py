@@ -23,7 +23,7 @@ def _start(cwd: Path, *overrides: str) -> subprocess.Popen:
 def test_parallel_jobs_train_the_pretext_once(tmp_path):
     """Two processes need the same pretext at once: exactly one trains it, the other waits and reuses."""
     # the dataset is written first so both jobs start training at the same moment
-    first = _start(tmp_path, "experiment=baseline", "trainer.max_epochs=1")
+    first = _start(tmp_path, "experiment=baseline", "trainer.max_steps=2")
     assert first.wait(timeout=300) == 0, first.stdout.read()[-3000:]
     jobs = [_start(tmp_path, "experiment=rotation", f"data.label_fraction={f}") for f in (0.5, 1.0)]
     outputs = [job.communicate(timeout=600)[0] for job in jobs]
@@ -46,7 +46,7 @@ def test_paper_sweep_reports_every_cell_and_names_missing_jobs(tmp_path):
     import pandas as pd
 
     result = _sweep(tmp_path, "experiment=paper", "data.label_fraction=0.5,1.0", "data.fold=0,1",
-                    "trainer.max_epochs=1")
+                    "trainer.max_steps=2")
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "outputs" / "paper" / "multiruns").iterdir()
     jobs = [json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")]
@@ -78,7 +78,7 @@ def test_paper_sweep_reports_every_cell_and_names_missing_jobs(tmp_path):
 
 def test_failing_job_does_not_stop_the_sweep(tmp_path):
     """One job with an impossible fold fails; the other runs, and the report names the failure."""
-    result = _sweep(tmp_path, "-m", "experiment=baseline", "data.fold=1,9", "trainer.max_epochs=1")
+    result = _sweep(tmp_path, "-m", "experiment=baseline", "data.fold=1,9", "trainer.max_steps=2")
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "outputs" / "sweep" / "multiruns").iterdir()
     assert len(list(sweep.glob("*/metrics.json"))) == 1
