@@ -27,7 +27,8 @@ from ssl_dr.train import train
 # 62 labelled images -> a 13-image test fold: odd, so two equal shards are impossible without repeats
 DDP_RUN = ["data.source.num_labelled=62", "data.source.num_unlabelled=8", "data.source.image_size=32",
            "data.image_size=32", "data.batch_size=8", "pretext.batch_size=4", "pretext.max_epochs=1",
-           "trainer.max_steps=4", "model.classifier.freeze_steps=0",
+           "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
+           "model.classifier.freeze_steps=0",
            "model.classifier.scheduler.warmup_steps=0", "trainer.limit_val_batches=2",
            "logger=csv", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
            "trainer.precision=32-true", "trainer.sync_batchnorm=false"]
