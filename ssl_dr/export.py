@@ -94,11 +94,16 @@ def description(spec: InferenceSpec, grading: GradeHead, ckpt: Path, model_file:
                       "crop to the fundus: bounding box of rows/columns with more than min_bright_fraction of "
                       "pixels whose channel mean exceeds dark_threshold",
                       "resize the longer side to image_size (INTER_AREA shrinking, INTER_CUBIC enlarging)",
-                      "pad with black to a centred image_size x image_size square",
+                      "pad with black to a centred image_size x image_size square (with a mask: centred on the "
+                      "fitted disc centre instead of the bounding box)",
+                      "mask (unless mask is none): black outside the field of view ANDed with its 90/180/270-degree "
+                      "rotations (rotation_invariant) or outside the largest centred circle inside it "
+                      "(inscribed_circle), shrunk by mask_margin of the radius",
                       "Ben Graham (only if ben_graham): 4*img - 4*GaussianBlur(img, sigma) + 128 with sigma = "
                       "ben_graham_sigma_fraction * image_size, black outside a centred disc of "
                       "ben_graham_radius_fraction * image_size / 2 and where the input was dark"],
-            "reference": "ssl_dr.data.fundus_preprocess.preprocess(read_rgb(path), image_size, ben_graham)",
+            "reference": "ssl_dr.data.fundus_preprocess.preprocess(read_rgb(path), image_size, ben_graham, mask)",
+            "mask": spec.mask, "mask_margin": fp.MASK_MARGIN,
             "crop_to_fundus": True, "dark_threshold": fp.DARK_THRESHOLD, "min_bright_fraction": fp.MIN_BRIGHT_FRACTION,
             "ben_graham": spec.ben_graham, "ben_graham_sigma_fraction": fp.SIGMA_FRACTION,
             "ben_graham_radius_fraction": fp.RADIUS_FRACTION},

@@ -40,6 +40,7 @@ def test_export_matches_checkpoint_and_loads_with_torch_only(run, tmp_path):
     assert info["image_size"] == size and info["input"]["shape"] == ["N", 3, size, size]
     assert info["mean"] == list(run.spec.mean) and info["std"] == list(run.spec.std)
     assert info["preprocess"]["ben_graham"] is run.spec.ben_graham and info["preprocess"]["crop_to_fundus"]
+    assert info["preprocess"]["mask"] == run.spec.mask == "rotation_invariant"  # the training default
     assert info["head"] == "classification" and info["output"]["shape"] == ["N", 5]
     assert info["output"]["meaning"].startswith("logits") and len(info["grades"]) == 5
 

@@ -82,7 +82,8 @@ def pipeline_tensors(run: TinyRun, paths: list[Path], cache_dir: Path) -> torch.
     """The images exactly as training evaluates them: preprocessing cache + ``eval`` transform."""
     records = [Record(id_code=p.stem, path=p, grade=None) for p in paths]
     spec = run.spec
-    cache = build_cache(records, cache_dir, size=spec.image_size, ben_graham=spec.ben_graham, num_workers=0)
+    cache = build_cache(records, cache_dir, size=spec.image_size, ben_graham=spec.ben_graham, num_workers=0,
+                        mask=spec.mask)
     transform = build_transform("eval", spec.image_size, spec.mean, spec.std, AugmentConfig(), seed=0)
     dataset = FundusDataset(records, transform, with_grades=False, cache=cache)
     return torch.stack([dataset[i] for i in range(len(dataset))])
