@@ -1,5 +1,6 @@
-"""``data.num_workers=auto``: no workers on the CPU (fastest on 2 cores), the CPUs of each GPU process on a GPU,
-with pinned memory, persistent workers and a deeper prefetch; the data module resolves it from its trainer."""
+"""``data.num_workers=auto``: no workers on the CPU (as fast as any count on 2 cores), the CPUs of each GPU
+process on a GPU, with pinned memory, persistent workers and a deeper prefetch; the data module resolves it
+from its trainer."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ serves them through the right transforms. The pretext serves images only; the gr
 
 Loader workers (``data.num_workers``, default ``auto``) are resolved when Lightning asks for a loader, from
 the trainer the module is attached to (``resolve_num_workers``): a GPU must be fed by several processes, the
-CPU quick start is fastest with none.
+CPU quick start is as fast with none.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from ssl_dr.data.records import DataError, Record
 
 AUTO = "auto"
 CPU_WORKERS = 0
-"""``auto`` on the CPU. Measured end to end on 2 busy cores (load 4-9; one run each, in turn, of
-benchmarks/throughput.py --cpu, DenseNet121, 64 px, batch 16): 0 workers 3.7 fine-tune / 1.6 pretext images/s,
-1 worker 2.3 / 0.7, 2 workers 1.4 / 0.6. One worker reads + augments ~2,000 images/s from the cache, so
-loading is < 1 % of a CPU training step, and a worker process only takes a core from the model's threads."""
+"""``auto`` on the CPU. On 2 busy cores 0 and 2 workers tie and 1 is slower: median 5.85 / 4.67 / 5.85
+images/s for 0 / 1 / 2 workers (DenseNet121, 64 px, batch 16, fine-tune augmentation from the cache; 8 rounds of
+4-step blocks, the counts interleaved so the machine's changing load hits each alike). Loading is < 1 % of a
+CPU step (one worker reads + augments ~2,000 images/s), so no count can win much; 0 keeps the quick start's
+results as measured (workers draw other augmentations) without extra processes."""
 GPU_WORKERS_CAP = 8
 """Most ``auto`` workers per GPU process. One worker reads + augments 2,031 images/s at 224 px from the cache
 alone, 370 images/s inside a 2-worker DataLoader on 2 busy cores (benchmarks/loader.py on eyepacs-dev), so 8
