@@ -103,7 +103,8 @@ from pathlib import Path
 import pandas as pd
 keys = ["arm", "label_fraction", "fold", "test/qwk", "val/qwk_best", "test/grades_predicted", "labels/read",
         "train/steps", "best/step", "pretext/val_acc", "pretext/reused", "pretext/seconds", "num_train", "num_test"]
-rows = [{k: m.get(k) for k in keys} for m in (json.loads(p.read_text()) for p in Path(sys.argv[1]).glob("*/metrics.json"))]
+metrics = [json.loads(p.read_text()) for p in Path(sys.argv[1]).glob("*/metrics.json")]
+rows = [{k: m.get(k) for k in keys} for m in metrics]
 table = pd.DataFrame(rows, columns=keys).sort_values(["fold", "label_fraction", "arm"])
 table.to_csv(sys.argv[2], index=False)
 print(table.to_string(index=False))
