@@ -44,10 +44,14 @@ def check_budget(cfg: DictConfig) -> None:
                         f"the last {max_steps % interval} steps would never be validated; make it a multiple")
     classifier = cfg.model.classifier
     warmup = (classifier.get("scheduler") or {}).get("warmup_steps", 0)
-    for key, value in (("model.classifier.scheduler.warmup_steps", warmup),
-                       ("model.classifier.freeze_steps", classifier.get("freeze_steps", 0))):
-        if not 0 <= int(value) < max_steps:
-            raise DataError(f"{key}={value} must be in [0, trainer.max_steps={max_steps})")
+    if not 0 <= int(warmup) < max_steps:
+        raise DataError(f"model.classifier.scheduler.warmup_steps={warmup} must be in "
+                        f"[0, trainer.max_steps={max_steps})")
+    # freeze_steps == max_steps is a linear probe: the head alone trains on a frozen learned encoder
+    freeze = classifier.get("freeze_steps", 0)
+    if not 0 <= int(freeze) <= max_steps:
+        raise DataError(f"model.classifier.freeze_steps={freeze} must be in [0, trainer.max_steps={max_steps}] "
+                        f"({max_steps}: a linear probe)")
 
 
 def freeze_steps(cfg: DictConfig) -> int:

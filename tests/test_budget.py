@@ -43,7 +43,7 @@ def test_schedule_survives_a_checkpoint_round_trip():
     ("trainer.max_steps=-1", "trainer.max_steps=-1: the fine-tune needs a budget"),
     ("trainer.max_steps=210", "not a multiple of trainer.val_check_interval=20"),
     ("trainer.val_check_interval=0.5", "validate every N optimiser steps"),
-    ("model.classifier.freeze_steps=200", "model.classifier.freeze_steps=200 must be in [0, trainer.max_steps=200)"),
+    ("model.classifier.freeze_steps=201", "model.classifier.freeze_steps=201 must be in [0, trainer.max_steps=200]"),
     ("model.classifier.scheduler.warmup_steps=300", "warmup_steps=300 must be in"),
 ])
 def test_budget_settings_are_checked_with_the_key_to_change(tmp_path, override, message):

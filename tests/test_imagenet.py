@@ -212,13 +212,14 @@ def test_init_and_pretrained_must_agree(overrides, message, tmp_path):
 
 
 def test_imagenet_arm_end_to_end(tiny_cfg, weights_files, imagenet_state, no_network):
-    """One frozen-encoder epoch: the tested checkpoint's backbone is exactly the file's, so the fine-tune
-    started from it (no pretext, nothing else in between); inference rebuilds it without any download."""
+    """A frozen encoder for the whole (2-step) budget, a linear probe: the tested checkpoint's backbone is
+    exactly the file's, so the fine-tune started from it (no pretext, nothing else in between); inference
+    rebuilds it without any download."""
     from ssl_dr.inference import load_classifier, read_spec
 
     path = weights_files["safetensors"]
     metrics = train(tiny_cfg("experiment=imagenet", f"model.backbone.weights_file={path}", "trainer.max_steps=2",
-                             "model.classifier.freeze_steps=1", run="imagenet"))
+                             "model.classifier.freeze_steps=2", run="imagenet"))
     out = Path(metrics["output_dir"])
     saved = json.loads((out / "metrics.json").read_text())
     assert (saved["arm"], saved["init"], saved["init/weights"]) == ("imagenet", "imagenet", str(path.resolve()))
