@@ -67,6 +67,6 @@ def budget_record(trainer: Trainer) -> dict[str, Any]:
     epochs = trainer.global_step / batches if isinstance(batches, int) and batches > 0 else float("nan")
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     step = float("nan")
-    if best and Path(best).is_file():
-        step = int(torch.load(best, map_location="cpu", weights_only=True)["global_step"])
+    if best and Path(best).is_file():  # memory-mapped: the step is read, the weights are not
+        step = int(torch.load(best, map_location="cpu", weights_only=True, mmap=True)["global_step"])
     return {"train/steps": trainer.global_step, "train/epochs": round(epochs, 2), "best/step": step}
