@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
@@ -26,3 +28,23 @@ class FiniteLossGuard(Callback):
                 f"(batch {batch_idx}); learning rate {lrs}, precision {trainer.precision}. Likely causes: a "
                 "learning rate too high for this batch size (lower the optimizer lr) or fp16 overflow "
                 "(use precision=bf16-mixed or 32-true).")
+
+
+class RngStateCallback(Callback):
+    """Checkpoints carry the global RNG states, so training continues with the same random stream.
+
+    A resumed run ends with the same metrics as an uninterrupted one because every random draw of training
+    comes from torch's global generator (augmentation seeds included, see ``FundusDataset``) and this
+    callback stores and restores that generator (and numpy's and Python's) in checkpoints."""
+
+    def state_dict(self) -> dict[str, Any]:
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        return {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
+                "numpy_rest": [name, int(pos), int(has_gauss), float(gauss)], "python": random.getstate()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        name, pos, has_gauss, gauss = state_dict["numpy_rest"]
+        np.random.set_state((name, state_dict["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+        version, internal, gauss_next = state_dict["python"]
+        random.setstate((version, tuple(internal), gauss_next))

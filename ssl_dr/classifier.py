@@ -32,7 +32,7 @@ from ssl_dr.data.records import NUM_GRADES
 from ssl_dr.heads import DEFAULT_THRESHOLDS, RegressionHead, build_head, cut, tune_thresholds
 from ssl_dr.metrics import KaggleKappa
 from ssl_dr.optim import configure_optimizers
-from ssl_dr.scale import gather_from_ranks
+from ssl_dr.training.ranks import gather_from_ranks
 
 
 class DRClassifier(L.LightningModule):

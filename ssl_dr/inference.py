@@ -33,7 +33,6 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -41,8 +40,8 @@ from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
 from ssl_dr.data.csv_source import IMAGE_EXTENSIONS, find_image
-from ssl_dr.data.datasets import read_rgb
-from ssl_dr.data.fundus_preprocess import MASKS, preprocess
+from ssl_dr.data.decode import decode_preprocessed
+from ssl_dr.data.fundus_preprocess import MASKS
 from ssl_dr.data.records import DataError, Record, duplicate_ids
 
 if TYPE_CHECKING:
@@ -314,15 +313,12 @@ class Decoded:
 
 
 def decode_one(path: Path, size: int, ben_graham: bool, mask: str = "none") -> np.ndarray | str:
-    """The training pipeline's preprocessing of one file (the checkpoint's mask too), or why it cannot be read."""
-    if not path.is_file():
-        return f"image file {path} not found (also tried .png/.jpg/.jpeg/.tif/.tiff)"
+    """The training pipeline's decoding and preprocessing of one file (the checkpoint's mask too), or why it
+    cannot be read (the cache's own message: ``ssl_dr.data.decode``)."""
     try:
-        return preprocess(read_rgb(path), size, ben_graham, mask)
+        return decode_preprocessed(path, size, ben_graham, mask)
     except DataError as err:
         return str(err)
-    except (cv2.error, ValueError) as err:  # decodable but degenerate (e.g. zero-sized)
-        return f"cannot preprocess image {path}: {_first_line(err)}"
 
 
 @contextmanager

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ssl_dr.backbone import Backbone, load_backbone, save_backbone
 from ssl_dr.budget import budget_record, freeze_steps
+from ssl_dr.callbacks import RngStateCallback
 from ssl_dr.data.cache import PREPROCESS_VERSION, ImageCache
 from ssl_dr.data.datamodule import FundusDataModule
 from ssl_dr.data.records import Record, pool_fingerprint
@@ -32,6 +33,7 @@ from ssl_dr.data.transforms import (
     build_contrastive_transform,
     build_transform,
 )
+from ssl_dr.launch.folders import requeued_by_slurm
 from ssl_dr.loggers import build_loggers, close_loggers
 from ssl_dr.predictions import PREDICTIONS_NAME, TestPredictionWriter
 from ssl_dr.pretext_store import (
@@ -44,8 +46,7 @@ from ssl_dr.pretext_store import (
     write_summary,
 )
 from ssl_dr.pretexts import build_pretext
-from ssl_dr.resume import RngStateCallback
-from ssl_dr.scale import await_choice, await_file, is_launch_rank_zero, publish_choice
+from ssl_dr.training.ranks import await_choice, await_file, heartbeat_path, is_launch_rank_zero, publish_choice
 
 
 def _transforms(cfg: DictConfig, backbone: Backbone, train_kind: str) -> dict[str, Any]:
@@ -172,7 +173,7 @@ def _follow_rank_zero(cfg: DictConfig, pool: list[Record], cache: ImageCache, ou
     reuse = await_choice(out_dir, f"pretext-{key}")["reuse"]
     if not reuse:
         _train_pretext(cfg, pool, cache, out_dir, key, entry / PARTIAL_DIR)
-    path = await_file(entry / WEIGHTS_NAME)
+    path = await_file(entry / WEIGHTS_NAME, heartbeat_path(out_dir))
     return path, {"pretext/key": key, "pretext/reused": reuse, **load_backbone(instantiate(cfg.model.backbone), path)}
 
 
@@ -211,7 +212,8 @@ def finetune(cfg: DictConfig, train: list[Record], val: list[Record], test: list
     checkpoint (chosen on ``val/qwk``) on the held-out fold, writing every test image's prediction to
     ``test_predictions.csv``. The budget is ``trainer.max_steps`` optimiser steps whatever the fraction
     (``ssl_dr.budget``); the encoder is frozen for the first steps only when it starts from learned weights.
-    With ``resume`` set, continue from the run folder's ``checkpoints/last.ckpt`` when there is one."""
+    With ``resume`` set (or in a job SLURM requeued), continue from the run folder's ``checkpoints/last.ckpt``
+    when there is one."""
     backbone: Backbone = instantiate(cfg.model.backbone)
     if init_weights is not None:
         load_backbone(backbone, init_weights)
@@ -228,4 +230,4 @@ def finetune(cfg: DictConfig, train: list[Record], val: list[Record], test: list
     run_id = f"{cfg.arm}-{hashlib.sha256(str(out_dir.resolve()).encode()).hexdigest()[:12]}"
     callbacks = [*_callbacks(cfg), TestPredictionWriter(out_dir / PREDICTIONS_NAME)]
     return _fit(cfg, "finetune", run_id, run_name, module, datamodule, callbacks,
-                resume_from=last if cfg.resume and last.is_file() else None, test=True)
+                resume_from=last if (cfg.resume or requeued_by_slurm()) and last.is_file() else None, test=True)

@@ -31,7 +31,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_dr import report_stats
-from ssl_dr.resume import register_resolvers
+from ssl_dr.launch.resolvers import register_resolvers
 
 PAPER_ROTATION_AVG: dict[float, float] = {0.05: 0.294, 0.10: 0.432, 0.25: 0.575, 0.50: 0.680, 1.00: 0.725}
 """Published numbers of the paper this project reproduces: AVG test QWK over its 5 folds of the rotation-pretext
@@ -120,14 +120,18 @@ def _job_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(dirs, key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name))
 
 
-def _read_metrics(path: Path) -> dict:
+def _read_metrics(path: Path) -> tuple[dict | None, str | None]:
+    """The job's metrics, or why there are none: a missing, unreadable or partial ``metrics.json`` makes the job
+    FAILED (named in the report) instead of ending the report."""
+    if not path.is_file():
+        return None, None
     try:
         metrics = json.loads(path.read_text())
         metrics["test/qwk"] = float(metrics["test/qwk"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise ReportError(f"{path}: malformed metrics.json ({type(err).__name__}: {err}); re-run that job, or delete "
-                          "its folder to have it reported as missing") from None
-    return metrics
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return None, (f"unreadable metrics.json ({type(err).__name__}: {err}); re-run the job (resume=last "
+                      "re-runs it) or delete its folder")
+    return metrics, None
 
 
 def _read_identity(job_dir: Path, metrics: dict | None) -> dict:
@@ -162,11 +166,12 @@ def _last_log_line(job_dir: Path) -> str | None:
 
 
 def _read_job(job_dir: Path) -> dict:
-    metrics_path = job_dir / "metrics.json"
-    metrics = _read_metrics(metrics_path) if metrics_path.is_file() else None
+    metrics, unreadable = _read_metrics(job_dir / "metrics.json")
     row = {"job": job_dir.name, **_read_identity(job_dir, metrics), "status": FAILED, "test_qwk": math.nan,
            **report_stats.job_facts(metrics, job_dir / PREDICTIONS)}
-    if metrics is None:
+    if unreadable:
+        row["reason"] = unreadable
+    elif metrics is None:
         row["reason"] = _last_log_line(job_dir) or "no metrics.json and no log: crashed early or still running"
     elif not math.isfinite(metrics["test/qwk"]):
         row["reason"] = f"test/qwk is {metrics['test/qwk']} in metrics.json"

@@ -10,21 +10,18 @@ Each piece exists because the obvious setting alone is not enough:
 - ``check_multirun_strategy``: Lightning's ``ddp`` re-runs the script once per rank; inside a Hydra multirun
   that restarts the whole sweep in every rank and scatters the output folders. Only a launcher that starts the
   ranks itself (SLURM via submitit) is safe, so everything else is refused before a job starts.
-- ``is_launch_rank_zero`` / ``publish_choice`` / ``await_choice``: every DDP rank runs the whole job, but some
-  choices (reuse a stored pretext or train it) are made once, by rank 0, before DDP exists; the other ranks
-  must follow that choice, never take the pretext store's lock (rank 0 holds it while training *with* them).
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 import lightning as L
 import torch
@@ -35,7 +32,6 @@ from omegaconf import DictConfig
 from torch import nn
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # Strategies whose extra ranks are started inside this process (no script re-run): safe in any launcher.
 IN_PROCESS_STRATEGY_TAGS = ("spawn", "fork", "notebook")
@@ -163,6 +159,16 @@ def release_gpu_slots() -> None:
     _HELD.clear()
 
 
+def check_gpu_count(n_jobs: int, available: int) -> None:
+    """``hydra.launcher.n_jobs`` parallel one-GPU jobs need that many GPUs on this node."""
+    if available == 0:
+        raise GpuSlotError("hydra/launcher=local_gpus runs one job per GPU, but this machine has no GPU that "
+                           "torch can use; drop hydra/launcher=local_gpus (and trainer=gpu) to run on the CPU")
+    if n_jobs > available:
+        raise GpuSlotError(f"hydra.launcher.n_jobs={n_jobs} parallel GPU jobs, but this machine has {available} "
+                           f"GPU(s) torch can use; set hydra.launcher.n_jobs={available}")
+
+
 class GpuSlot(HydraCallback):
     """Hydra callback for ``hydra/launcher=local_gpus``: pin each job process to one GPU of its own.
 
@@ -182,6 +188,15 @@ class GpuSlot(HydraCallback):
         self.num_gpus = num_gpus
         self.lock_dir = lock_dir
         self.wait_s = wait_s
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Before any job: more parallel jobs than GPUs would leave jobs waiting for a slot that never comes
+        (or failing after ``wait_s``); say so in one line instead."""
+        try:
+            check_gpu_count(self.num_gpus, torch.cuda.device_count())
+        except GpuSlotError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         slot = claim_gpu_slot(Path(self.lock_dir), self.num_gpus, self.wait_s)
@@ -259,57 +274,3 @@ def _process_count(trainer: DictConfig) -> int | None:
     if isinstance(devices, int):
         return None if devices == -1 else devices * nodes
     return len(devices) * nodes
-
-
-# Environment variables that carry the global rank before Lightning sets DDP up: torchrun, SLURM (srun), and
-# Lightning's own relaunch of the script (NODE_RANK/LOCAL_RANK in the processes it starts).
-RANK_VARIABLES = ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK")
-
-
-def is_launch_rank_zero() -> bool:
-    """True in the process that owns the run (rank 0, or a run without DDP); usable before ``trainer.fit``."""
-    return all(int(os.environ.get(var) or 0) == 0 for var in RANK_VARIABLES)
-
-
-def gather_from_ranks(local: T) -> list[T]:
-    """Every DDP rank's ``local``, in rank order, on every rank (``[local]`` outside DDP).
-
-    ``all_gather_object`` rather than ``LightningModule.all_gather``: validation and test shards may differ
-    in length by one image (``ssl_dr.data.datamodule._evaluation_sampler``), and tensor gathers need equal
-    shapes.
-    """
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return [local]
-    parts: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(parts, local)
-    return parts
-
-
-def _choice_path(out_dir: Path, name: str) -> Path:
-    """Per launch: SLURM starts all ranks at once (SLURM_JOB_ID tells attempts apart); Lightning starts the
-    others only at rank 0's first fit, after the choice is written, so they never see an older one."""
-    launch = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID") or "local"
-    return out_dir / f".rank0-{name}-{launch}.json"
-
-
-def publish_choice(out_dir: Path, name: str, choice: dict[str, Any]) -> None:
-    """Rank 0: record a choice for the other ranks of this run (written atomically, never read half-done)."""
-    path = _choice_path(out_dir, name)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(choice))
-    os.replace(tmp, path)
-
-
-def await_choice(out_dir: Path, name: str, timeout_s: float | None = None) -> dict[str, Any]:
-    """Other ranks: the choice rank 0 published (it may first wait for another job's lock, hence no limit)."""
-    return json.loads(await_file(_choice_path(out_dir, name), timeout_s).read_text())
-
-
-def await_file(path: Path, timeout_s: float | None = None, poll_s: float = 1.0) -> Path:
-    """Wait until ``path`` exists (a file another rank writes atomically)."""
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while not path.exists():
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(f"{path} did not appear within {timeout_s:.0f} s (did rank 0 fail?)")
-        time.sleep(poll_s)
-    return path

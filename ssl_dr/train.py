@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,17 +39,20 @@ from ssl_dr.data.splits import (
     write_split,
 )
 from ssl_dr.heads import check_head
+from ssl_dr.launch.folders import METRICS_NAME, finished_job
+from ssl_dr.launch.objective import BASIC_SWEEPER, ObjectiveError, check_objective
+from ssl_dr.launch.resolvers import register_resolvers
 from ssl_dr.phases import finetune, pretext_weights
 from ssl_dr.predictions import PREDICTIONS_NAME
-from ssl_dr.resume import register_resolvers
-from ssl_dr.scale import ScaleSettingsError, check_multirun_strategy, check_sync_batchnorm, is_launch_rank_zero
+from ssl_dr.scale import ScaleSettingsError, check_multirun_strategy, check_sync_batchnorm
+from ssl_dr.training.ranks import RankZeroGoneError, RankZeroHeartbeat, is_launch_rank_zero
 
 log = logging.getLogger(__name__)
 register_resolvers()  # before @hydra.main composes: hydra.run.dir uses ${ssl_dr.run_dir:...}
 INITS = ("pretext", "random", "imagenet")
 """How the grader's backbone starts (``init``, set by the arm): the pretext's weights, random, or timm's
 ImageNet weights (``model.backbone.pretrained``, loaded by ``Backbone`` itself)."""
-USER_ERRORS = (DataError, BackboneWeightsError, NonFiniteLossError, ScaleSettingsError)
+USER_ERRORS = (DataError, BackboneWeightsError, NonFiniteLossError, ScaleSettingsError, RankZeroGoneError)
 """Errors of the user's data or settings: one ``error: ...`` line and exit status 2, no traceback."""
 # arms named after the pretext they use (conf/arm/<name>.yaml chooses conf/pretext/<name>.yaml)
 PRETEXT_ARMS = ("rotation", "jigsaw", "simclr")
@@ -106,6 +110,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_sync_batchnorm(cfg.trainer)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with RankZeroHeartbeat(out_dir):  # DDP ranks waiting for rank 0 stop waiting when it dies
+        return _run(cfg, out_dir)
+
+
+def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     print(f"[ssl_dr] {cfg.arm}: fraction {cfg.data.label_fraction}, fold {cfg.data.fold}; outputs in {out_dir}")
     imagenet = imagenet_source(cfg)  # before seeding: building the check's model draws random numbers
     L.seed_everything(cfg.seed, workers=True)
@@ -142,9 +151,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                "finetune/freeze_steps": freeze_steps(cfg), **pretext_info, **scores}
     if is_launch_rank_zero():  # every DDP rank runs this job; one writes its result (and the predictions)
         metrics["test/grades_predicted"] = grades_predicted(out_dir)
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str))
+        write_metrics(out_dir / METRICS_NAME, metrics)
     print(f"[ssl_dr] done: test/qwk = {metrics.get('test/qwk', float('nan')):.4f}  ({out_dir})")
     return metrics
+
+
+def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
+    """Written whole or not at all (temporary name, then renamed): a job killed while writing leaves no
+    half file that a resumed sweep would take for finished or the report would choke on."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
 
 
 def grades_predicted(out_dir: Path) -> int:
@@ -163,6 +180,22 @@ def _user_error(err: BaseException) -> Exception | None:
     return None
 
 
+def _finished_in_resumed_sweep(cfg: DictConfig) -> dict[str, Any] | None:
+    """A resumed sweep keeps its finished jobs: their metrics, not run again, files untouched (Hydra left
+    their ``.hydra/`` alone, see ``ssl_dr.launch.folders.config_subdir``, and this job's log handler is
+    closed so the launcher's next line does not land in the finished job's log)."""
+    if not (_in_multirun() and cfg.get("resume")):
+        return None
+    finished = finished_job(cfg.paths.output_dir)
+    if finished is not None:
+        print(f"[ssl_dr] {cfg.paths.output_dir}: finished before (metrics.json), not run again")
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+            root.removeHandler(handler)
+            handler.close()
+    return finished
+
+
 def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
@@ -176,6 +209,17 @@ def main(cfg: DictConfig) -> float:
     report then lists it as failed (it has no ``metrics.json``).
     """
     check_multirun_strategy(cfg, HydraConfig.get())  # outside the try: a wrong launcher stops the sweep
+    sweeper = str(HydraConfig.get().sweeper.get("_target_", ""))
+    searching = _in_multirun() and not sweeper.endswith(BASIC_SWEEPER)  # Optuna & co. use the return value
+    try:  # also stops the sweep: every trial would be wrong
+        check_objective(cfg.optimized_metric, cfg.get("resume"), sweeper, _in_multirun())
+    except ObjectiveError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    finished = _finished_in_resumed_sweep(cfg)
+    if finished is not None:
+        value = finished.get(cfg.optimized_metric)
+        return float(value) if value is not None else math.nan
     try:
         metrics = train(cfg)
     except Exception as err:
@@ -185,13 +229,19 @@ def main(cfg: DictConfig) -> float:
                 log.error("job failed: %s", user_error)
             else:
                 log.exception("job failed: %s: %s", type(err).__name__, err)
+            if searching:  # a failed trial for the sweeper (a NaN return breaks Optuna 2.x's bookkeeping)
+                raise
             return math.nan
         if user_error is None:
             raise
         print(f"error: {user_error}", file=sys.stderr)
         raise SystemExit(2) from None
     value = metrics.get(cfg.optimized_metric)
-    return float(value) if value is not None else math.nan
+    value = float(value) if value is not None else math.nan
+    if searching and not math.isfinite(value):
+        raise ObjectiveError(f"optimized_metric={cfg.optimized_metric} is {value} in this trial's metrics.json "
+                             f"({cfg.paths.output_dir}); a search needs a finite score from every trial")
+    return value
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ import pytest
 from PIL import Image, ImageFile
 
 from ssl_dr.data import cache as cache_module
+from ssl_dr.data import decode as decode_module
 from ssl_dr.data.cache import ImageCache, build_cache, cache_key
-from ssl_dr.data.datasets import read_rgb
+from ssl_dr.data.decode import read_rgb
 from ssl_dr.data.fundus_preprocess import ben_graham, crop_to_fundus, preprocess
 from ssl_dr.data.records import DataError, Record
 
@@ -180,11 +181,11 @@ def test_a_build_that_fails_midway_leaves_nothing_trusted(tmp_path, images, monk
             raise RuntimeError("worker died")
         return preprocess(image, size, ben_graham, mask)
 
-    monkeypatch.setattr(cache_module, "preprocess", flaky)
+    monkeypatch.setattr(decode_module, "preprocess", flaky)
     with pytest.raises(RuntimeError, match="worker died"):
         build_cache(records_for(images), tmp_path, SIZE, ben_graham=False, num_workers=1)
     assert list(tmp_path.iterdir()) == [tmp_path / "images"]
-    monkeypatch.setattr(cache_module, "preprocess", preprocess)
+    monkeypatch.setattr(decode_module, "preprocess", preprocess)
     assert len(build_cache(records_for(images), tmp_path / "cache", SIZE, ben_graham=False, num_workers=1)) == 4
 
 

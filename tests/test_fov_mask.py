@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from ssl_dr.data.cache import build_cache, cache_key
-from ssl_dr.data.datasets import read_rgb
+from ssl_dr.data.decode import read_rgb
 from ssl_dr.data.fundus_preprocess import (
     MASK_MARGIN,
     MASKS,

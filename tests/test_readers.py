@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from ssl_dr.data.csv_source import CsvSource
-from ssl_dr.data.datasets import read_rgb
+from ssl_dr.data.decode import read_rgb
 from ssl_dr.data.records import DataError
 
 
@@ -73,6 +73,14 @@ def test_all_bad_rows_reported_together(tmp_path):
     assert "row 6: id '../etc'" in message and "row 7: no image" in message
 
 
+@pytest.mark.parametrize("grade", ["2.0", "²", "٣", "-1", " 1e0"])
+def test_a_grade_that_is_not_a_plain_integer_gets_the_grade_error(tmp_path, grade):
+    root = make_folder(tmp_path, ["a,0", "b,1"])
+    (root / "train.csv").write_text(f"id_code,diagnosis\na,0\nb,{grade}\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"row 3: diagnosis .* is not a grade 0-4"):
+        aptos(root).load()
+
+
 def test_duplicate_ids(tmp_path):
     root = make_folder(tmp_path, ["a,0", "b,1"], test_ids=("a",))
     with pytest.raises(DataError, match=r"duplicate id\(s\).*\['a'\]"):
@@ -85,6 +93,47 @@ def test_odd_image_modes_decode_to_rgb(tmp_path, mode):
     write_image(path, mode, size=(30, 20))
     image = read_rgb(path)
     assert image.shape == (20, 30, 3) and image.dtype == np.uint8
+
+
+def test_float_images_are_scaled_like_the_others(tmp_path):
+    """An "F"-mode TIFF in [0, 1] must not decode black (``convert("RGB")`` alone clips it)."""
+    ramp = np.linspace(0.0, 1.0, 30 * 20, dtype=np.float32).reshape(20, 30)
+    Image.fromarray(ramp, mode="F").save(tmp_path / "float.tif")
+    image = read_rgb(tmp_path / "float.tif")
+    assert image.dtype == np.uint8 and image.max() == 255 and image[0, 0, 0] == 0
+    Image.fromarray(ramp * 4000, mode="F").save(tmp_path / "wide.tif")  # any range: scaled by its maximum
+    assert read_rgb(tmp_path / "wide.tif").max() == 255
+
+
+def test_palette_images_decode_to_rgb(tmp_path):
+    Image.new("RGB", (30, 20), (200, 40, 10)).convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "p.png")
+    assert read_rgb(tmp_path / "p.png")[0, 0].tolist() == [200, 40, 10]
+
+
+@pytest.mark.parametrize("case", ["truncated", "garbage", "missing"])
+def test_the_cache_and_inference_reject_a_file_with_the_same_message(tmp_path, case):
+    """One decode path (``ssl_dr.data.decode``): the same files fail, with the same words, in both."""
+    from ssl_dr.data.cache import build_cache
+    from ssl_dr.data.records import Record
+    from ssl_dr.inference import decode_one
+
+    good = tmp_path / "good.png"
+    Image.new("RGB", (64, 64), (120, 60, 30)).save(good)
+    bad = tmp_path / "bad.png"
+    if case == "truncated":
+        bad.write_bytes(good.read_bytes()[:-40])
+    elif case == "garbage":
+        bad.write_bytes(b"\x89PNG garbage")
+    records = [Record("good", good, 0), Record("bad", bad, 1)]
+    with pytest.raises(DataError) as cached:
+        build_cache(records, tmp_path / "cache", size=32, ben_graham=False, num_workers=1, mask="none")
+    message = decode_one(bad, 32, False, "none")
+    assert isinstance(message, str) and str(bad) in message
+    if case == "missing":  # the cache lists every missing file up front, in its own words for a listing
+        assert "cannot be found" in message and "cannot be found" in str(cached.value)
+    else:
+        assert message in str(cached.value)
+    assert isinstance(decode_one(good, 32, False, "none"), np.ndarray)
 
 
 def test_unreadable_image_is_named(tmp_path):

@@ -87,7 +87,7 @@ def test_resume_refuses_another_command(tmp_path):
 
 
 def test_fresh_runs_get_microsecond_folders_and_finished_runs_are_never_reused(tmp_path):
-    from ssl_dr.resume import run_dir
+    from ssl_dr.launch.folders import run_dir
 
     hydra_conf = (Path(__file__).parents[1] / "conf" / "hydra" / "default.yaml").read_text()
     assert "%Y-%m-%d_%H-%M-%S_%f" in hydra_conf  # two runs in the same second never share a folder

@@ -23,17 +23,13 @@ from torch import nn
 
 from ssl_dr.backbone import Backbone
 from ssl_dr.scale import (
-    RANK_VARIABLES,
     GpuSlot,
     GpuSlotError,
     MultirunStrategyError,
     ScaleCallback,
-    await_choice,
-    await_file,
+    check_gpu_count,
     check_multirun_strategy,
     claim_gpu_slot,
-    is_launch_rank_zero,
-    publish_choice,
     release_gpu_slots,
 )
 from ssl_dr.train import CONFIG_DIR
@@ -170,6 +166,23 @@ def test_gpu_slot_maps_slots_onto_the_visible_gpus(slots, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     with pytest.raises(GpuSlotError, match="names only 2 GPUs"):
         GpuSlot(num_gpus=3, lock_dir=str(lock_dir))
+
+
+@pytest.mark.parametrize(("n_jobs", "available", "message"), [
+    (8, 2, "hydra.launcher.n_jobs=8 parallel GPU jobs, but this machine has 2 GPU"),
+    (2, 0, "has no GPU that torch can use"),
+])
+def test_local_gpus_checks_its_jobs_against_the_gpus_that_exist(n_jobs, available, message, monkeypatch, capsys):
+    check_gpu_count(2, 2)
+    with pytest.raises(GpuSlotError, match=message):
+        check_gpu_count(n_jobs, available)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: available)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(SystemExit) as stop:
+        GpuSlot(num_gpus=n_jobs, lock_dir="unused").on_multirun_start(OmegaConf.create({}))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
 APP = '''
@@ -330,29 +343,6 @@ def test_guard_refuses_ddp_with_the_local_gpus_launcher():
     pytest.importorskip(LAUNCHER_PLUGINS["local_gpus"])
     with pytest.raises(MultirunStrategyError, match="JoblibLauncher"):
         guard("experiment=paper", "trainer=ddp", "hydra/launcher=local_gpus")
-
-
-# --- DDP ranks following rank 0 ------------------------------------------------------------------------
-
-@pytest.mark.parametrize("variable", RANK_VARIABLES)
-def test_rank_zero_is_known_from_the_launchers_environment(variable, monkeypatch):
-    for name in RANK_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    assert is_launch_rank_zero()
-    monkeypatch.setenv(variable, "0")
-    assert is_launch_rank_zero()
-    monkeypatch.setenv(variable, "1")
-    assert not is_launch_rank_zero()
-
-
-def test_other_ranks_read_the_choice_of_rank_zero(tmp_path, monkeypatch):
-    monkeypatch.setenv("SLURM_JOB_ID", "41")
-    publish_choice(tmp_path, "pretext-abc", {"reuse": True})
-    assert await_choice(tmp_path, "pretext-abc", timeout_s=0) == {"reuse": True}
-    monkeypatch.setenv("SLURM_JOB_ID", "42")  # a later attempt never reads an older attempt's choice
-    with pytest.raises(TimeoutError, match="rank 0"):
-        await_choice(tmp_path, "pretext-abc", timeout_s=0)
-    assert await_file(tmp_path, timeout_s=0) == tmp_path
 
 
 # --- Docker image ----------------------------------------------------------------------------------------

@@ -104,7 +104,7 @@ def test_paper_sweeps_the_listed_arms(overrides, expected):
 
 @pytest.mark.parametrize("bad", [[], ["rotation,baseline"], [" "]])
 def test_sweep_values_refuses_an_empty_or_comma_list(bad):
-    from ssl_dr.sweep_callback import sweep_values
+    from ssl_dr.launch.resolvers import sweep_values
 
     with pytest.raises(ValueError, match="arms=\\[rotation,baseline\\]"):
         sweep_values(bad)

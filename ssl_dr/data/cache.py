@@ -37,11 +37,10 @@ from typing import Any
 import numpy as np
 from filelock import FileLock, Timeout
 from numpy.lib.format import open_memmap
-from PIL import ImageFile
 from tqdm import tqdm
 
-from ssl_dr.data.datasets import read_rgb
-from ssl_dr.data.fundus_preprocess import DEFAULT_MASK, MASKS, preprocess
+from ssl_dr.data.decode import decode_preprocessed
+from ssl_dr.data.fundus_preprocess import DEFAULT_MASK, MASKS
 from ssl_dr.data.records import DataError, Record, bulleted, duplicate_ids
 
 PREPROCESS_VERSION = 2
@@ -222,29 +221,14 @@ def _write_entry(folder: Path, records: list[Record], size: int, ben_graham: boo
 
 def _run(tasks: list[tuple], num_workers: int) -> Iterator[tuple[int, list[str]]]:
     """``_fill_rows`` over the tasks, in this process for one worker (no pool start-up), else in a pool."""
-    with _strict_decoding():
-        if num_workers <= 1 or len(tasks) <= 1:
-            yield from (_fill_rows(*task) for task in tasks)
-            return
-        pool = ProcessPoolExecutor(max_workers=min(num_workers, len(tasks)))
-        try:
-            yield from (future.result() for future in as_completed([pool.submit(_fill_rows, *t) for t in tasks]))
-        finally:
-            pool.shutdown(cancel_futures=True)  # a failed or interrupted build stops queued work at once
-
-
-@contextmanager
-def _strict_decoding() -> Iterator[None]:
-    """A truncated file must fail, not be baked into the cache half grey: PIL's global must stay off.
-
-    Pool workers are forked inside this context, so they inherit the setting.
-    """
-    previous = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    if num_workers <= 1 or len(tasks) <= 1:
+        yield from (_fill_rows(*task) for task in tasks)
+        return
+    pool = ProcessPoolExecutor(max_workers=min(num_workers, len(tasks)))
     try:
-        yield
+        yield from (future.result() for future in as_completed([pool.submit(_fill_rows, *t) for t in tasks]))
     finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+        pool.shutdown(cancel_futures=True)  # a failed or interrupted build stops queued work at once
 
 
 def _fill_rows(array_path: Path, start: int, paths: list[Path], size: int, ben_graham: bool,
@@ -254,9 +238,9 @@ def _fill_rows(array_path: Path, start: int, paths: list[Path], size: int, ben_g
     errors = []
     for row, path in enumerate(paths, start=start):
         try:
-            array[row] = preprocess(read_rgb(path), size, ben_graham, mask)
+            array[row] = decode_preprocessed(path, size, ben_graham, mask)
         except DataError as err:
-            errors.append(str(err) if isinstance(err, DataError) else f"cannot read image {path}: {err}")
+            errors.append(str(err))
     array.flush()
     return len(paths), errors
 

@@ -134,7 +134,8 @@ def _read_csv(csv_path: Path, columns: list[str]) -> pd.DataFrame:
 
 def _parse_grade(value: str, row_number: int, column: str, problems: list[str]) -> int | None:
     text = str(value).strip()
-    if text.isdigit() and int(text) < NUM_GRADES:
+    # ASCII digits only: "²".isdigit() is True but int("²") fails; "2.0" is not a grade either (say so, do not guess)
+    if text.isascii() and text.isdigit() and int(text) < NUM_GRADES:
         return int(text)
     problems.append(f"row {row_number}: {column} {text!r} is not a grade 0-{NUM_GRADES - 1} (fix or remove the row)")
     return None

@@ -1,34 +1,18 @@
-"""Torch datasets over records: decode, convert to RGB, augment."""
+"""Torch datasets over records: pixels from the cache (or ``ssl_dr.data.decode``), augmented."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from ssl_dr.data.records import DataError, Record
+from ssl_dr.data.decode import read_rgb
+from ssl_dr.data.records import Record
 
 if TYPE_CHECKING:
     from ssl_dr.data.cache import ImageCache
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """Decode any common fundus file (greyscale, RGBA, 16-bit, CMYK, EXIF-rotated) as uint8 RGB."""
-    try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img, dtype=np.float32)
-                scale = 255.0 / max(float(arr.max()), 1.0)
-                img = Image.fromarray((arr * scale).clip(0, 255).astype(np.uint8))
-            return np.asarray(img.convert("RGB"))
-    except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as err:
-        raise DataError(f"cannot read image {path}: {err}; replace or remove the file") from err
 
 
 class FundusDataset(Dataset):

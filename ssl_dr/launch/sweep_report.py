@@ -11,27 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from ssl_dr.launch.objective import BASIC_SWEEPER
 from ssl_dr.report import ReportError, ReportFiles, write_report
 
 log = logging.getLogger(__name__)
-
-
-def sweep_values(values: Any) -> str:
-    """``${ssl_dr.sweep_values:${arms}}``: a config list as the comma form Hydra's sweeper expands.
-
-    A list is what a researcher edits (``'arms=[rotation,jigsaw]'``); written directly as ``arms=a,b`` on a
-    multirun command line it would itself be swept.
-    """
-    items = list(values) if isinstance(values, (list, tuple, ListConfig)) else [values]
-    names = [str(v).strip() for v in items if str(v).strip()]
-    if not names:
-        raise ValueError("the list to sweep is empty: give at least one value, e.g. 'arms=[rotation,baseline]'")
-    bad = [n for n in names if any(c in n for c in ",=[]() ")]
-    if bad:
-        raise ValueError(f"cannot sweep {bad}: give plain names, e.g. 'arms=[rotation,baseline]'")
-    return ",".join(names)
 
 
 class ReportOnSweepEnd(Callback):
@@ -39,6 +24,10 @@ class ReportOnSweepEnd(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        if not str(config.hydra.sweeper.get("_target_", "")).endswith(BASIC_SWEEPER):
+            # a hyper-parameter search: one arm, fraction and fold tried N times is no comparison to report
+            log.info("hyper-parameter search: best parameters in %s", sweep_dir / "optimization_results.yaml")
+            return
         try:
             files = write_report(sweep_dir)
         except ReportError as err:
