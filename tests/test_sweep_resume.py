@@ -86,10 +86,15 @@ def test_a_finished_job_keeps_its_hydra_files(tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_sweep_resumes_in_its_folder_keeping_finished_jobs(tmp_path):
-    """Kill a real 4-job sweep (the whole process group, SIGKILL) after 2 finished jobs, resume it."""
+@pytest.mark.parametrize("launcher", [(), ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")],
+                         ids=["basic", "joblib"])
+def test_killed_sweep_resumes_in_its_folder_keeping_finished_jobs(tmp_path, launcher):
+    """Kill a real 4-job sweep (the whole process group, SIGKILL) after 2 finished jobs, resume it. The joblib
+    launcher (under hydra/launcher=local_gpus) resolves the sweep folder again in its worker processes."""
+    if launcher:
+        pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     sweeps = tmp_path / "outputs" / "resumed" / "multiruns"
-    process = subprocess.Popen(_command(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    process = subprocess.Popen(_command(*launcher), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     deadline = time.time() + 600
     while len(_finished(sweeps)) < 2:
@@ -100,9 +105,10 @@ def test_killed_sweep_resumes_in_its_folder_keeping_finished_jobs(tmp_path):
     process.wait()
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in _finished(sweeps)}
     kept = {p: p.read_bytes() for p in sweeps.glob("*/[01]/.hydra/*.yaml")}
-    assert len(before) == 2 and not list(sweeps.glob(f"*/{SWEEP_REPORT}"))
+    assert len(before) >= 2 and not list(sweeps.glob(f"*/{SWEEP_REPORT}"))
 
-    result = subprocess.run(_command("resume=last"), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    resume = _command(*launcher, "resume=last")
+    result = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     (folder,) = sweeps.iterdir()  # one sweep folder, continued
     assert len(_finished(sweeps)) == 4
@@ -110,9 +116,9 @@ def test_killed_sweep_resumes_in_its_folder_keeping_finished_jobs(tmp_path):
         assert path.read_bytes() == content and path.stat().st_mtime_ns == mtime, path
     for path, content in kept.items():
         assert path.read_bytes() == content, path
-    assert result.stdout.count("finished before (metrics.json), not run again") == 2
+    assert (result.stdout + result.stderr).count("finished before (metrics.json), not run again") == len(before)
     report = (folder / SWEEP_REPORT).read_text()
     assert "Incomplete" not in report and "| baseline |" in report
     assert sweep_finished(folder)
-    again = subprocess.run(_command("resume=last"), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    again = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert again.returncode != 0 and "no unfinished sweep started with" in again.stderr
