@@ -30,12 +30,12 @@ import pandas as pd
 import torch
 from lightning import Callback, Trainer
 
-from ssl_dr.backbone import Backbone
 from ssl_dr.data.cache import ImageCache, build_cache
 from ssl_dr.data.datamodule import FundusDataModule
 from ssl_dr.data.fundus_preprocess import MASKS
 from ssl_dr.data.records import Record
 from ssl_dr.data.transforms import AugmentConfig, build_transform
+from ssl_dr.models.backbone import Backbone
 from ssl_dr.pretexts.base import PretextModule
 from ssl_dr.pretexts.rotation import RotationPretext
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from ssl_dr.backbone import Backbone
+from ssl_dr.models.backbone import Backbone
 
 NUM_CLASSES = 5
 ROTATIONS = 4

@@ -41,7 +41,6 @@ from torch import nn
 from tqdm import tqdm
 
 from ssl_dr.data.records import Record
-from ssl_dr.heads import GradeHead
 from ssl_dr.inference import (
     InferenceError,
     InputArgs,
@@ -55,9 +54,10 @@ from ssl_dr.inference import (
     run_cli,
     tensor_batches,
 )
+from ssl_dr.models.heads import GradeHead
 
 if TYPE_CHECKING:
-    from ssl_dr.classifier import DRClassifier
+    from ssl_dr.models.classifier import DRClassifier
 
 MIN_SIDE = 256
 """Overlays smaller than this (a 32-64 px model) are upscaled so the written prediction stays legible."""

@@ -26,7 +26,6 @@ import torch
 from tqdm import tqdm
 
 from ssl_dr.data.records import NUM_GRADES
-from ssl_dr.heads import GradeHead
 from ssl_dr.inference import (
     TTA_MODES,
     Decoded,
@@ -43,11 +42,12 @@ from ssl_dr.inference import (
     side_file,
     tensor_batches,
 )
+from ssl_dr.models.heads import GradeHead
 
 if TYPE_CHECKING:
     import albumentations as A
 
-    from ssl_dr.classifier import DRClassifier
+    from ssl_dr.models.classifier import DRClassifier
 
 PROB_COLUMNS = [f"p{g}" for g in range(NUM_GRADES)]
 SCORE_COLUMN = "score"

@@ -7,7 +7,7 @@ arm x fraction shows what makes it trustworthy: how many runs collapsed to one g
 the labels read (train + validation; a ``val_protocol=fixed`` run reads more than its fraction, and the report
 says so at the top) and the training budget (optimiser steps, the step of the chosen checkpoint). Arms are
 compared with the ``baseline`` arm fold by fold (same split, paired) with the corrected resampled t interval of
-Nadeau & Bengio, because the folds' training sets overlap (see ``ssl_dr.report_stats``); the naive t interval
+Nadeau & Bengio, because the folds' training sets overlap (see ``ssl_dr.reporting.stats``); the naive t interval
 stands beside it, labelled.
 
 ``python -m ssl_dr.report <sweep_dir> [--no-paper-reference]`` writes ``report.md``, ``report.csv``,
@@ -30,8 +30,8 @@ import pandas as pd
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from ssl_dr import report_stats
 from ssl_dr.launch.resolvers import register_resolvers
+from ssl_dr.reporting import stats as report_stats
 
 PAPER_ROTATION_AVG: dict[float, float] = {0.05: 0.294, 0.10: 0.432, 0.25: 0.575, 0.50: 0.680, 1.00: 0.725}
 """Published numbers of the paper this project reproduces: AVG test QWK over its 5 folds of the rotation-pretext
@@ -39,7 +39,8 @@ DenseNet121, per label fraction (the "AVG" row of its results table). Drawn as t
 
 ARM_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 FINISHED, FAILED = "finished", "failed"
-PREDICTIONS = "test_predictions.csv"  # ssl_dr.predictions.PREDICTIONS_NAME, not imported: that pulls in Lightning
+# ssl_dr.training.predictions.PREDICTIONS_NAME, not imported: that pulls in Lightning
+PREDICTIONS = "test_predictions.csv"
 # job config keys that identify a job, and the sweep override keys that set them
 CONFIG_KEYS = {"arm": "arm", "label_fraction": "data.label_fraction", "fold": "data.fold"}
 # overrides that choose the arm by a name (the `arm` and `experiment` config groups): name -> arm via job configs

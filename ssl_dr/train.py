@@ -24,9 +24,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from ssl_dr.backbone import BackboneWeightsError
-from ssl_dr.budget import check_budget, freeze_steps
-from ssl_dr.callbacks import NonFiniteLossError
+from ssl_dr.config_dir import config_dir
 from ssl_dr.data.cache import build_cache
 from ssl_dr.data.records import DataError, Record
 from ssl_dr.data.splits import (
@@ -38,13 +36,16 @@ from ssl_dr.data.splits import (
     stored_folds,
     write_split,
 )
-from ssl_dr.heads import check_head
 from ssl_dr.launch.folders import METRICS_NAME, finished_job
+from ssl_dr.launch.guards import ScaleSettingsError, check_multirun_strategy, check_sync_batchnorm
 from ssl_dr.launch.objective import BASIC_SWEEPER, ObjectiveError, check_objective
 from ssl_dr.launch.resolvers import register_resolvers
-from ssl_dr.phases import finetune, pretext_weights
-from ssl_dr.predictions import PREDICTIONS_NAME
-from ssl_dr.scale import ScaleSettingsError, check_multirun_strategy, check_sync_batchnorm
+from ssl_dr.models.backbone import BackboneWeightsError
+from ssl_dr.models.heads import check_head
+from ssl_dr.training.budget import check_budget, freeze_steps
+from ssl_dr.training.callbacks import NonFiniteLossError
+from ssl_dr.training.phases import finetune, pretext_weights
+from ssl_dr.training.predictions import PREDICTIONS_NAME
 from ssl_dr.training.ranks import RankZeroGoneError, RankZeroHeartbeat, is_launch_rank_zero
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ USER_ERRORS = (DataError, BackboneWeightsError, NonFiniteLossError, ScaleSetting
 """Errors of the user's data or settings: one ``error: ...`` line and exit status 2, no traceback."""
 # arms named after the pretext they use (conf/arm/<name>.yaml chooses conf/pretext/<name>.yaml)
 PRETEXT_ARMS = ("rotation", "jigsaw", "simclr")
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONFIG_DIR = config_dir()
 
 
 def pretext_pool(records: list[Record], table: pd.DataFrame, pool: str) -> list[Record]:
@@ -152,6 +153,8 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if is_launch_rank_zero():  # every DDP rank runs this job; one writes its result (and the predictions)
         metrics["test/grades_predicted"] = grades_predicted(out_dir)
         write_metrics(out_dir / METRICS_NAME, metrics)
+        if not cfg.get("keep_last_checkpoint", False):  # finished: nothing left to resume
+            (out_dir / "checkpoints" / "last.ckpt").unlink(missing_ok=True)
     print(f"[ssl_dr] done: test/qwk = {metrics.get('test/qwk', float('nan')):.4f}  ({out_dir})")
     return metrics
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ssl_dr.backbone import Backbone, BackboneWeightsError, load_backbone, save_backbone
+from ssl_dr.models.backbone import Backbone, BackboneWeightsError, load_backbone, save_backbone
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_other_architecture_is_refused(small, tmp_path):
 
 def test_mismatched_tensors_are_refused_not_partially_loaded(small, tmp_path):
     path = tmp_path / "backbone.pt"
-    payload = {"format": "ssl_dr.backbone/1", "name": "resnet10t",
+    payload = {"format": "ssl_dr.models.backbone/1", "name": "resnet10t",
                "state_dict": dict(list(small.model.state_dict().items())[:-3]), "meta": {}}
     torch.save(payload, path)
     with pytest.raises(BackboneWeightsError, match="does not fit"):

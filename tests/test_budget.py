@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssl_dr.budget import check_budget, freeze_steps
 from ssl_dr.data.records import DataError
-from ssl_dr.optim import WarmupCosineFactor, warmup_cosine
+from ssl_dr.models.optim import WarmupCosineFactor, warmup_cosine
 from ssl_dr.train import train
+from ssl_dr.training.budget import check_budget, freeze_steps
 
 
 def test_warmup_then_cosine_factors():
@@ -72,8 +72,9 @@ def test_only_a_learned_encoder_is_frozen(tmp_path):
 def test_every_fraction_and_arm_trains_the_same_number_of_steps(tiny_cfg):
     """5x fewer labels used to mean 5x fewer optimiser steps; now the step count is the budget for all."""
     common = ("trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.limit_train_batches=null")
-    small = train(tiny_cfg("experiment=baseline", "data.label_fraction=0.25", *common, run="small"))
-    full = train(tiny_cfg("experiment=rotation", "data.label_fraction=1.0", *common, run="full"))
+    keep = "keep_last_checkpoint=true"
+    small = train(tiny_cfg("experiment=baseline", "data.label_fraction=0.25", *common, keep, run="small"))
+    full = train(tiny_cfg("experiment=rotation", "data.label_fraction=1.0", *common, keep, run="full"))
     assert small["train/steps"] == full["train/steps"] == 6
     assert small["train/epochs"] > full["train/epochs"]  # the small fraction sees its images more often
     assert small["best/step"] in (3, 6) and full["best/step"] in (3, 6)

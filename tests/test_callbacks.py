@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from ssl_dr.callbacks import FiniteLossGuard, NonFiniteLossError
+from ssl_dr.training.callbacks import FiniteLossGuard, NonFiniteLossError
 
 
 class Diverging(L.LightningModule):

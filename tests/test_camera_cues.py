@@ -33,8 +33,8 @@ from hydra.utils import instantiate
 from ssl_dr.data.cache import build_cache
 from ssl_dr.data.fundus_preprocess import disc_square, fov_mask, fundus_box
 from ssl_dr.data.records import Record
-from ssl_dr.phases import _transforms
 from ssl_dr.pretexts import build_pretext
+from ssl_dr.training.phases import _transforms
 from tests.camera_cue_images import camera_cue_fundus, write_camera_cue_images
 from tests.conftest import compose_cfg
 

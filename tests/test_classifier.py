@@ -4,8 +4,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from ssl_dr.backbone import Backbone
-from ssl_dr.classifier import DRClassifier
+from ssl_dr.models.backbone import Backbone
+from ssl_dr.models.classifier import DRClassifier
 
 
 class ModeProbe(L.Callback):

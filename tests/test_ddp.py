@@ -20,9 +20,10 @@ import torch
 from sklearn.metrics import accuracy_score, cohen_kappa_score
 
 from ssl_dr.data.datamodule import _evaluation_sampler
-from ssl_dr.predictions import PREDICTIONS_NAME
-from ssl_dr.scale import ScaleCallback, ScaleSettingsError, check_sync_batchnorm, lr_scale
+from ssl_dr.launch.guards import ScaleSettingsError, check_sync_batchnorm
 from ssl_dr.train import train
+from ssl_dr.training.predictions import PREDICTIONS_NAME
+from ssl_dr.training.speed import ScaleCallback, lr_scale
 
 # 62 labelled images -> a 13-image test fold: odd, so two equal shards are impossible without repeats
 DDP_RUN = ["data.source.num_labelled=62", "data.source.num_unlabelled=8", "data.source.image_size=32",

@@ -18,9 +18,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from sklearn.metrics import cohen_kappa_score
 from torch.utils.data import DataLoader, TensorDataset
 
-from ssl_dr.backbone import Backbone
-from ssl_dr.classifier import DRClassifier
-from ssl_dr.heads import (
+from ssl_dr.models.backbone import Backbone
+from ssl_dr.models.classifier import DRClassifier
+from ssl_dr.models.heads import (
     DEFAULT_THRESHOLDS,
     HEADS,
     ClassificationHead,
@@ -32,14 +32,14 @@ from ssl_dr.heads import (
     ordinal_targets,
     tune_thresholds,
 )
-from ssl_dr.metrics import (
+from ssl_dr.models.metrics import (
     KaggleKappa,
     kaggle_cumulative,
     kaggle_decode,
     quadratic_weighted_kappa,
     qw_kappa_kaggle,
 )
-from ssl_dr.predictions import PREDICTIONS_NAME
+from ssl_dr.training.predictions import PREDICTIONS_NAME
 from tests.test_predict import TinyRun, one_thread, tiny_run
 
 LABELS = [0, 1, 2, 3, 4]

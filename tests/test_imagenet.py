@@ -21,8 +21,8 @@ import torch
 from safetensors.torch import save_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from ssl_dr.backbone import Backbone, BackboneWeightsError
 from ssl_dr.data.records import DataError
+from ssl_dr.models.backbone import Backbone, BackboneWeightsError
 from ssl_dr.train import check_init, imagenet_source, train
 from tests.conftest import TINY, compose_cfg
 
@@ -267,8 +267,8 @@ def test_cli_without_usable_weights_ends_in_one_line(weights, message, tmp_path)
 
 
 def test_weights_file_does_not_change_other_arms_pretext_key(tiny_cfg):
-    from ssl_dr.phases import pretext_description
-    from ssl_dr.pretext_store import pretext_key
+    from ssl_dr.pretexts.store import pretext_key
+    from ssl_dr.training.phases import pretext_description
 
     keys = {pretext_key(pretext_description(tiny_cfg("experiment=rotation", *extra), []))
             for extra in ([], ["model.backbone.weights_file=/x/densenet121.safetensors"],

@@ -9,8 +9,8 @@ from hydra.types import RunMode
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import open_dict
 
-from ssl_dr.loggers import build_loggers, close_loggers, sweep_group
 from ssl_dr.train import CONFIG_DIR
+from ssl_dr.training.loggers import build_loggers, close_loggers, sweep_group
 
 
 def _hydra_cfg(tmp_path, mode: RunMode, *overrides: str):

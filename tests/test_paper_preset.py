@@ -78,8 +78,8 @@ def test_paper_is_the_papers_protocol_on_real_data(data):
 
 
 def test_paper_passes_the_run_time_budget_checks():
-    """The preset is accepted by the checks every run makes before any data work (ssl_dr.budget)."""
-    budget = pytest.importorskip("ssl_dr.budget")
+    """The preset is accepted by the checks every run makes before any data work (ssl_dr.training.budget)."""
+    budget = pytest.importorskip("ssl_dr.training.budget")
     for arm in ("rotation", "baseline"):
         cfg = _compose("experiment=paper", "data=aptos", "data.root=/nonexistent", "trainer=gpu", f"arm={arm}")
         budget.check_budget(cfg)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 from ssl_dr.data.records import Record
-from ssl_dr.phases import pretext_description
-from ssl_dr.pretext_store import pretext_key
+from ssl_dr.pretexts.store import pretext_key
+from ssl_dr.training.phases import pretext_description
 
 
 def _key(tiny_cfg, pool, *overrides: str) -> str:

@@ -17,11 +17,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from ssl_dr.backbone import Backbone
 from ssl_dr.data.records import DataError, Record
 from ssl_dr.data.transforms import ContrastiveAugment, ContrastiveViews, build_contrastive_transform
-from ssl_dr.phases import pretext_description
-from ssl_dr.pretext_store import pretext_key
+from ssl_dr.models.backbone import Backbone
 from ssl_dr.pretexts import build_pretext
 from ssl_dr.pretexts.jigsaw import (
     JigsawPretext,
@@ -31,7 +29,9 @@ from ssl_dr.pretexts.jigsaw import (
     maximal_hamming_permutations,
 )
 from ssl_dr.pretexts.simclr import SimCLRPretext, nt_xent_logits, pair_views, positive_indices
+from ssl_dr.pretexts.store import pretext_key
 from ssl_dr.train import train
+from ssl_dr.training.phases import pretext_description
 from tests.conftest import TINY_SYNTHETIC, compose_cfg
 
 # --- jigsaw: the permutation set ---------------------------------------------------------------------------

@@ -66,7 +66,7 @@ def write_job(sweep: Path, num: int, arm: str, fraction: float, fold: int, qwk: 
 
 
 def write_predictions(job: Path, preds: list[int]) -> None:
-    """``test_predictions.csv`` as ssl_dr.predictions writes it (true grades cycle 0..4)."""
+    """``test_predictions.csv`` as ssl_dr.training.predictions writes it (true grades cycle 0..4)."""
     pd.DataFrame({"id_code": [f"img{i}" for i in range(len(preds))], "grade": [i % 5 for i in range(len(preds))],
                   "pred": preds, **{f"p{k}": 0.2 for k in range(5)}}).to_csv(job / "test_predictions.csv", index=False)
 
@@ -349,7 +349,7 @@ def test_sweep_without_any_finished_job_is_still_reported(tmp_path, capsys):
 
 
 def test_predictions_file_name_is_the_one_training_writes():
-    from ssl_dr.predictions import PREDICTIONS_NAME
     from ssl_dr.report import PREDICTIONS
+    from ssl_dr.training.predictions import PREDICTIONS_NAME
 
     assert PREDICTIONS == PREDICTIONS_NAME

@@ -1,4 +1,4 @@
-"""ssl_dr.report_stats: the paired interval against hand arithmetic, what one job's files say (collapse, labels
+"""ssl_dr.reporting.stats: the paired interval against hand arithmetic, what one job's files say (collapse, labels
 read, budget), and how those facts land per arm x fraction in report.csv / report.md."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from ssl_dr.report import write_report
-from ssl_dr.report_stats import (
+from ssl_dr.reporting.stats import (
     corrected_resampled_t_interval,
     job_facts,
     kfold_test_train_ratio,

@@ -21,18 +21,11 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from ssl_dr.backbone import Backbone
-from ssl_dr.scale import (
-    GpuSlot,
-    GpuSlotError,
-    MultirunStrategyError,
-    ScaleCallback,
-    check_gpu_count,
-    check_multirun_strategy,
-    claim_gpu_slot,
-    release_gpu_slots,
-)
+from ssl_dr.launch.gpu_slots import GpuSlot, GpuSlotError, check_gpu_count, claim_gpu_slot, release_gpu_slots
+from ssl_dr.launch.guards import MultirunStrategyError, check_multirun_strategy
+from ssl_dr.models.backbone import Backbone
 from ssl_dr.train import CONFIG_DIR
+from ssl_dr.training.speed import ScaleCallback
 
 ROOT = Path(CONFIG_DIR).parent
 TRAINERS = sorted(p.stem for p in (Path(CONFIG_DIR) / "trainer").glob("*.yaml"))
@@ -197,7 +190,7 @@ main()
 '''
 
 
-@pytest.mark.slow  # ~15 s idle, 40 s on a busy machine: every worker imports torch + lightning (ssl_dr.scale)
+@pytest.mark.slow  # ~15 s idle, 40 s on a busy machine: every worker imports torch + lightning (ssl_dr.training.speed)
 def test_local_gpus_launcher_pins_each_worker_to_its_own_gpu(tmp_path):
     """The real launcher file in a tiny app: 4 jobs on 2 'GPUs'; each worker process always sees one GPU."""
     pytest.importorskip(LAUNCHER_PLUGINS["local_gpus"])

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
@@ -25,9 +26,12 @@ def test_rotation_then_baseline_share_split_and_reuse_pretext(tiny_cfg, tmp_path
     out = Path(rot["output_dir"])
     assert rot["arm"] == "rotation" and rot["pretext/reused"] is False
     assert 0.0 <= rot["pretext/val_acc"] <= 1.0
-    for name in ("metrics.json", "split.csv", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
-                 "finetune/metrics.csv", "pretext/metrics.csv"):
+    for name in ("metrics.json", "split.csv", "checkpoints/best.ckpt", "finetune/metrics.csv", "pretext/metrics.csv"):
         assert (out / name).is_file(), name
+    # lean: a finished run keeps the weights and the inference spec, not the optimiser state or last.ckpt
+    assert not (out / "checkpoints" / "last.ckpt").exists()
+    best = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert "optimizer_states" not in best and "inference" in best["hyper_parameters"]
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["test/qwk"] == pytest.approx(rot["test/qwk"])
     assert {"val/qwk_best", "test/qwk", "test/acc", "label_fraction", "fold", "arm"} <= saved.keys()
@@ -140,8 +144,8 @@ def test_corrupt_images_are_all_named_before_training(tmp_path):
 def test_checkpoint_carries_what_inference_needs(tiny_cfg):
     import torch
 
-    from ssl_dr.backbone import Backbone
-    from ssl_dr.classifier import DRClassifier
+    from ssl_dr.models.backbone import Backbone
+    from ssl_dr.models.classifier import DRClassifier
 
     out = Path(train(tiny_cfg("experiment=baseline", run="ckpt"))["output_dir"])
     ckpt = out / "checkpoints" / "best.ckpt"
@@ -153,7 +157,7 @@ def test_checkpoint_carries_what_inference_needs(tiny_cfg):
 
 
 def test_unknown_head_fails_before_any_data_work(tiny_cfg, tmp_path):
-    from ssl_dr.heads import HeadError
+    from ssl_dr.models.heads import HeadError
 
     cfg = tiny_cfg("experiment=rotation", "model.head=softmax")
     with pytest.raises(HeadError, match="model.head='softmax'"):

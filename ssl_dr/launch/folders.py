@@ -8,7 +8,7 @@ in it, so the old command can still be compared.
 
 Inside a resumed sweep a job whose folder holds ``metrics.json`` is not run again (``finished_job``) and
 Hydra does not rewrite its ``.hydra/`` files (``ssl_dr.config_subdir``); a killed job continues from its
-``checkpoints/last.ckpt`` and a killed pretext from its partial checkpoint (``ssl_dr.phases``); a failed
+``checkpoints/last.ckpt`` and a killed pretext from its partial checkpoint (``ssl_dr.training.phases``); a failed
 job runs again. Torch-free: these run while Hydra composes the config.
 """
 

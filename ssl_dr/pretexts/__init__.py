@@ -9,9 +9,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from ssl_dr.backbone import Backbone
 from ssl_dr.data.records import DataError
 from ssl_dr.data.transforms import PRETEXT_TRANSFORMS
+from ssl_dr.models.backbone import Backbone
 from ssl_dr.pretexts.base import PretextModule
 
 

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from ssl_dr.backbone import Backbone
-from ssl_dr.optim import configure_optimizers
+from ssl_dr.models.backbone import Backbone
+from ssl_dr.models.optim import configure_optimizers
 
 
 class PretextStep(NamedTuple):

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ssl_dr.backbone import Backbone
 from ssl_dr.data.records import DataError
+from ssl_dr.models.backbone import Backbone
 from ssl_dr.pretexts.base import PretextModule, PretextStep, mlp_head
 
 # up to 9 tiles (grid 3) every permutation is a candidate (9! = 362880); beyond that a seeded sample

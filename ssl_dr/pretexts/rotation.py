@@ -11,7 +11,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from ssl_dr.backbone import Backbone
+from ssl_dr.models.backbone import Backbone
 from ssl_dr.pretexts.base import PretextModule, PretextStep, mlp_head
 
 NUM_ROTATIONS = 4

@@ -19,8 +19,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from ssl_dr.backbone import Backbone
 from ssl_dr.data.records import DataError
+from ssl_dr.models.backbone import Backbone
 from ssl_dr.pretexts.base import PretextModule, PretextStep, mlp_head
 
 

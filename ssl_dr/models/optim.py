@@ -51,7 +51,7 @@ def configure_optimizers(module: LightningModule, optimizer: partial, scheduler:
     needs no new optimiser). The scheduler steps once per ``interval``: ``epoch`` (the pretexts, whose
     length is in epochs) or ``step`` (the fine-tune, whose budget is in optimiser steps).
 
-    ``module.lr_scale`` (set by ``ssl_dr.scale.ScaleCallback`` from ``scale.lr_scaling`` and the number of
+    ``module.lr_scale`` (set by ``ssl_dr.training.speed.ScaleCallback`` from ``scale.lr_scaling`` and the number of
     DDP ranks) multiplies the configured learning rates before the scheduler records them as its base.
     """
     if interval not in SCHEDULER_INTERVALS:

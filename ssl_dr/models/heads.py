@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_dr.data.records import NUM_GRADES, DataError
-from ssl_dr.metrics import quadratic_weighted_kappa
+from ssl_dr.models.metrics import quadratic_weighted_kappa
 
 DEFAULT_THRESHOLDS = (0.5, 1.5, 2.5, 3.5)
 """Regression cut points before tuning: plain rounding of the score to the nearest grade."""

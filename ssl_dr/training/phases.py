@@ -20,9 +20,6 @@ from lightning import Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from ssl_dr.backbone import Backbone, load_backbone, save_backbone
-from ssl_dr.budget import budget_record, freeze_steps
-from ssl_dr.callbacks import RngStateCallback
 from ssl_dr.data.cache import PREPROCESS_VERSION, ImageCache
 from ssl_dr.data.datamodule import FundusDataModule
 from ssl_dr.data.records import Record, pool_fingerprint
@@ -34,9 +31,9 @@ from ssl_dr.data.transforms import (
     build_transform,
 )
 from ssl_dr.launch.folders import requeued_by_slurm
-from ssl_dr.loggers import build_loggers, close_loggers
-from ssl_dr.predictions import PREDICTIONS_NAME, TestPredictionWriter
-from ssl_dr.pretext_store import (
+from ssl_dr.models.backbone import Backbone, load_backbone, save_backbone
+from ssl_dr.pretexts import build_pretext
+from ssl_dr.pretexts.store import (
     LOCK_NAME,
     PARTIAL_DIR,
     WEIGHTS_NAME,
@@ -45,7 +42,10 @@ from ssl_dr.pretext_store import (
     stored_weights,
     write_summary,
 )
-from ssl_dr.pretexts import build_pretext
+from ssl_dr.training.budget import budget_record, freeze_steps
+from ssl_dr.training.callbacks import RngStateCallback
+from ssl_dr.training.loggers import build_loggers, close_loggers
+from ssl_dr.training.predictions import PREDICTIONS_NAME, TestPredictionWriter
 from ssl_dr.training.ranks import await_choice, await_file, heartbeat_path, is_launch_rank_zero, publish_choice
 
 
@@ -87,7 +87,10 @@ def _fit(cfg: DictConfig, phase: str, run_id: str, run_name: str, module: Any, d
             best = trainer.checkpoint_callback
             metrics["val/qwk_best"] = float(best.best_model_score) if best and best.best_model_score is not None \
                 else float("nan")
-            tested = trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None)
+            chosen = "best" if best and best.best_model_path else None
+            if chosen is None:  # fast_dev_run writes no checkpoint: there is no best, only the last weights
+                print(f"[ssl_dr] {phase}: no checkpoint was written (trainer.fast_dev_run); testing the last weights")
+            tested = trainer.test(module, datamodule=datamodule, ckpt_path=chosen)
             metrics.update({k: float(v) for k, v in tested[0].items()})
         failed = False
         return metrics
@@ -97,11 +100,14 @@ def _fit(cfg: DictConfig, phase: str, run_id: str, run_name: str, module: Any, d
 
 def _callbacks(cfg: DictConfig) -> list[Callback]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    if cfg.get("scale") is not None:  # channels_last / compile / grad checkpointing (ssl_dr.scale)
+    if cfg.get("scale") is not None:  # channels_last / compile / grad checkpointing (ssl_dr.training.speed)
         callbacks.append(instantiate(cfg.scale))
     return callbacks
 
 
+DEBUG_LIMITS = ("fast_dev_run", "overfit_batches")
+"""Trainer debug modes that cut the pretext short: in its store key when on (and only then, so the keys of
+pretexts stored before they existed stay valid)."""
 SPEED_ONLY_PREPROCESS = ("num_workers",)
 """``data.preprocess`` keys that change how fast the cache is built, never its pixels: not in the store key."""
 
@@ -113,7 +119,8 @@ def pretext_description(cfg: DictConfig, pool: list[Record]) -> dict[str, Any]:
     In: the pretext config, the backbone, image size, preprocessing (its pixel settings and the code's
     ``PREPROCESS_VERSION``), augmentation, ``seed`` and ``data.split_seed`` (it draws the pretext's held-out
     slice), the pool (ids, file sizes and modification times), precision, batch limits, and the number of
-    processes with the learning-rate rule (the global batch and its learning rate shape the weights).
+    processes with the learning-rate rule (the global batch and its learning rate shape the weights), and the
+    trainer's batch limits and debug modes (a ``debug=fdr`` pretext of one batch must never be reused).
     Out: cache-building workers, loader workers, compile, channels_last and gradient checkpointing. The
     ImageNet-weights keys count only for a pretrained backbone: a sweep naming
     ``model.backbone.weights_file`` for its imagenet arm must not retrain the other arms' pretexts."""
@@ -133,7 +140,8 @@ def pretext_description(cfg: DictConfig, pool: list[Record]) -> dict[str, Any]:
             "precision": str(cfg.trainer.get("precision")),
             "processes": {k: cfg.trainer.get(k) for k in ("devices", "num_nodes")},
             "lr_scaling": scale.get("lr_scaling"),
-            "limits": {k: cfg.trainer.get(k) for k in ("limit_train_batches", "limit_val_batches")}}
+            "limits": {**{k: cfg.trainer.get(k) for k in ("limit_train_batches", "limit_val_batches")},
+                       **{k: cfg.trainer.get(k) for k in DEBUG_LIMITS if cfg.trainer.get(k)}}}
 
 
 def pretext_weights(cfg: DictConfig, records: list[Record], cache: ImageCache, out_dir: Path
@@ -211,7 +219,7 @@ def finetune(cfg: DictConfig, train: list[Record], val: list[Record], test: list
     """Grade with the backbone initialised from ``init_weights`` (or at random) and test the best
     checkpoint (chosen on ``val/qwk``) on the held-out fold, writing every test image's prediction to
     ``test_predictions.csv``. The budget is ``trainer.max_steps`` optimiser steps whatever the fraction
-    (``ssl_dr.budget``); the encoder is frozen for the first steps only when it starts from learned weights.
+    (``ssl_dr.training.budget``); the encoder is frozen for the first steps only when it starts from learned weights.
     With ``resume`` set (or in a job SLURM requeued), continue from the run folder's ``checkpoints/last.ckpt``
     when there is one."""
     backbone: Backbone = instantiate(cfg.model.backbone)

@@ -23,7 +23,7 @@ import timm
 import torch
 from torch import nn
 
-WEIGHTS_FORMAT = "ssl_dr.backbone/1"
+WEIGHTS_FORMAT = "ssl_dr.models.backbone/1"
 
 
 class BackboneWeightsError(ValueError):

@@ -8,7 +8,7 @@ highest-learning-rate steps fitting a head on noise. The budget is counted in st
 every arm and label fraction gets the same number of optimiser updates (an epoch at 5 % is 20x shorter
 than at 100 %), and the learning-rate schedule steps per optimiser step too.
 
-``head`` picks how outputs become grades (``ssl_dr.heads``: classification, ordinal, regression). The
+``head`` picks how outputs become grades (``ssl_dr.models.heads``: classification, ordinal, regression). The
 linear layer stays ``self.head`` (so checkpoints written before heads existed still load); the head's
 loss and decoding live in ``self.grading``. For regression, the cut points are tuned at the end of every
 validation epoch on that epoch's predictions from every DDP rank and kept in a buffer, so the checkpoint
@@ -27,11 +27,11 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCohenKappa
 
-from ssl_dr.backbone import Backbone
 from ssl_dr.data.records import NUM_GRADES
-from ssl_dr.heads import DEFAULT_THRESHOLDS, RegressionHead, build_head, cut, tune_thresholds
-from ssl_dr.metrics import KaggleKappa
-from ssl_dr.optim import configure_optimizers
+from ssl_dr.models.backbone import Backbone
+from ssl_dr.models.heads import DEFAULT_THRESHOLDS, RegressionHead, build_head, cut, tune_thresholds
+from ssl_dr.models.metrics import KaggleKappa
+from ssl_dr.models.optim import configure_optimizers
 from ssl_dr.training.ranks import gather_from_ranks
 
 
@@ -149,7 +149,7 @@ class DRClassifier(L.LightningModule):
         self._evaluate(batch, "val")
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        # returned so ssl_dr.predictions.TestPredictionWriter can save every test image's prediction
+        # returned so ssl_dr.training.predictions.TestPredictionWriter can save every test image's prediction
         return self._evaluate(batch, "test")
 
     def configure_optimizers(self) -> Any:

@@ -1,0 +1,79 @@
+"""``debug=`` configs (as in the Lightning-Hydra template) and ``trainer.fast_dev_run=true`` run end to end, for
+every experiment, and a debug run's pretext is never reused by a real run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from ssl_dr.train import CONFIG_DIR
+from tests.conftest import TINY_SYNTHETIC
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+SMALL = [*TINY_SYNTHETIC, "data.image_size=32", "data.batch_size=4", "pretext.batch_size=4"]
+# the paper's sweeps: one job of each (fdr runs every job otherwise)
+ONE_JOB = ["data.label_fraction=0.05", "data.fold=0", "arms=[rotation]"]
+
+
+def _run(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ssl_dr.train", *overrides], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+def _metrics(cwd: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in cwd.glob("outputs/**/metrics.json")]
+
+
+@pytest.fixture(scope="module")
+def imagenet_file(tmp_path_factory) -> Path:
+    """ImageNet-shaped weights for arm=imagenet without the network."""
+    path = tmp_path_factory.mktemp("imagenet") / "densenet121.pth"
+    torch.save(timm.create_model("densenet121").state_dict(), path)
+    return path
+
+
+def test_every_experiment_runs_with_debug_fdr(tmp_path, imagenet_file):
+    assert {"rotation", "baseline", "paper", "paper_cpu"} <= set(EXPERIMENTS)
+    for experiment in EXPERIMENTS:
+        cwd = tmp_path / experiment
+        cwd.mkdir()
+        extra = [f"model.backbone.weights_file={imagenet_file}"] if experiment == "imagenet" else []
+        extra += ONE_JOB if experiment.startswith("paper") else []
+        result = _run(cwd, f"experiment={experiment}", "debug=fdr", *SMALL, *extra)
+        assert result.returncode == 0, (experiment, result.stderr[-3000:])
+        assert "testing the last weights" in result.stdout, experiment
+        (metrics,) = _metrics(cwd)
+        assert metrics["train/steps"] == 1 and "test/qwk" in metrics, experiment
+        assert "/outputs/debug/" in metrics["output_dir"] or experiment.startswith("paper"), experiment
+
+
+def test_fast_dev_run_alone_works_and_its_pretext_is_not_reused(tmp_path):
+    fdr = _run(tmp_path, "experiment=rotation", "trainer.fast_dev_run=true", *SMALL)
+    assert fdr.returncode == 0, fdr.stderr[-3000:]
+    assert "testing the last weights" in fdr.stdout
+    real = _run(tmp_path, "experiment=rotation", *SMALL, "trainer.max_steps=2", "trainer.val_check_interval=1",
+                "model.classifier.freeze_steps=0", "model.classifier.scheduler.warmup_steps=1",
+                "pretext.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1")
+    assert real.returncode == 0, real.stderr[-3000:]
+    runs = sorted(_metrics(tmp_path), key=lambda m: m["output_dir"])
+    assert [m["pretext/reused"] for m in runs] == [False, False]  # one-batch weights never serve a real run
+    assert runs[0]["pretext/key"] != runs[1]["pretext/key"]
+
+
+@pytest.mark.parametrize("mode", ["limit", "overfit", "profiler"])
+def test_other_debug_modes_run(tmp_path, mode):
+    extra = ["trainer.max_steps=4", "trainer.val_check_interval=2", "model.classifier.freeze_steps=0",
+             "model.classifier.scheduler.warmup_steps=1", "pretext.max_epochs=1", "trainer.limit_train_batches=2",
+             "trainer.limit_val_batches=1"] if mode != "limit" else []
+    if mode == "overfit":
+        extra = [e for e in extra if not e.startswith("trainer.limit_")]
+    result = _run(tmp_path, "experiment=baseline", f"debug={mode}", *SMALL, *extra)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (metrics,) = _metrics(tmp_path)
+    assert "/outputs/debug/" in metrics["output_dir"] and metrics["train/steps"] >= 4
