@@ -69,6 +69,7 @@ def test_only_a_learned_encoder_is_frozen(tmp_path):
     assert freeze_steps(compose_cfg(tmp_path, ["experiment=baseline"])) == 0
 
 
+@pytest.mark.e2e
 def test_every_fraction_and_arm_trains_the_same_number_of_steps(tiny_cfg):
     """5x fewer labels used to mean 5x fewer optimiser steps; now the step count is the budget for all."""
     common = ("trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.limit_train_batches=null")

@@ -53,6 +53,7 @@ def _check_predictions_against_metrics(run: Path) -> tuple[pd.DataFrame, dict]:
     return table, metrics
 
 
+@pytest.mark.e2e
 def test_two_process_ddp_run_on_cpu_scores_the_whole_test_fold_once(tmp_path):
     env = {**os.environ, "WANDB_SILENT": "true"}
     result = subprocess.run([sys.executable, "-m", "ssl_dr.train", "experiment=rotation", *DDP_RUN],
@@ -101,6 +102,7 @@ def test_sync_batchnorm_on_cpu_processes_is_refused_with_the_fix(tiny_cfg):
     check_sync_batchnorm(tiny_cfg("trainer=ddp").trainer, cuda_available=True)  # GPUs: allowed
 
 
+@pytest.mark.e2e
 def test_cli_refuses_sync_batchnorm_on_cpu_in_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "ssl_dr.train", "experiment=baseline", *DDP_RUN[:-1]],
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)

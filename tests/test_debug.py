@@ -15,6 +15,8 @@ import torch
 from ssl_dr.train import CONFIG_DIR
 from tests.conftest import TINY_SYNTHETIC
 
+pytestmark = pytest.mark.e2e  # end to end: the `e2e` tier (.ci/run), not the default run
+
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 SMALL = [*TINY_SYNTHETIC, "data.image_size=32", "data.batch_size=4", "pretext.batch_size=4"]
 # the paper's sweeps: one job of each (fdr runs every job otherwise)

@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+pytestmark = pytest.mark.e2e  # end to end: the `e2e` tier (.ci/run), not the default run
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 SCRIPT = BENCHMARKS / "gpu_check.sh"
 OUT_FILES = ["gpu_check.log", "jobs.csv", "qwk_vs_fraction.png", "report.csv", "report.md", "report_paired.csv",

@@ -44,6 +44,7 @@ def test_the_preset_optimises_validation_and_keeps_its_study(tmp_path):
     assert compose_cfg(tmp_path, ["experiment=rotation"]).optimized_metric == "val/qwk_best"  # the default too
 
 
+@pytest.mark.e2e
 def test_a_test_objective_is_refused_before_any_trial(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     result = _search(tmp_path, "optimized_metric=test/qwk")

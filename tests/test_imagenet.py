@@ -247,6 +247,7 @@ def test_imagenet_arm_end_to_end(tiny_cfg, weights_files, imagenet_state, no_net
     ("garbage.pth", "error: model.backbone.weights_file={path} cannot be read as weights"),
     ("resnet.pth", "error: model.backbone.weights_file={path} holds no densenet121.tv_in1k weights"),
 ])
+@pytest.mark.e2e
 def test_cli_without_usable_weights_ends_in_one_line(weights, message, tmp_path):
     """Offline and no file, an unreadable file, another network's file: exit 2, one line, before any data."""
     path = None if weights is None else tmp_path / weights

@@ -254,6 +254,7 @@ def test_parse_args_types_defaults_and_errors(tmp_path):
             parse_args(PredictArgs, argv)
 
 
+@pytest.mark.e2e
 def test_cli_errors_are_one_line_exit_2_without_traceback(run, tmp_path):
     """Real subprocesses (run concurrently): the message reaches the user exactly as printed."""
     empty = tmp_path / "empty"

@@ -189,6 +189,7 @@ def test_arm_chooses_its_pretext(override, arm, pretext, tmp_path):
     assert cfg.init == ("random" if arm == "baseline" else "pretext")
 
 
+@pytest.mark.e2e
 def test_sweep_over_arms_composes_each_arm_with_its_pretext(tmp_path):
     """A real ``-m arm=...`` multirun: Hydra writes each job's config, then the job stops at once on an
     out-of-range fold (only the composition is under test here)."""

@@ -15,6 +15,8 @@ import pytest
 
 from tests.conftest import TINY
 
+pytestmark = pytest.mark.e2e  # end to end: the `e2e` tier (.ci/run), not the default run
+
 COMPARED = ("test/qwk", "test/acc", "test/loss", "val/qwk_best", "pretext/val_acc", "pretext/val_loss", "num_train")
 
 

@@ -20,6 +20,7 @@ def _start(cwd: Path, *overrides: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.e2e
 def test_parallel_jobs_train_the_pretext_once(tmp_path):
     """Two processes need the same pretext at once: exactly one trains it, the other waits and reuses."""
     # the dataset is written first so both jobs start training at the same moment
@@ -40,6 +41,7 @@ def _sweep(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
                           text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "2"})
 
 
+@pytest.mark.e2e
 def test_paper_sweep_reports_every_cell_and_names_missing_jobs(tmp_path):
     """experiment=paper through the real config (2 arms x 2 fractions x 2 folds): the report written at the
     sweep's end matches the jobs' metrics.json cell by cell; a deleted job makes the sweep incomplete."""
@@ -76,6 +78,7 @@ def test_paper_sweep_reports_every_cell_and_names_missing_jobs(tmp_path):
     assert f"MISSING: arm=baseline fraction={fraction} fold=1" in rerun.stdout
 
 
+@pytest.mark.e2e
 def test_failing_job_does_not_stop_the_sweep(tmp_path):
     """One job with an impossible fold fails; the other runs, and the report names the failure."""
     result = _sweep(tmp_path, "-m", "experiment=baseline", "data.fold=1,9", "trainer.max_steps=2")

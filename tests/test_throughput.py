@@ -65,7 +65,8 @@ def test_cpu_end_to_end_prints_rates_the_ratio_and_the_projection(capsys, monkey
         assert float(row["rate"]) > 0 and float(row["loader"]) > 0
         assert float(row["ratio"]) == pytest.approx(float(row["inputs"]) / float(row["model"]), abs=0.01)
         assert row["workers"] == "0"  # data.num_workers=auto on the CPU
-    assert float(rows["pretext"]["inputs"]) == pytest.approx(4 * float(rows["pretext"]["rate"]), abs=0.2)
+    # both printed to 0.1: 4 x 0.05 + 0.05 of rounding
+    assert float(rows["pretext"]["inputs"]) == pytest.approx(4 * float(rows["pretext"]["rate"]), abs=0.3)
     minutes = {m[1]: float(m[2]) for m in re.finditer(r"^  (pretext|fine-tune|total)\b.*?([\d.]+) min$", out, re.M)}
     assert minutes["total"] > minutes["pretext"] + minutes["fine-tune"] > 0
 

@@ -50,6 +50,7 @@ def test_rotation_then_baseline_share_split_and_reuse_pretext(tiny_cfg, tmp_path
     assert pd.read_csv(Path(base["output_dir"]) / "split.csv").equals(split)
 
 
+@pytest.mark.e2e
 def test_changed_pretext_setting_is_not_reused(tiny_cfg):
     first = train(tiny_cfg("experiment=rotation", "trainer.max_steps=2", run="a"))
     other = train(tiny_cfg("experiment=rotation", "trainer.max_steps=2", "pretext.module.head_hidden=32", run="b"))
@@ -64,6 +65,7 @@ def test_every_experiment_composes():
         assert cfg.arm in {p.stem for p in (Path(CONFIG_DIR) / "arm").glob("*.yaml")}
 
 
+@pytest.mark.e2e
 def test_cli_from_another_directory_writes_hydra_files_and_wandb(tmp_path):
     """The real command, run outside the repo: configs are found, outputs land under the cwd."""
     env = {**os.environ, "WANDB_SILENT": "true"}
@@ -82,6 +84,7 @@ def test_cli_from_another_directory_writes_hydra_files_and_wandb(tmp_path):
     assert "test/qwk =" in result.stdout
 
 
+@pytest.mark.e2e
 def test_bad_setting_ends_in_one_clear_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "ssl_dr.train", "experiment=baseline", *TINY, "data.fold=7"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -125,6 +128,7 @@ def test_pretext_pool_train_only_excludes_the_test_fold(tiny_cfg):
         pretext_pool(records, table, "fold")
 
 
+@pytest.mark.e2e
 def test_corrupt_images_are_all_named_before_training(tmp_path):
     """Two unreadable files in an APTOS folder: one message naming both, exit 2, no training started."""
     from ssl_dr.data.synthetic import write_synthetic_dataset

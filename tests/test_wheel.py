@@ -9,6 +9,10 @@ import venv
 import zipfile
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.e2e  # end to end: the `e2e` tier (.ci/run), not the default run
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
