@@ -178,6 +178,15 @@ def test_local_gpus_checks_its_jobs_against_the_gpus_that_exist(n_jobs, availabl
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
+def test_local_gpus_takes_the_node_gpu_count_when_told(monkeypatch):
+    """A launching process that cannot see the GPUs (login node) may state them; torch's count is then unused."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    GpuSlot(num_gpus=2, lock_dir="unused", gpus_on_node=2).on_multirun_start(OmegaConf.create({}))
+    with pytest.raises(SystemExit):
+        GpuSlot(num_gpus=4, lock_dir="unused", gpus_on_node=2).on_multirun_start(OmegaConf.create({}))
+
+
 APP = '''
 import os, hydra
 
@@ -204,7 +213,8 @@ def test_local_gpus_launcher_pins_each_worker_to_its_own_gpu(tmp_path):
     out.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"} | {"OUT": str(out)}
     result = subprocess.run([sys.executable, "app.py", "-m", "x=0,1,2,3", "hydra/launcher=local_gpus",
-                             "hydra.launcher.n_jobs=2", f"hydra.callbacks.gpu_slot.lock_dir={tmp_path / 'locks'}"],
+                             "hydra.launcher.n_jobs=2", f"hydra.callbacks.gpu_slot.lock_dir={tmp_path / 'locks'}",
+                             "hydra.callbacks.gpu_slot.gpus_on_node=2"],  # a 2-GPU node; CI has none
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     seen = [p.read_text().split() for p in sorted(out.glob("*.txt"))]

@@ -82,7 +82,8 @@ class GpuSlot(HydraCallback):
     user restricted it) is still the original.
     """
 
-    def __init__(self, num_gpus: int, lock_dir: str, wait_s: float | None = 600.0) -> None:
+    def __init__(self, num_gpus: int, lock_dir: str, wait_s: float | None = 600.0,
+                 gpus_on_node: int | None = None) -> None:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         self.devices = [d.strip() for d in visible.split(",") if d.strip()] if visible else \
             [str(i) for i in range(num_gpus)]
@@ -92,14 +93,21 @@ class GpuSlot(HydraCallback):
         self.num_gpus = num_gpus
         self.lock_dir = lock_dir
         self.wait_s = wait_s
+        # None: count what torch sees at launch. A number: the launching process cannot see the node's GPUs
+        # (a login or head node that starts jobs elsewhere, a container without the driver at launch time)
+        self.gpus_on_node = gpus_on_node
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Before any job: more parallel jobs than GPUs would leave jobs waiting for a slot that never comes
         (or failing after ``wait_s``); say so in one line instead."""
         try:
-            import torch  # here: counting GPUs is the only torch this module needs
+            if self.gpus_on_node is None:
+                import torch  # here: counting GPUs is the only torch this module needs
 
-            check_gpu_count(self.num_gpus, torch.cuda.device_count())
+                available = torch.cuda.device_count()
+            else:
+                available = self.gpus_on_node
+            check_gpu_count(self.num_gpus, available)
         except GpuSlotError as err:
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
