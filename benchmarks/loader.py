@@ -26,9 +26,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ssl_dr.data.cache import ImageCache, build_cache
-from ssl_dr.data.csv_source import IMAGE_EXTENSIONS, CsvSource
+from ssl_dr.data.csv_source import CsvSource
 from ssl_dr.data.datasets import read_rgb
 from ssl_dr.data.fundus_preprocess import preprocess
+from ssl_dr.data.listing import IMAGE_EXTENSIONS
 from ssl_dr.data.records import Record
 from ssl_dr.data.transforms import AugmentConfig, build_transform
 

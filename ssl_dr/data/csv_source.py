@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from ssl_dr.data.listing import IMAGE_EXTENSIONS, find_image, folder_images
 from ssl_dr.data.records import NUM_GRADES, DataError, Record, bulleted, duplicate_ids
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+__all__ = ["IMAGE_EXTENSIONS", "CsvSource", "find_image"]  # the listing helpers stay importable from here
 MAX_LISTED = 10
 MAX_WARNED = 5
 # patient cells that mean "unknown" (read as text, so pandas' NaN arrives as these strings)
@@ -66,8 +67,12 @@ class CsvSource:
                 records += self._table(csv_path, self.root / table["image_dir"], table.get("id_column", "id_code"),
                                        None, None)
         for folder in self.unlabelled_dirs:
-            records += _folder_records(self.root / folder)
-        _check_unique([r.id_code for r in records], self.root)
+            if not (self.root / folder).is_dir():
+                raise DataError(f"unlabelled image folder {self.root / folder} not found (data.source.unlabelled_dirs)")
+            records += folder_images(self.root / folder)
+        if duplicates := duplicate_ids([r.id_code for r in records]):
+            raise DataError(f"duplicate id(s) in {self.root}: {duplicates[:MAX_LISTED]}; each image must be listed "
+                            "once across the labelled and unlabelled tables/folders")
         return records
 
     def _labelled(self) -> list[Record]:
@@ -152,29 +157,6 @@ def _image_path(image_dir: Path, id_code: str, row_number: int, problems: list[s
     return found
 
 
-def find_image(folder: Path, id_code: str) -> Path | None:
-    """The file of ``id_code`` in ``folder``: the id itself when it carries an extension, else id + any
-    known extension (either case); ``None`` when there is none."""
-    names = [id_code] if id_code.lower().endswith(IMAGE_EXTENSIONS) else []
-    names += [id_code + ext for ext in IMAGE_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS)]
-    return next((folder / n for n in names if (folder / n).is_file()), None)
-
-
-
-def _folder_records(folder: Path) -> list[Record]:
-    if not folder.is_dir():
-        raise DataError(f"unlabelled image folder {folder} not found (data.source.unlabelled_dirs)")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-    return [Record(id_code=p.stem, path=p, grade=None) for p in files]
-
-
 def _raise_if(problems: list[str], where: str) -> None:
     if problems:
         raise DataError(f"{len(problems)} problem(s) {where}:\n{bulleted(problems, MAX_LISTED)}")
-
-
-def _check_unique(ids: list[str], root: Path) -> None:
-    duplicates = duplicate_ids(ids)
-    if duplicates:
-        raise DataError(f"duplicate id(s) in {root}: {duplicates[:MAX_LISTED]}; each image must be listed once "
-                        "across the labelled and unlabelled tables/folders")

@@ -13,28 +13,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
-from ssl_dr.data.csv_source import IMAGE_EXTENSIONS, find_image
 from ssl_dr.data.decode import decode_preprocessed
+from ssl_dr.data.listing import IMAGE_EXTENSIONS, find_image, folder_images
 from ssl_dr.data.records import DataError, Record, duplicate_ids
-
-if TYPE_CHECKING:
-
-    pass
-
 from ssl_dr.inference.arguments import InferenceError
 from ssl_dr.inference.checkpoint import InferenceSpec, _first_line
 
 DECODE_CHUNK = 16
 """Images per decoding task: amortises inter-process traffic, keeps the progress bar smooth."""
-
-
 
 
 def list_images(images: Path, image_dir: Path | None = None) -> list[Record]:
@@ -43,22 +36,19 @@ def list_images(images: Path, image_dir: Path | None = None) -> list[Record]:
     if images.is_dir():
         if image_dir is not None:
             raise InferenceError("image_dir= only applies when images= is a CSV file")
-        records = _folder_records(images)
+        records = folder_images(images)
+        if not records:
+            raise InferenceError(f"no {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} images in {images}")
     elif images.is_file() and images.suffix.lower() == ".csv":
         records = _csv_records(images, image_dir)
     elif images.exists():
         raise InferenceError(f"images={images} must be a folder of images or a .csv file with an id_code column")
     else:
         raise InferenceError(f"images={images} not found")
-    _check_unique([r.id_code for r in records], images)
+    if duplicates := duplicate_ids([r.id_code for r in records]):
+        raise InferenceError(f"{images}: duplicate id(s) {duplicates[:10]} (one file per id: e.g. a.png and "
+                             "a.jpg share the id 'a')")
     return records
-
-
-def _folder_records(folder: Path) -> list[Record]:
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-    if not files:
-        raise InferenceError(f"no {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} images in {folder}")
-    return [Record(id_code=p.stem, path=p, grade=None) for p in files]
 
 
 def _csv_records(csv_path: Path, image_dir: Path | None) -> list[Record]:
@@ -86,13 +76,6 @@ def _image_file(folder: Path, id_code: str) -> Path:
     """The file of ``id_code``; the bare path when none exists, so decoding reports it as unreadable
     together with the other bad files."""
     return find_image(folder, id_code) or folder / id_code
-
-
-def _check_unique(ids: list[str], where: Path) -> None:
-    duplicates = duplicate_ids(ids)
-    if duplicates:
-        raise InferenceError(f"{where}: duplicate id(s) {duplicates[:10]} (one file per id: e.g. a.png and "
-                             "a.jpg share the id 'a')")
 
 
 @dataclass(frozen=True)
