@@ -254,6 +254,22 @@ def test_parse_args_types_defaults_and_errors(tmp_path):
             parse_args(PredictArgs, argv)
 
 
+def test_arguments_follow_the_training_grammar():
+    """Hydra's override grammar as in training (null, quotes, no sweeps), OmegaConf's types; file names the
+    grammar cannot read are taken verbatim for path keys."""
+    args = parse_args(PredictArgs, ["ckpt=2024", "images='scans,2024'", "out=Ärzte/scan(1).csv",
+                                    "image_dir=null", "batch_size=8"])
+    assert args.ckpt == Path("2024") and args.images == Path("scans,2024") and args.batch_size == 8
+    assert args.out == Path("Ärzte/scan(1).csv") and args.image_dir is None
+    for argv, message in [(["images=b", "out=c", "ckpt=a,b"], "is a sweep; these tools take one value per key"),
+                          (["images=b", "out=c", "ckpt=a", "+batch_size=4"], "plain key=value"),
+                          (["images=b", "out=c", "ckpt=a", "batch_size=2.5"], "batch_size='2.5' must be of type int"),
+                          (["images=b", "out=c", "ckpt=a", "num_workers=x"], "num_workers='x' must be of type int (or null)"),
+                          (["images=null", "out=c", "ckpt=a"], "images='null' must be of type Path")]:
+        with pytest.raises(InferenceError, match=re.escape(message)):
+            parse_args(PredictArgs, argv)
+
+
 @pytest.mark.e2e
 def test_cli_errors_are_one_line_exit_2_without_traceback(run, tmp_path):
     """Real subprocesses (run concurrently): the message reaches the user exactly as printed."""

@@ -9,9 +9,10 @@ crop/mask/Ben Graham, mean/std: never re-typed) with the training code itself (`
 then the ``eval`` transform of ``data.transforms``), and every user mistake ends as one ``InferenceError``
 that ``run_cli`` prints as ``error: ...`` (exit status 2) without a traceback.
 
-Arguments are Hydra-style ``key=value`` tokens parsed against a dataclass (typed defaults; unknown or
-missing keys are errors naming the key) rather than a Hydra config tree: three small tools do not need
-config groups, and their checkpoint already carries the settings that matter.
+Arguments are ``key=value`` tokens in Hydra's override grammar, checked by an OmegaConf structured config
+built from each tool's dataclass (typed defaults; unknown, missing or mistyped keys are errors naming the key),
+rather than a Hydra config tree: three small tools do not need config groups, and their checkpoint already
+carries the settings that matter.
 
 Every image is decoded and preprocessed before any prediction, into a temporary memory-mapped array (so
 50k photographs at 512 px need disk, not RAM), which checks the whole input at once: unreadable files are

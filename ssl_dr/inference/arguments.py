@@ -1,6 +1,11 @@
-"""``key=value`` arguments of the inference tools, parsed against a dataclass (typed defaults; unknown or
-missing keys are errors naming the key), and ``run_cli``, which turns every ``InferenceError`` into one
-``error: ...`` line (exit status 2)."""
+"""``key=value`` arguments of the inference tools, parsed with Hydra's override grammar into an OmegaConf
+structured config built from a dataclass (typed defaults; unknown, missing or mistyped keys are errors naming the
+key), and ``run_cli``, which turns every ``InferenceError`` into one ``error: ...`` line (exit status 2).
+
+Same grammar as ``python -m ssl_dr.train``: ``null``, ``true``, quoting (``images='my scans,2024'``). One
+leniency: a file name the grammar cannot read (``scan(1).png``, ``Ärzte/``) is taken verbatim for a path or
+text key, because photographs arrive with such names and quoting every one of them helps nobody.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +16,14 @@ import typing
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
 
 from ssl_dr.data.records import DataError
-
-if TYPE_CHECKING:
-
-    pass
-
-
 
 T = TypeVar("T")
 
@@ -57,41 +61,70 @@ class InputArgs:
 
 
 def parse_args(cls: type[T], argv: Sequence[str]) -> T:
-    """``key=value`` tokens -> ``cls`` instance, values converted to the fields' annotated types."""
+    """``key=value`` tokens -> ``cls`` instance, through ``OmegaConf.structured(cls)`` (types checked and
+    converted by OmegaConf, ``__post_init__`` checks run by ``OmegaConf.to_object``)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
+    texts: dict[str, str] = {}
     for token in argv:
         key, sep, text = token.partition("=")
         if not sep or not key:
             raise InferenceError(f"argument {token!r} is not key=value (e.g. ckpt=checkpoints/best.ckpt)")
+        if key[:1] in "+~" or "@" in key:
+            raise InferenceError(f"argument {token!r}: these tools take plain key=value (no +, ~ or @package)")
         if key not in fields:
             raise InferenceError(f"unknown argument {key!r}; known: {', '.join(fields)}")
         if key in values:
             raise InferenceError(f"argument {key!r} given twice")
-        values[key] = _convert(key, text, hints[key], fields[key].metadata.get("choices", ()))
-    missing = [name for name, f in fields.items() if name not in values and f.default is MISSING]
+        values[key], texts[key] = _value(token, key, text, _plain_type(hints[key])), text
+    schema = OmegaConf.structured(cls)
+    try:
+        merged = OmegaConf.merge(schema, values)
+    except ConfigKeyError:  # defensive: keys were checked above
+        raise InferenceError(f"unknown argument(s) {sorted(values)}; known: {', '.join(fields)}") from None
+    except ValidationError as err:
+        key = str(err.key)
+        raise InferenceError(f"{key}={texts.get(key, '')!r} must be {_expected(hints[key])}") from None
+    missing = sorted(OmegaConf.missing_keys(merged), key=list(fields).index)
     if missing:
         raise InferenceError(f"missing required argument(s): {' '.join(f'{m}=...' for m in missing)}")
-    return cls(**values)
+    for key, value in values.items():
+        choices = fields[key].metadata.get("choices", ())
+        if choices and value not in choices:
+            raise InferenceError(f"{key}={texts[key]!r} must be one of {', '.join(choices)}")
+    return typing.cast(T, OmegaConf.to_object(merged))
 
 
-def _convert(key: str, text: str, kind: Any, choices: Sequence[str]) -> Any:
-    optional = typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in typing.get_args(kind)
-    if optional:
-        if text.lower() in ("null", "none", ""):
-            return None
-        kind = next(k for k in typing.get_args(kind) if k is not type(None))
-    if choices and text not in choices:
-        raise InferenceError(f"{key}={text!r} must be one of {', '.join(choices)}")
-    if kind is bool:
-        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise InferenceError(f"{key}={text!r} must be true or false")
-        return text.lower() in ("true", "1", "yes")
+def _value(token: str, key: str, text: str, kind: Any) -> Any:
+    """One value in the override grammar; path and text keys keep what the user typed (``out=2024`` is a file
+    called 2024, not the number) and accept names the grammar cannot read."""
+    textual = kind in (str, Path)
     try:
-        return kind(text)
-    except ValueError:
-        raise InferenceError(f"{key}={text!r} must be of type {kind.__name__}") from None
+        (override,) = OverridesParser.create().parse_overrides([token])
+    except OverrideParseException as err:
+        if textual:
+            return text
+        raise InferenceError(f"argument {token!r} cannot be read: {str(err).splitlines()[0]}") from None
+    if override.is_sweep_override():
+        raise InferenceError(f"argument {token!r} is a sweep; these tools take one value per key (quote a value "
+                             f"that contains commas: {key}='{text}')")
+    value = override.value()
+    return text if textual and value is not None and not isinstance(value, str) else value
+
+
+def _plain_type(kind: Any) -> Any:
+    """``X | None`` -> ``X``."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return next(k for k in typing.get_args(kind) if k is not type(None))
+    return kind
+
+
+def _expected(kind: Any) -> str:
+    optional = typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in typing.get_args(kind)
+    plain = _plain_type(kind)
+    what = "true or false" if plain is bool else f"of type {getattr(plain, '__name__', plain)}"
+    return what + (" (or null)" if optional else "")
 
 
 def usage(cls: type, command: str) -> str:
