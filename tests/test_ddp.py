@@ -12,7 +12,9 @@ import math
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -21,9 +23,11 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score
 
 from ssl_dr.data.datamodule import _evaluation_sampler
 from ssl_dr.launch.guards import ScaleSettingsError, check_sync_batchnorm
+from ssl_dr.models.backbone import Backbone
+from ssl_dr.models.optim import configure_optimizers, lr_scale
+from ssl_dr.pretexts.rotation import RotationPretext
 from ssl_dr.train import train
 from ssl_dr.training.predictions import PREDICTIONS_NAME
-from ssl_dr.training.speed import ScaleCallback, lr_scale
 
 # 62 labelled images -> a 13-image test fold: odd, so two equal shards are impossible without repeats
 DDP_RUN = ["data.source.num_labelled=62", "data.source.num_unlabelled=8", "data.source.image_size=32",
@@ -90,8 +94,20 @@ def test_learning_rate_rules_for_four_ranks(rule, optimizer, factor):
 
 
 def test_unknown_lr_rule_names_the_key():
-    with pytest.raises(ValueError, match="scale.lr_scaling='cubic'"):
-        ScaleCallback(lr_scaling="cubic")
+    with pytest.raises(ValueError, match="pretext.module.lr_scaling='cubic'"):
+        RotationPretext(Backbone("resnet10t"), partial(torch.optim.AdamW, lr=1e-3), lr_scaling="cubic")
+
+
+@pytest.mark.parametrize(("world_size", "optimizer", "expected"), [
+    (1, torch.optim.AdamW, 1e-3), (4, torch.optim.AdamW, 2e-3), (4, torch.optim.SGD, 4e-3)])
+def test_the_optimiser_is_built_with_the_learning_rate_of_the_trainers_world_size(world_size, optimizer, expected,
+                                                                                   capsys):
+    """The factor comes from the trainer the module is attached to, where the optimiser is built."""
+    module = RotationPretext(Backbone("resnet10t"), partial(optimizer, lr=1e-3))
+    module._trainer = SimpleNamespace(world_size=world_size, is_global_zero=True)
+    built = configure_optimizers(module, module.optimizer_factory, None, lr_scaling=module.lr_scaling)
+    assert built.param_groups[0]["lr"] == pytest.approx(expected)
+    assert (f"{world_size} ranks" in capsys.readouterr().out) == (world_size > 1)
 
 
 def test_sync_batchnorm_on_cpu_processes_is_refused_with_the_fix(tiny_cfg):

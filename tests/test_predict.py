@@ -264,7 +264,8 @@ def test_arguments_follow_the_training_grammar():
     for argv, message in [(["images=b", "out=c", "ckpt=a,b"], "is a sweep; these tools take one value per key"),
                           (["images=b", "out=c", "ckpt=a", "+batch_size=4"], "plain key=value"),
                           (["images=b", "out=c", "ckpt=a", "batch_size=2.5"], "batch_size='2.5' must be of type int"),
-                          (["images=b", "out=c", "ckpt=a", "num_workers=x"], "num_workers='x' must be of type int (or null)"),
+                          (["images=b", "out=c", "ckpt=a", "num_workers=x"],
+                           "num_workers='x' must be of type int (or null)"),
                           (["images=null", "out=c", "ckpt=a"], "images='null' must be of type Path")]:
         with pytest.raises(InferenceError, match=re.escape(message)):
             parse_args(PredictArgs, argv)

@@ -31,7 +31,7 @@ from ssl_dr.data.records import NUM_GRADES
 from ssl_dr.models.backbone import Backbone
 from ssl_dr.models.heads import DEFAULT_THRESHOLDS, RegressionHead, build_head, cut, tune_thresholds
 from ssl_dr.models.metrics import KaggleKappa
-from ssl_dr.models.optim import configure_optimizers
+from ssl_dr.models.optim import check_lr_scaling, configure_optimizers
 from ssl_dr.training.ranks import gather_from_ranks
 
 
@@ -41,8 +41,9 @@ class DRClassifier(L.LightningModule):
 
     def __init__(self, backbone: Backbone, optimizer: partial | None = None, scheduler: partial | None = None,
                  head_dropout: float = 0.2, freeze_steps: int = 0, inference: dict[str, Any] | None = None,
-                 head: str = "classification") -> None:
+                 head: str = "classification", lr_scaling: str = "auto") -> None:
         super().__init__()
+        check_lr_scaling(lr_scaling, "model.classifier.lr_scaling")
         # `inference` (backbone name, image size, preprocessing, mean/std) and `head` travel in the checkpoint
         # so prediction and export rebuild the exact pipeline and decoding without the user re-typing them.
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
@@ -52,6 +53,7 @@ class DRClassifier(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.freeze_steps = freeze_steps
+        self.lr_scaling = lr_scaling  # the rule for the learning rate under DDP (ssl_dr.models.optim.lr_scale)
         self.qwk = nn.ModuleDict({s: MulticlassCohenKappa(NUM_GRADES, weights="quadratic") for s in ("val", "test")})
         self.acc = nn.ModuleDict({s: MulticlassAccuracy(NUM_GRADES, average="micro") for s in ("val", "test")})
         self.qwk_kaggle = nn.ModuleDict({s: KaggleKappa() for s in ("val", "test")})
@@ -155,5 +157,6 @@ class DRClassifier(L.LightningModule):
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
             raise ValueError("DRClassifier was built without an optimizer (inference only)")
-        return configure_optimizers(self, self.optimizer_factory, self.scheduler_factory, interval="step")
+        return configure_optimizers(self, self.optimizer_factory, self.scheduler_factory, interval="step",
+                                    lr_scaling=self.lr_scaling)
 

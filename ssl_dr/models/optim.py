@@ -1,5 +1,6 @@
-"""Completing the config's partial optimiser/scheduler (``_partial_: true``) for a module, and the
-fine-tune's learning-rate schedule (linear warm-up, then cosine decay, per optimiser step)."""
+"""Completing the config's partial optimiser/scheduler (``_partial_: true``) for a module, the learning-rate
+rule for the global batch under DDP, and the fine-tune's learning-rate schedule (linear warm-up, then cosine
+decay, per optimiser step)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,26 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 SCHEDULER_INTERVALS = ("epoch", "step")
+
+# How the learning rate follows the global batch (world_size x per-rank batch) under DDP. As in timm's
+# training script: linear for SGD-like optimisers (Goyal et al. 2017), square root for adaptive ones
+# (Adam/AdamW/Ada*/Lamb), whose effective step already adapts to gradient noise. One rank: factor 1.
+LR_SCALING_RULES = ("auto", "linear", "sqrt", "none")
+ADAPTIVE_OPTIMIZER_TAGS = ("adam", "ada", "lamb", "lion")
+
+
+def check_lr_scaling(rule: str, key: str) -> None:
+    """Fail when the module is built, not when the first DDP fit starts."""
+    if rule not in LR_SCALING_RULES:
+        raise ValueError(f"{key}={rule!r} must be one of {', '.join(LR_SCALING_RULES)}")
+
+
+def lr_scale(rule: str, world_size: int, optimizer_name: str = "") -> float:
+    """Factor for the configured learning rate when ``world_size`` ranks each take a config-sized batch."""
+    check_lr_scaling(rule, "lr_scaling")
+    if rule == "auto":
+        rule = "sqrt" if any(tag in optimizer_name.lower() for tag in ADAPTIVE_OPTIMIZER_TAGS) else "linear"
+    return {"linear": float(world_size), "sqrt": float(world_size) ** 0.5, "none": 1.0}[rule]
 
 
 class WarmupCosineFactor:
@@ -46,20 +67,25 @@ def warmup_cosine(optimizer: Optimizer, warmup_steps: int, total_steps: int, fin
 
 
 def configure_optimizers(module: LightningModule, optimizer: partial, scheduler: partial | None,
-                         interval: str = "epoch") -> Any:
+                         interval: str = "epoch", lr_scaling: str = "auto") -> Any:
     """All parameters go to the optimiser; frozen ones simply get no gradient (so unfreezing later
     needs no new optimiser). The scheduler steps once per ``interval``: ``epoch`` (the pretexts, whose
     length is in epochs) or ``step`` (the fine-tune, whose budget is in optimiser steps).
 
-    ``module.lr_scale`` (set by ``ssl_dr.training.speed.ScaleCallback`` from ``scale.lr_scaling`` and the number of
-    DDP ranks) multiplies the configured learning rates before the scheduler records them as its base.
+    The configured learning rates are for one process; under DDP they are multiplied by
+    ``lr_scale(lr_scaling, world size, optimiser)`` here, where the optimiser is built (Lightning calls this
+    once the trainer, and so its world size, is known), before the scheduler records them as its base.
     """
     if interval not in SCHEDULER_INTERVALS:
         raise ValueError(f"scheduler interval {interval!r} is not one of {SCHEDULER_INTERVALS}")
     opt = optimizer(params=module.parameters())
-    factor = float(getattr(module, "lr_scale", 1.0))
+    world_size = module.trainer.world_size if module._trainer is not None else 1
+    factor = lr_scale(lr_scaling, world_size, type(opt).__name__)
     for group in opt.param_groups:
         group["lr"] *= factor
+    if world_size > 1 and module.trainer.is_global_zero:
+        print(f"[ssl_dr] {world_size} ranks: global batch = {world_size} x per-rank batch; {type(opt).__name__} "
+              f"learning rate x{factor:.3g} (lr_scaling={lr_scaling})")
     if scheduler is None:
         return opt
     return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler(optimizer=opt), "interval": interval}}

@@ -19,7 +19,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from ssl_dr.models.backbone import Backbone
-from ssl_dr.models.optim import configure_optimizers
+from ssl_dr.models.optim import check_lr_scaling, configure_optimizers
 
 
 class PretextStep(NamedTuple):
@@ -47,13 +47,16 @@ class PretextModule(L.LightningModule, ABC):
     # ``contrastive`` (B, 2, C, H, W) pairs of views
     TRANSFORM: ClassVar[str] = "pretext"
 
-    def __init__(self, backbone: Backbone, optimizer: partial, scheduler: partial | None = None) -> None:
+    def __init__(self, backbone: Backbone, optimizer: partial, scheduler: partial | None = None,
+                 lr_scaling: str = "auto") -> None:
         super().__init__()
+        check_lr_scaling(lr_scaling, "pretext.module.lr_scaling")
         # collects the subclass's own init arguments too (head size, temperature, ...)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.backbone = backbone
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.lr_scaling = lr_scaling  # the rule for the learning rate under DDP (ssl_dr.models.optim.lr_scale)
         self.train_acc = MeanMetric()
         self.val_acc = MeanMetric()
 
@@ -79,4 +82,4 @@ class PretextModule(L.LightningModule, ABC):
         self._shared_step(batch, batch_idx, "val", self.val_acc)
 
     def configure_optimizers(self) -> Any:
-        return configure_optimizers(self, self.optimizer_factory, self.scheduler_factory)
+        return configure_optimizers(self, self.optimizer_factory, self.scheduler_factory, lr_scaling=self.lr_scaling)

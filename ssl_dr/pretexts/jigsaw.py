@@ -124,8 +124,9 @@ class JigsawPretext(PretextModule):
 
     def __init__(self, backbone: Backbone, optimizer: partial, scheduler: partial | None = None, *,
                  image_size: int, grid: int = 3, num_permutations: int = 24, gap: float = 0.1,
-                 crop: float = 0.7, permutation_seed: int = 0, head_hidden: int = 256) -> None:
-        super().__init__(backbone, optimizer, scheduler)
+                 crop: float = 0.7, permutation_seed: int = 0, head_hidden: int = 256,
+                 lr_scaling: str = "auto") -> None:
+        super().__init__(backbone, optimizer, scheduler, lr_scaling)
         cell_geometry(image_size, grid, gap)  # fail on a bad grid/gap now, not mid-training
         if num_permutations < 2:
             raise DataError(f"pretext.module.num_permutations={num_permutations} must be at least 2")

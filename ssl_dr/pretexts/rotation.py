@@ -33,8 +33,8 @@ class RotationPretext(PretextModule):
     """Backbone + a small MLP head trained with 4-way cross-entropy on rotated copies."""
 
     def __init__(self, backbone: Backbone, optimizer: partial, scheduler: partial | None = None,
-                 head_hidden: int = 256) -> None:
-        super().__init__(backbone, optimizer, scheduler)
+                 head_hidden: int = 256, lr_scaling: str = "auto") -> None:
+        super().__init__(backbone, optimizer, scheduler, lr_scaling)
         self.head = mlp_head(backbone.num_features, head_hidden, NUM_ROTATIONS)
 
     def step(self, batch: torch.Tensor, batch_idx: int) -> PretextStep:

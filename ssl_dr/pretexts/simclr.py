@@ -53,8 +53,9 @@ class SimCLRPretext(PretextModule):
     TRANSFORM = "contrastive"
 
     def __init__(self, backbone: Backbone, optimizer: partial, scheduler: partial | None = None, *,
-                 temperature: float = 0.5, head_hidden: int = 512, projection_dim: int = 128) -> None:
-        super().__init__(backbone, optimizer, scheduler)
+                 temperature: float = 0.5, head_hidden: int = 512, projection_dim: int = 128,
+                 lr_scaling: str = "auto") -> None:
+        super().__init__(backbone, optimizer, scheduler, lr_scaling)
         if temperature <= 0:
             raise DataError(f"pretext.module.temperature={temperature} must be positive (0.1 to 0.5 is usual)")
         self.temperature = temperature

@@ -129,7 +129,6 @@ def pretext_description(cfg: DictConfig, pool: list[Record]) -> dict[str, Any]:
         backbone = {k: v for k, v in backbone.items() if k not in ("weights_file", "pretrained_tag")}
     preprocess = {k: v for k, v in OmegaConf.to_container(cfg.data.preprocess, resolve=True).items()
                   if k not in SPEED_ONLY_PREPROCESS}
-    scale = cfg.get("scale") or {}
     return {"pretext": OmegaConf.to_container(cfg.pretext, resolve=True),
             "backbone": backbone,
             "image_size": cfg.data.image_size,
@@ -139,7 +138,6 @@ def pretext_description(cfg: DictConfig, pool: list[Record]) -> dict[str, Any]:
             "pool_size": len(pool), "pool": pool_fingerprint(pool),
             "precision": str(cfg.trainer.get("precision")),
             "processes": {k: cfg.trainer.get(k) for k in ("devices", "num_nodes")},
-            "lr_scaling": scale.get("lr_scaling"),
             "limits": {**{k: cfg.trainer.get(k) for k in ("limit_train_batches", "limit_val_batches")},
                        **{k: cfg.trainer.get(k) for k in DEBUG_LIMITS if cfg.trainer.get(k)}}}
 

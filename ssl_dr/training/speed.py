@@ -1,5 +1,5 @@
-"""Model-side speed switches (``scale.*``): channels_last, ``torch.compile``, gradient checkpointing, and the
-learning-rate rule for the global batch under DDP.
+"""Model-side speed switches (``scale.*``): channels_last, ``torch.compile`` and gradient checkpointing. (How
+the learning rate follows the DDP world size is the optimiser's business: ``ssl_dr.models.optim``.)
 
 They act on the *model*, not the Trainer, so ``trainer=gpu`` cannot switch them on; a callback keeps the
 modules plain (same checkpoint and backbone-file keys) and the switches in config.
@@ -23,25 +23,17 @@ class ScaleCallback(Callback):
     """
 
     def __init__(self, channels_last: bool | str = "auto", compile: bool = False,
-                 grad_checkpointing: bool = False, lr_scaling: str = "auto") -> None:
+                 grad_checkpointing: bool = False) -> None:
         if channels_last not in (True, False, "auto"):
             raise ValueError(f"scale.channels_last={channels_last!r} must be true, false or auto")
-        if lr_scaling not in LR_SCALING_RULES:
-            raise ValueError(f"scale.lr_scaling={lr_scaling!r} must be one of {', '.join(LR_SCALING_RULES)}")
         self.channels_last = channels_last
         self.compile = compile
         self.grad_checkpointing = grad_checkpointing
-        self.lr_scaling = lr_scaling
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":  # the test after a fit reuses the same (already converted) module
             return
         model = backbone_model(pl_module)
-        # read by ssl_dr.models.optim.configure_optimizers, which the strategy calls after this hook
-        pl_module.lr_scale = lr_scale(self.lr_scaling, trainer.world_size, _optimizer_name(pl_module))
-        if trainer.world_size > 1 and trainer.is_global_zero:
-            print(f"[ssl_dr] {trainer.world_size} ranks: global batch = {trainer.world_size} x per-rank batch; "
-                  f"learning rate x{pl_module.lr_scale:.3g} (scale.lr_scaling={self.lr_scaling})")
         if self.grad_checkpointing:
             model.set_grad_checkpointing(True)
         if self.wants_channels_last(trainer):
@@ -54,31 +46,6 @@ class ScaleCallback(Callback):
         if self.channels_last == "auto":
             return isinstance(trainer.accelerator, CUDAAccelerator)
         return bool(self.channels_last)
-
-
-# How the learning rate follows the global batch (world_size x per-rank batch) under DDP. As in timm's
-# training script: linear for SGD-like optimisers (Goyal et al. 2017), square root for adaptive ones
-# (Adam/AdamW/Ada*/Lamb), whose effective step already adapts to gradient noise. One rank: factor 1.
-LR_SCALING_RULES = ("auto", "linear", "sqrt", "none")
-ADAPTIVE_OPTIMIZER_TAGS = ("adam", "ada", "lamb", "lion")
-
-
-def lr_scale(rule: str, world_size: int, optimizer_name: str = "") -> float:
-    """Factor for the configured learning rate when ``world_size`` ranks each take a config-sized batch."""
-    if rule == "auto":
-        rule = "sqrt" if any(tag in optimizer_name.lower() for tag in ADAPTIVE_OPTIMIZER_TAGS) else "linear"
-    if rule == "linear":
-        return float(world_size)
-    if rule == "sqrt":
-        return float(world_size) ** 0.5
-    if rule == "none":
-        return 1.0
-    raise ValueError(f"scale.lr_scaling={rule!r} must be one of {', '.join(LR_SCALING_RULES)}")
-
-
-def _optimizer_name(pl_module: nn.Module) -> str:
-    factory = getattr(pl_module, "optimizer_factory", None)
-    return getattr(getattr(factory, "func", factory), "__name__", "")
 
 
 def backbone_model(pl_module: nn.Module) -> nn.Module:
