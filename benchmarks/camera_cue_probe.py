@@ -13,7 +13,7 @@ per epoch. CPU cost: DenseNet121 trains ~30 rotated images per CPU-second at 64 
     python benchmarks/camera_cue_probe.py --data /work/shared/data/eyepacs-dev --n 1200 --epochs 6 \\
         --masks none rotation_invariant
 
-``pretext_accuracy`` is also what ``tests/test_camera_cues.py`` runs on anatomy-free images (any pretext).
+``pretext_accuracy`` is also what ``tests/pretexts/test_camera_cues.py`` runs on anatomy-free images (any pretext).
 """
 
 from __future__ import annotations

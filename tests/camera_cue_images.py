@@ -4,7 +4,7 @@ Each image is a smooth disc of random colour and brightness with radial vignetti
 clipped flat at top and bottom at a random height (as real fundus cameras clip the circular field of
 view), a small marker sticking out of the rim at a fixed place (1 o'clock, as on many EyePACS cameras),
 sensor noise and JPEG compression. Nothing in it is anatomy, so a pretext that does better than chance
-on these reads the camera, not the eye (``tests/test_camera_cues.py``).
+on these reads the camera, not the eye (``tests/pretexts/test_camera_cues.py``).
 """
 
 from __future__ import annotations

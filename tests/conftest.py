@@ -11,6 +11,9 @@ from omegaconf import DictConfig, open_dict
 
 from ssl_dr.train import CONFIG_DIR
 
+REPO = Path(__file__).resolve().parents[1]
+"""The checkout's root (benchmarks/, conf/), wherever a test file sits below tests/."""
+
 # Small enough for ~seconds per phase on 2 CPU cores, still the real DenseNet121 and real pipeline.
 TINY_SYNTHETIC = ["data.source.num_labelled=60", "data.source.num_unlabelled=8", "data.source.image_size=32"]
 TINY_TRAINING = [

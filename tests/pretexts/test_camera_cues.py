@@ -36,9 +36,9 @@ from ssl_dr.data.records import Record
 from ssl_dr.pretexts import build_pretext
 from ssl_dr.training.phases import _transforms
 from tests.camera_cue_images import camera_cue_fundus, write_camera_cue_images
-from tests.conftest import compose_cfg
+from tests.conftest import REPO, compose_cfg
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "camera_cue_probe.py"
+SCRIPT = REPO / "benchmarks" / "camera_cue_probe.py"
 PROBE_SIZE = 32
 
 

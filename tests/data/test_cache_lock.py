@@ -13,7 +13,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from ssl_dr.data.cache import cache_key, lock_file
-from tests.test_cache import fundus, records_for, write
+from tests.data.test_cache import fundus, records_for, write
 
 SIZE = 32
 CHILD = f"""

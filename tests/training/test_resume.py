@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY
+from tests.conftest import REPO, TINY
 
 pytestmark = pytest.mark.e2e  # end to end: the `e2e` tier (.ci/run), not the default run
 
@@ -91,7 +91,7 @@ def test_resume_refuses_another_command(tmp_path):
 def test_fresh_runs_get_microsecond_folders_and_finished_runs_are_never_reused(tmp_path):
     from ssl_dr.launch.folders import run_dir
 
-    hydra_conf = (Path(__file__).parents[1] / "conf" / "hydra" / "default.yaml").read_text()
+    hydra_conf = (REPO / "conf" / "hydra" / "default.yaml").read_text()
     assert "%Y-%m-%d_%H-%M-%S_%f" in hydra_conf  # two runs in the same second never share a folder
     assert run_dir(None, str(tmp_path), "2026-01-01_00-00-00_000001", ["experiment=baseline"]) == \
         f"{tmp_path}/2026-01-01_00-00-00_000001"
