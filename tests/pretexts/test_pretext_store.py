@@ -25,8 +25,10 @@ def test_settings_that_shape_the_weights_change_the_key(tiny_cfg, tmp_path):
     path = _file(tmp_path / "a.png")
     pool = [Record("a", path, None)]
     base = _key(tiny_cfg, pool)
-    # data.split_seed draws the pretext's held-out slice; the process count sets the global batch
-    for shaping in ("data.split_seed=7", "trainer.devices=2", "seed=1", "data.image_size=48"):
+    # data.split_seed draws the pretext's held-out slice; the process count sets the global batch and, by the
+    # learning-rate rule, the step size
+    for shaping in ("data.split_seed=7", "trainer.devices=2", "pretext.module.lr_scaling=none", "seed=1",
+                    "data.image_size=48"):
         assert _key(tiny_cfg, pool, shaping) != base, shaping
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same size, rewritten later
