@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check: ONE prepared script for the lent H200 (offline, ~15 minutes of device time in all).
+# The GPU check: ONE prepared script for the lent GPU, an H100 or H200 (offline, ~15 min of device time in all).
 #
 #   python benchmarks/prepare_gpu_bundle.py          # here, once: gpu_bundle/ (wheels, eyepacs-dev at 224 px)
 #   benchmarks/gpu_check.sh [OUT]                    # there, via the device tool with carry=["gpu_bundle"]
