@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ssl_dr.data.listing import IMAGE_EXTENSIONS, find_image, folder_images
+from ssl_dr.data.listing import find_image, folder_images
 from ssl_dr.data.records import NUM_GRADES, DataError, Record, bulleted, duplicate_ids
 
-__all__ = ["IMAGE_EXTENSIONS", "CsvSource", "find_image"]  # the listing helpers stay importable from here
 MAX_LISTED = 10
 MAX_WARNED = 5
 # patient cells that mean "unknown" (read as text, so pandas' NaN arrives as these strings)

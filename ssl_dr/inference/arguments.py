@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
+from omegaconf.errors import ValidationError
 
 from ssl_dr.data.records import DataError
 
@@ -67,6 +67,7 @@ def parse_args(cls: type[T], argv: Sequence[str]) -> T:
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     texts: dict[str, str] = {}
+    parser = OverridesParser.create()
     for token in argv:
         key, sep, text = token.partition("=")
         if not sep or not key:
@@ -77,12 +78,9 @@ def parse_args(cls: type[T], argv: Sequence[str]) -> T:
             raise InferenceError(f"unknown argument {key!r}; known: {', '.join(fields)}")
         if key in values:
             raise InferenceError(f"argument {key!r} given twice")
-        values[key], texts[key] = _value(token, key, text, _plain_type(hints[key])), text
-    schema = OmegaConf.structured(cls)
+        values[key], texts[key] = _value(parser, token, key, text, _plain_type(hints[key])), text
     try:
-        merged = OmegaConf.merge(schema, values)
-    except ConfigKeyError:  # defensive: keys were checked above
-        raise InferenceError(f"unknown argument(s) {sorted(values)}; known: {', '.join(fields)}") from None
+        merged = OmegaConf.merge(OmegaConf.structured(cls), values)  # keys were checked above
     except ValidationError as err:
         key = str(err.key)
         raise InferenceError(f"{key}={texts.get(key, '')!r} must be {_expected(hints[key])}") from None
@@ -96,12 +94,12 @@ def parse_args(cls: type[T], argv: Sequence[str]) -> T:
     return typing.cast(T, OmegaConf.to_object(merged))
 
 
-def _value(token: str, key: str, text: str, kind: Any) -> Any:
+def _value(parser: OverridesParser, token: str, key: str, text: str, kind: Any) -> Any:
     """One value in the override grammar; path and text keys keep what the user typed (``out=2024`` is a file
     called 2024, not the number) and accept names the grammar cannot read."""
     textual = kind in (str, Path)
     try:
-        (override,) = OverridesParser.create().parse_overrides([token])
+        (override,) = parser.parse_overrides([token])
     except OverrideParseException as err:
         if textual:
             return text

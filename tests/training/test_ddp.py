@@ -24,7 +24,7 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score
 from ssl_dr.data.datamodule import _evaluation_sampler
 from ssl_dr.launch.guards import ScaleSettingsError, check_sync_batchnorm
 from ssl_dr.models.backbone import Backbone
-from ssl_dr.models.optim import configure_optimizers, lr_scale
+from ssl_dr.models.optim import lr_scale
 from ssl_dr.pretexts.rotation import RotationPretext
 from ssl_dr.train import train
 from ssl_dr.training.predictions import PREDICTIONS_NAME
@@ -105,7 +105,7 @@ def test_the_optimiser_is_built_with_the_learning_rate_of_the_trainers_world_siz
     """The factor comes from the trainer the module is attached to, where the optimiser is built."""
     module = RotationPretext(Backbone("resnet10t"), partial(optimizer, lr=1e-3))
     module._trainer = SimpleNamespace(world_size=world_size, is_global_zero=True)
-    built = configure_optimizers(module, module.optimizer_factory, None, lr_scaling=module.lr_scaling)
+    built = module.configure_optimizers()  # the module's own wiring: its rule reaches the optimiser
     assert built.param_groups[0]["lr"] == pytest.approx(expected)
     assert (f"{world_size} ranks" in capsys.readouterr().out) == (world_size > 1)
 
