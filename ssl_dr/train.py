@@ -36,7 +36,7 @@ from ssl_dr.data.splits import (
     stored_folds,
     write_split,
 )
-from ssl_dr.launch.folders import METRICS_NAME, finished_job
+from ssl_dr.launch.folders import ENVIRONMENT_NAME, METRICS_NAME, finished_job
 from ssl_dr.launch.guards import ScaleSettingsError, check_multirun_strategy, check_sync_batchnorm
 from ssl_dr.launch.objective import BASIC_SWEEPER, ObjectiveError, check_objective
 from ssl_dr.launch.resolvers import register_resolvers
@@ -44,6 +44,7 @@ from ssl_dr.models.backbone import BackboneWeightsError
 from ssl_dr.models.heads import check_head
 from ssl_dr.training.budget import check_budget, freeze_steps
 from ssl_dr.training.callbacks import NonFiniteLossError
+from ssl_dr.training.environment import describe_environment
 from ssl_dr.training.phases import finetune, pretext_weights
 from ssl_dr.training.predictions import PREDICTIONS_NAME
 from ssl_dr.training.ranks import RankZeroGoneError, RankZeroHeartbeat, is_launch_rank_zero
@@ -152,6 +153,7 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                "finetune/freeze_steps": freeze_steps(cfg), **pretext_info, **scores}
     if is_launch_rank_zero():  # every DDP rank runs this job; one writes its result (and the predictions)
         metrics["test/grades_predicted"] = grades_predicted(out_dir)
+        write_metrics(out_dir / ENVIRONMENT_NAME, describe_environment(cfg))  # why numbers may differ
         write_metrics(out_dir / METRICS_NAME, metrics)
         if not cfg.get("keep_last_checkpoint", False):  # finished: nothing left to resume
             (out_dir / "checkpoints" / "last.ckpt").unlink(missing_ok=True)

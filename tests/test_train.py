@@ -26,8 +26,12 @@ def test_rotation_then_baseline_share_split_and_reuse_pretext(tiny_cfg, tmp_path
     out = Path(rot["output_dir"])
     assert rot["arm"] == "rotation" and rot["pretext/reused"] is False
     assert 0.0 <= rot["pretext/val_acc"] <= 1.0
-    for name in ("metrics.json", "split.csv", "checkpoints/best.ckpt", "finetune/metrics.csv", "pretext/metrics.csv"):
+    for name in ("metrics.json", "environment.json", "split.csv", "checkpoints/best.ckpt", "finetune/metrics.csv",
+                 "pretext/metrics.csv"):
         assert (out / name).is_file(), name
+    environment = json.loads((out / "environment.json").read_text())  # what it ran on, for the report
+    assert environment["packages"]["torch"] == torch.__version__.split("+")[0] and environment["fingerprint"]
+    assert environment["trainer"]["precision"] == tiny_cfg("experiment=rotation").trainer.precision
     # lean: a finished run keeps the weights and the inference spec, not the optimiser state or last.ckpt
     assert not (out / "checkpoints" / "last.ckpt").exists()
     best = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)

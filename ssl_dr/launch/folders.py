@@ -23,6 +23,7 @@ import yaml
 
 RESUME_KEY = "resume"
 METRICS_NAME = "metrics.json"
+ENVIRONMENT_NAME = "environment.json"  # what the run ran on (ssl_dr.training.environment)
 SWEEP_CONFIG = "multirun.yaml"  # written by Hydra's sweepers into every sweep folder
 SWEEP_REPORT = "report.md"  # ssl_dr.report's markdown, written when a sweep ends
 RESUMES_DIR = ".resumes"

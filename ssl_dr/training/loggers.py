@@ -1,6 +1,6 @@
 """Loggers per phase, built from ``cfg.logger``: the CSV logger writes into ``<run>/<phase>/``, the
 W&B run is named after arm/fraction/fold and typed ``pretext`` or ``finetune`` so a dashboard can
-group and filter a sweep."""
+group and filter a sweep; its config carries the run's environment (``ssl_dr.training.environment``)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
+
+from ssl_dr.training.environment import describe_environment
 
 
 def build_loggers(cfg: DictConfig, phase: str, run_name: str, run_id: str) -> list[Logger]:
@@ -31,7 +33,10 @@ def build_loggers(cfg: DictConfig, phase: str, run_name: str, run_id: str) -> li
             extra = {"name": run_name, "job_type": phase, "id": run_id, "resume": "allow",
                      **({"group": group} if (group := sweep_group(cfg)) else {})}
         logger = instantiate(logger_cfg, **extra)
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        hparams = OmegaConf.to_container(cfg, resolve=True)
+        if issubclass(cls, WandbLogger):  # a dashboard can then group or filter runs by their environment
+            hparams = {**hparams, "environment": describe_environment(cfg)}
+        logger.log_hyperparams(hparams)
         loggers.append(logger)
     return loggers
 

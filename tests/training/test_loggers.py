@@ -38,6 +38,7 @@ def test_multirun_jobs_share_the_sweep_group(tmp_path):
                                                         "rotation-frac0.1-fold2")
         assert run.id == "rotation-0123456789ab"  # stable per run folder: a resumed phase continues this run
         assert run.config["arm"] == "rotation" and run.config["data"]["fold"] == 0
+        assert run.config["environment"]["summary"].startswith("torch ")  # what the run ran on
         assert next(lg for lg in loggers if isinstance(lg, CSVLogger)).log_dir.rstrip("/").endswith("job/finetune")
     finally:
         close_loggers(loggers, failed=False)
