@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 from scipy import stats
 
-from ssl_dr.report import collect, main, write_report
+from ssl_dr.report import main, write_report
+from ssl_dr.reporting.jobs import collect
 
 # test QWK per (arm, fraction): folds 0, 1, 2
 QWK = {
@@ -42,22 +43,23 @@ MULTIRUN = """hydra:
 
 def write_job(sweep: Path, num: int, arm: str, fraction: float, fold: int, qwk: float | None,
               chooser: str = "experiment", metrics: dict | None = None, preds: list[int] | None = None,
-              num_folds: int = 5) -> Path:
+              num_folds: int = 5, seed: int = 42, split_seed: int = 42) -> Path:
     """One job folder as ssl_dr.train leaves it (``qwk=None``: crashed before metrics.json). ``chooser``: the
     override that picked the arm: ``experiment=<arm>`` (command-line sweep) or ``arm=<arm>`` (experiment=paper).
     ``metrics``: keys added to (or, as None, removed from) metrics.json, which by default has only what runs before
     the labels/* and train/* keys wrote; ``preds``: the test predictions (None: no test_predictions.csv)."""
     job = sweep / str(num)
     (job / ".hydra").mkdir(parents=True)
-    cfg = {"arm": arm, "init": "pretext" if arm == "rotation" else "random", "seed": 42,
-           "data": {"label_fraction": fraction, "fold": fold, "num_folds": num_folds},
+    cfg = {"arm": arm, "init": "pretext" if arm == "rotation" else "random", "seed": seed,
+           "data": {"label_fraction": fraction, "fold": fold, "num_folds": num_folds, "split_seed": split_seed},
            "paths": {"output_dir": str(job)}}
     OmegaConf.save(OmegaConf.create(cfg), job / ".hydra" / "config.yaml")
-    overrides = [f"{chooser}={arm}", f"data.label_fraction={fraction}", f"data.fold={fold}"]
+    overrides = [f"seed={seed}", f"{chooser}={arm}", f"data.label_fraction={fraction}", f"data.fold={fold}"]
     overrides += ["experiment=paper"] if chooser == "arm" else []
     OmegaConf.save(OmegaConf.create(overrides), job / ".hydra" / "overrides.yaml")
     if qwk is not None:
-        metrics = {"arm": arm, "label_fraction": fraction, "fold": fold, "test/qwk": qwk, "val/qwk_best": qwk + 0.01,
+        metrics = {"arm": arm, "label_fraction": fraction, "fold": fold, "seed": seed, "split_seed": split_seed,
+                   "test/qwk": qwk, "val/qwk_best": qwk + 0.01,
                    "output_dir": str(job), "num_train": 10, **(metrics or {})}
         (job / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if v is not None}, indent=2))
     if preds is not None:
@@ -97,12 +99,13 @@ def make_sweep(root: Path, qwk: dict[tuple[str, float], list[float]] = QWK, choo
     return sweep
 
 
-def job_dir(sweep: Path, arm: str, fraction: float, fold: int) -> Path:
+def job_dir(sweep: Path, arm: str, fraction: float, fold: int, seed: int = 42, split_seed: int = 42) -> Path:
     for cfg_path in sweep.glob("*/.hydra/config.yaml"):
         cfg = OmegaConf.load(cfg_path)
-        if (cfg.arm, cfg.data.label_fraction, cfg.data.fold) == (arm, fraction, fold):
+        if (cfg.arm, cfg.data.label_fraction, cfg.data.fold, cfg.seed, cfg.data.split_seed) == (
+                arm, fraction, fold, seed, split_seed):
             return cfg_path.parent.parent
-    raise LookupError((arm, fraction, fold))
+    raise LookupError((arm, fraction, fold, seed, split_seed))
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -115,23 +118,28 @@ def test_complete_sweep_table_cell_by_cell(tmp_path):
     files = write_report(sweep)
     assert files.complete and files.gaps == []
     table = pd.read_csv(sweep / "report.csv")
-    assert list(table.columns) == ["arm", "label_fraction", "folds_present", "folds_expected",
-                                   "qwk_min", "qwk_avg", "qwk_max", "qwk_std", "collapsed", "collapse_checked",
-                                   "labels_train", "labels_val", "labels_read", "labels_available", "val_protocol",
-                                   "train_steps", "train_epochs", "best_step"]
+    assert list(table.columns) == ["arm", "label_fraction", "runs_present", "runs_expected", "repetitions",
+                                   "qwk_min", "qwk_avg", "qwk_max", "qwk_std", "qwk_sd_folds", "qwk_sd_seeds",
+                                   "collapsed", "collapse_checked", "labels_train", "labels_val", "labels_read",
+                                   "labels_available", "val_protocol", "train_steps", "train_epochs", "best_step"]
     assert len(table) == len(QWK)
     for (arm, fraction), values in QWK.items():
         row = table[(table.arm == arm) & (table.label_fraction == fraction)].iloc[0]
-        assert row.folds_present == 3 and row.folds_expected == 3
+        assert (row.runs_present, row.runs_expected, row.repetitions) == (3, 3, 1)
         assert row.qwk_min == pytest.approx(min(values))
         assert row.qwk_avg == pytest.approx(sum(values) / 3)
         assert row.qwk_max == pytest.approx(max(values))
         assert row.qwk_std == pytest.approx(statistics.stdev(values))  # sample std, n - 1
+        # one repetition: the spread over folds is the std, no spread over seeds
+        assert row.qwk_sd_folds == pytest.approx(row.qwk_std) and math.isnan(row.qwk_sd_seeds)
     markdown = (sweep / "report.md").read_text()
     assert "Incomplete" not in markdown
     values = QWK["rotation", 0.05]
     assert f"| rotation | 5% | 3/3 | {sum(values) / 3:.3f} ({min(values):.3f} – {max(values):.3f}) |" in markdown
-    assert f"{sum(values) / 3:.3f} ± {statistics.stdev(values):.3f}" in markdown
+    assert f"{sum(values) / 3:.3f} ± {statistics.stdev(values):.3f} | {statistics.stdev(values):.3f} | n/a (1 seed) |" \
+        in markdown
+    assert "Expected jobs (multirun.yaml sweep + job configs): 2 arms x 2 fractions x 3 folds x 1 seed(s) (42) x " \
+        "1 split seed(s) (42) = 12" in markdown
 
 
 @pytest.mark.parametrize("num_folds", [5, 10])
@@ -141,14 +149,15 @@ def test_paired_difference_corrected_and_naive_ci_by_hand(tmp_path, num_folds):
     sweep = make_sweep(tmp_path, num_folds=num_folds)
     write_report(sweep)
     paired = pd.read_csv(sweep / "report_paired.csv")
-    assert list(paired.columns) == ["arm", "baseline", "label_fraction", "pairs", "folds", "num_folds", "diff_mean",
-                                    "ci_low", "ci_high", "naive_ci_low", "naive_ci_high"]
+    assert list(paired.columns) == ["arm", "baseline", "label_fraction", "pairs", "folds", "num_folds",
+                                    "repetitions", "seeds", "split_seeds", "diff_mean", "ci_low", "ci_high",
+                                    "naive_ci_low", "naive_ci_high"]
     assert len(paired) == 2 and set(paired.arm) == {"rotation"} and set(paired.baseline) == {"baseline"}
     markdown = (sweep / "report.md").read_text()
-    assert "## Paired difference: arm minus baseline" in markdown
+    assert "## Paired difference: arm minus baseline, same split seed, fold and seed" in markdown
     assert f"k = {num_folds} (data.num_folds)" in markdown and "heuristic correction, not an exact one" in markdown
     assert "test = one fold and training = the other k - 1 folds" in markdown
-    assert "| 95% CI (corrected) | 95% CI naive (folds treated as independent) |" in markdown
+    assert "| 95% CI (corrected) | 95% CI naive (pairs treated as independent) |" in markdown
     for fraction, label in ((0.05, "5%"), (0.1, "10%")):
         diffs = [r - b for r, b in zip(QWK["rotation", fraction], QWK["baseline", fraction], strict=True)]
         mean = sum(diffs) / 3
@@ -156,13 +165,13 @@ def test_paired_difference_corrected_and_naive_ci_by_hand(tmp_path, num_folds):
         low, high = stats.t.interval(0.95, df=2, loc=mean, scale=corrected_se)
         naive_low, naive_high = stats.t.interval(0.95, df=2, loc=mean, scale=stats.sem(diffs))
         row = paired[paired.label_fraction == fraction].iloc[0]
-        assert row.pairs == 3 and row.folds == "0,1,2" and row.num_folds == num_folds
+        assert row.pairs == 3 and row.folds == "0,1,2" and row.num_folds == num_folds and row.repetitions == 1
         assert row.diff_mean == pytest.approx(mean)
         assert (row.ci_low, row.ci_high) == (pytest.approx(low), pytest.approx(high))
         assert (row.naive_ci_low, row.naive_ci_high) == (pytest.approx(naive_low), pytest.approx(naive_high))
         assert low < naive_low and naive_high < high  # the overlap of training sets widens the interval
-        assert (f"| rotation | {label} | 3 | 0,1,2 | {mean:+.3f} | [{low:+.3f}, {high:+.3f}] | "
-                f"[{naive_low:+.3f}, {naive_high:+.3f}] |") in markdown
+        assert (f"| rotation | {label} | 3 | 0,1,2 | 1 (seed 42; split seed 42) | {mean:+.3f} | "
+                f"[{low:+.3f}, {high:+.3f}] | [{naive_low:+.3f}, {naive_high:+.3f}] |") in markdown
 
 
 def test_paired_without_num_folds_claims_no_corrected_interval(tmp_path):
@@ -176,7 +185,7 @@ def test_paired_without_num_folds_claims_no_corrected_interval(tmp_path):
     assert files.paired.naive_ci_low.notna().all()
     markdown = files.markdown.read_text()
     assert "k unknown (no data.num_folds in the job configs)" in markdown
-    assert "| 0,1,2 | +0.057 | k unknown | [" in markdown
+    assert "| 0,1,2 | 1 (seed 42; split seed 42) | +0.057 | k unknown | [" in markdown
 
 
 def test_jobs_of_different_k_are_refused(tmp_path, capsys):
@@ -203,12 +212,12 @@ def test_deleted_job_is_listed_missing_and_exits_1(tmp_path, capsys):
     shutil.rmtree(job_dir(sweep, "rotation", 0.1, 1))
     assert main([str(sweep)]) == 1
     captured = capsys.readouterr()
-    line = "MISSING: arm=rotation fraction=0.1 fold=1 (no job folder)"
+    line = "MISSING: arm=rotation fraction=0.1 fold=1 seed=42 split_seed=42 (no job folder)"
     assert line in captured.out and "incomplete: 1 expected job" in captured.err
     markdown = (sweep / "report.md").read_text()
     assert markdown.index("## Incomplete") < markdown.index(line) < markdown.index("## Test QWK")
     row = pd.read_csv(sweep / "report.csv").set_index(["arm", "label_fraction"]).loc[("rotation", 0.1)]
-    assert (row.folds_present, row.folds_expected) == (2, 3)
+    assert (row.runs_present, row.runs_expected) == (2, 3)
     values = [QWK["rotation", 0.1][fold] for fold in (0, 2)]
     assert row.qwk_avg == pytest.approx(sum(values) / 2)
     assert "| rotation | 10% | 2/3 **incomplete** |" in markdown
@@ -223,9 +232,10 @@ def test_crashed_job_is_listed_failed_with_last_log_line(tmp_path):
     (job / "train.log").write_text("[INFO] - epoch 1\n[ERROR] - RuntimeError: CUDA out of memory\n\n  \n")
     files = write_report(sweep)
     assert [str(gap) for gap in files.gaps] == [
-        f"FAILED: arm=baseline fraction=0.05 fold=2 (job {job.name}: [ERROR] - RuntimeError: CUDA out of memory)"]
+        f"FAILED: arm=baseline fraction=0.05 fold=2 seed=42 split_seed=42 (job {job.name}: [ERROR] - RuntimeError: "
+        "CUDA out of memory)"]
     assert str(files.gaps[0]) in files.markdown.read_text()
-    assert files.table.set_index(["arm", "label_fraction"]).loc[("baseline", 0.05)].folds_present == 2
+    assert files.table.set_index(["arm", "label_fraction"]).loc[("baseline", 0.05)].runs_present == 2
 
 
 def test_cell_without_any_finished_fold_is_kept(tmp_path):
@@ -234,10 +244,10 @@ def test_cell_without_any_finished_fold_is_kept(tmp_path):
         shutil.rmtree(job_dir(sweep, "baseline", 0.1, fold))
     files = write_report(sweep)
     row = files.table.set_index(["arm", "label_fraction"]).loc[("baseline", 0.1)]
-    assert row.folds_present == 0 and math.isnan(row.qwk_avg)
+    assert row.runs_present == 0 and math.isnan(row.qwk_avg)
     assert len(files.gaps) == 3
     assert files.paired.set_index("label_fraction").loc[0.1].pairs == 0
-    assert "| baseline | 10% | 0/3 **incomplete** | no finished fold |" in files.markdown.read_text()
+    assert "| baseline | 10% | 0/3 **incomplete** | no finished run |" in files.markdown.read_text()
 
 
 @pytest.mark.parametrize("chooser", ["experiment", "arm"])
@@ -248,7 +258,7 @@ def test_arm_with_no_job_left_is_still_expected_from_multirun_yaml(tmp_path, cho
     results = collect(sweep)
     assert results.arms == ["baseline", "rotation"]
     assert sum(gap.kind == "MISSING" and gap.arm == "baseline" for gap in results.gaps) == 6
-    assert set(write_report(sweep).table.query("arm == 'baseline'").folds_present) == {0}
+    assert set(write_report(sweep).table.query("arm == 'baseline'").runs_present) == {0}
 
 
 def test_swept_arm_choice_maps_to_the_arm_its_jobs_name(tmp_path):
@@ -260,7 +270,8 @@ def test_swept_arm_choice_maps_to_the_arm_its_jobs_name(tmp_path):
     (job / ".hydra" / "overrides.yaml").write_text("- arm=rot\n- data.fold=0\n")
     results = collect(sweep)
     assert results.arms == ["rotation"]
-    assert [str(gap) for gap in results.gaps] == ["MISSING: arm=rotation fraction=1 fold=1 (no job folder)"]
+    assert [str(gap) for gap in results.gaps] == [
+        "MISSING: arm=rotation fraction=1 fold=1 seed=42 split_seed=42 (no job folder)"]
 
 
 def test_command_line_sweep_in_multirun_yaml(tmp_path):
@@ -273,7 +284,8 @@ def test_command_line_sweep_in_multirun_yaml(tmp_path):
     write_job(sweep, 2, "rotation", 1.0, 2, 0.6)
     results = collect(sweep)
     assert results.folds == [0, 1, 2]
-    assert [str(gap) for gap in results.gaps] == ["MISSING: arm=rotation fraction=1 fold=1 (no job folder)"]
+    assert [str(gap) for gap in results.gaps] == [
+        "MISSING: arm=rotation fraction=1 fold=1 seed=42 split_seed=42 (no job folder)"]
 
 
 def test_single_arm_without_baseline_has_no_paired_section(tmp_path):
@@ -288,7 +300,8 @@ def test_one_fold_has_no_std_and_no_interval(tmp_path):
     files = write_report(sweep)
     assert files.table.qwk_std.isna().all()
     markdown = files.markdown.read_text()
-    assert "0.300 ± n/a (1 fold)" in markdown and "| rotation | 5% | 1 | 0 | +0.100 | n=1: no interval |" in markdown
+    assert "0.300 ± n/a (1 run) | n/a (1 fold) | n/a (1 seed) |" in markdown
+    assert "| rotation | 5% | 1 | 0 | 1 (seed 42; split seed 42) | +0.100 | n=1: no interval |" in markdown
 
 
 @pytest.mark.parametrize("content", ["{not json", '{"arm": "rotation", "test/q', '{"arm": "rotation"}'])
@@ -343,13 +356,13 @@ def test_sweep_without_any_finished_job_is_still_reported(tmp_path, capsys):
         metrics.unlink()
     assert main([str(sweep)]) == 1
     markdown = (sweep / "report.md").read_text()
-    assert "| baseline | 5% | 0/3 **incomplete** | no finished fold | - | - |" in markdown
+    assert "| baseline | 5% | 0/3 **incomplete** | no finished run | - | - | - | - |" in markdown
     assert "| rotation | 10% |  |  |  |  |  |  |  |" in markdown
-    assert "| rotation | 5% | 0 | - | - | no fold finished in both arms | - |" in markdown
+    assert "| rotation | 5% | 0 | - | - | - | no run finished in both arms | - |" in markdown
 
 
 def test_predictions_file_name_is_the_one_training_writes():
-    from ssl_dr.report import PREDICTIONS
+    from ssl_dr.reporting.jobs import PREDICTIONS
     from ssl_dr.training.predictions import PREDICTIONS_NAME
 
     assert PREDICTIONS == PREDICTIONS_NAME

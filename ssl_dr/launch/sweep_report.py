@@ -14,7 +14,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_dr.launch.objective import BASIC_SWEEPER
-from ssl_dr.report import ReportError, ReportFiles, write_report
+from ssl_dr.report import ReportFiles, write_report
+from ssl_dr.reporting.jobs import ReportError
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ def _log_to_wandb(files: ReportFiles, wandb_cfg: DictConfig, group: str, save_di
         payload = {"report/table": wandb.Table(dataframe=files.table),
                    "report/qwk_vs_fraction": wandb.Image(str(files.plot))}
         if len(files.paired):
-            payload["report/paired"] = wandb.Table(dataframe=files.paired.astype({"folds": str}))
+            payload["report/paired"] = wandb.Table(dataframe=files.paired.astype(
+                {"folds": str, "seeds": str, "split_seeds": str}))
         run.log(payload)
         run.summary["report/complete"] = files.complete
     finally:

@@ -1,6 +1,6 @@
 """The numbers behind ``ssl_dr.report`` and the markdown tables they are printed in: what a finished job says
 beyond its test QWK (did it collapse to one grade, how many labels it read, how long it trained), their per
-arm x fraction aggregates, and the paired arm-minus-baseline intervals.
+arm x fraction aggregates (over folds and seeds), and the paired arm-minus-baseline intervals.
 
 Why apart from the report module: that one finds a sweep's jobs, their gaps and writes the files; here are the
 numbers, functions of a job's metrics (and its ``test_predictions.csv``) or of the job table, each checked
@@ -8,14 +8,20 @@ against a hand computation in ``tests/test_report.py``.
 
 The paired interval. The k folds of one cross-validation are not independent samples: any two training sets
 share (k-2)/(k-1) of their images (75 % at k=5), so the fold-to-fold spread of a difference understates its
-real variability and the plain t interval over folds is too narrow. The headline interval is therefore the
-corrected resampled t of Nadeau & Bengio (2003, "Inference for the generalization error"): the variance of the
-mean of J paired differences is (1/J + n_test/n_train) * s^2 instead of s^2 / J, with t on J-1 degrees of
-freedom. For k-fold cross-validation, where the test set is one fold and the training set the other k-1
-folds, n_test/n_train = 1/(k-1). It is a heuristic correction, not an exact one: Nadeau & Bengio derive it
-for random train/test splits, the label fraction trains on a subset of the k-1 folds, and by default the
-rotation pretext sees every image, the held-out fold's included. The naive interval (folds treated as
-independent) is kept beside it for comparison, never as the headline.
+real variability and the plain t interval over folds is too narrow. Repeating the cross-validation r times
+(other ``seed``s, other ``data.split_seed`` partitions) re-uses the same images, so the same holds across the
+repetitions. The headline interval is therefore the corrected repeated k-fold t of Bouckaert & Frank (2004,
+"Evaluating the replicability of significance tests for comparing learning algorithms"): the corrected
+resampled t of Nadeau & Bengio (2003, "Inference for the generalization error") over all n = k x r paired
+differences (pairs: same split seed, fold and seed). The variance of their mean is (1/n + n_test/n_train) * s^2
+instead of s^2 / n, s the sample standard deviation of the n differences, with t on n-1 degrees of freedom.
+For k-fold cross-validation, where the test set is one fold and the training set the other k-1 folds,
+n_test/n_train = 1/(k-1). With r = 1, n = k and it is Nadeau & Bengio's interval over the folds. The
+correction term does not shrink with r: more seeds narrow the interval only through 1/n and a better s. It
+is a heuristic correction, not an exact one: it is derived for random train/test splits, the label fraction
+trains on a subset of the k-1 folds, and by default the rotation pretext sees every image, the held-out
+fold's included. The naive interval (the n pairs treated as independent) is kept beside it for comparison,
+never as the headline.
 """
 
 from __future__ import annotations
@@ -31,12 +37,18 @@ import pandas as pd
 CONFIDENCE = 0.95
 FIXED_VAL = "fixed"  # val_protocol of a run whose validation labels were drawn outside its label fraction
 BASELINE = "baseline"
-TABLE_COLUMNS = ["arm", "label_fraction", "folds_present", "folds_expected", "qwk_min", "qwk_avg", "qwk_max",
-                 "qwk_std", "collapsed", "collapse_checked", "labels_train", "labels_val", "labels_read",
-                 "labels_available", "val_protocol", "train_steps", "train_epochs", "best_step"]
-# ci_*: the corrected resampled t interval (the headline); naive_ci_*: folds treated as independent
-PAIRED_COLUMNS = ["arm", "baseline", "label_fraction", "pairs", "folds", "num_folds", "diff_mean", "ci_low", "ci_high",
-                  "naive_ci_low", "naive_ci_high"]
+# one repetition of the k-fold cross-validation; an arm's run and the baseline's that saw the same split
+REPETITION = ["split_seed", "seed"]
+PAIR_KEYS = ["split_seed", "fold", "seed"]
+# runs_*: jobs (fold x seed x split seed); repetitions: distinct (split seed, seed); qwk_std over all runs;
+# qwk_sd_folds / qwk_sd_seeds: the spread over folds and over seeds (defined in ``_spreads``)
+TABLE_COLUMNS = ["arm", "label_fraction", "runs_present", "runs_expected", "repetitions", "qwk_min", "qwk_avg",
+                 "qwk_max", "qwk_std", "qwk_sd_folds", "qwk_sd_seeds", "collapsed", "collapse_checked",
+                 "labels_train", "labels_val", "labels_read", "labels_available", "val_protocol", "train_steps",
+                 "train_epochs", "best_step"]
+# ci_*: the corrected repeated k-fold t interval (the headline); naive_ci_*: pairs treated as independent
+PAIRED_COLUMNS = ["arm", "baseline", "label_fraction", "pairs", "folds", "num_folds", "repetitions", "seeds",
+                  "split_seeds", "diff_mean", "ci_low", "ci_high", "naive_ci_low", "naive_ci_high"]
 # per-job fact -> metrics.json keys it is read from, first found wins (num_*: runs older than labels/*)
 MEAN_KEYS = {"labels_train": ("labels/train", "num_train"), "labels_val": ("labels/val", "num_val"),
              "labels_read": ("labels/read",), "labels_available": ("labels/available",),
@@ -58,10 +70,13 @@ def kfold_test_train_ratio(num_folds: int | None) -> float | None:
 
 def corrected_resampled_t_interval(diffs: Iterable[float], test_train_ratio: float | None,
                                    confidence: float = CONFIDENCE) -> tuple[float, float, float]:
-    """(mean, low, high) of paired differences, one per fold, by the corrected resampled t of Nadeau & Bengio:
-    standard error sqrt(1/J + test_train_ratio) * s, t quantile on J-1 degrees of freedom (J = len(diffs)).
-    ``test_train_ratio=0`` is the plain t interval that treats the folds as independent. Fewer than 2
-    differences (no spread to estimate) or an unknown ratio (None) give NaN bounds."""
+    """(mean, low, high) of paired differences by the corrected resampled t of Nadeau & Bengio: standard error
+    sqrt(1/n + test_train_ratio) * s, s their sample standard deviation, t quantile on n-1 degrees of freedom,
+    n = len(diffs). Given all k x r differences of r repeated k-fold cross-validations (never per-repetition
+    means) and ``kfold_test_train_ratio(k)``, this is Bouckaert & Frank's corrected repeated k-fold t; with
+    r = 1 it is the corrected interval over one run's k folds. ``test_train_ratio=0`` is the plain t interval
+    that treats the differences as independent. Fewer than 2 differences (no spread to estimate) or an
+    unknown ratio (None) give NaN bounds."""
     from scipy import stats  # imported here: the report refuses bad input without the slow imports
 
     if not 0 < confidence < 1:
@@ -78,8 +93,8 @@ def corrected_resampled_t_interval(diffs: Iterable[float], test_train_ratio: flo
 
 
 def naive_t_interval(diffs: Iterable[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
-    """The plain t interval over folds (folds treated as independent): too narrow for cross-validation, shown
-    only beside the corrected one."""
+    """The plain t interval over the differences (treated as independent): too narrow for cross-validation,
+    shown only beside the corrected one."""
     return corrected_resampled_t_interval(diffs, 0.0, confidence)
 
 
@@ -131,41 +146,63 @@ def job_facts(metrics: dict | None, predictions: Path) -> dict:
 # ---------------------------------------------------------------- per arm x fraction
 
 
-def summarise(finished: pd.DataFrame, arms: list[str], fractions: list[float], folds_expected: int) -> pd.DataFrame:
+def _spreads(finished: pd.DataFrame) -> pd.DataFrame:
+    """Per arm x fraction: the repetitions present (distinct split seed x seed); ``qwk_sd_folds``, the spread
+    over folds: the sample SD across the folds of one repetition, averaged over the repetitions;
+    ``qwk_sd_seeds``, the spread over seeds: the sample SD, across the repetitions, of each repetition's mean
+    over its folds (how far the cross-validated estimate itself moves with the seed; NaN with one)."""
+    per_repetition = finished.groupby(["arm", "label_fraction", *REPETITION]).test_qwk.agg(["mean", "std"])
+    cells = per_repetition.groupby(level=["arm", "label_fraction"])
+    return pd.concat([cells.size().rename("repetitions"), cells["std"].mean().rename("qwk_sd_folds"),
+                      cells["mean"].std().rename("qwk_sd_seeds")], axis=1)
+
+
+def summarise(finished: pd.DataFrame, arms: list[str], fractions: list[float], runs_expected: int) -> pd.DataFrame:
     """One row per arm x fraction (all of ``arms`` x ``fractions``, finished or not) over its ``finished`` jobs:
-    folds present, MIN / AVG / MAX / sample std of test QWK, how many runs collapsed to one grade out of how many
-    could be checked, the mean labels read and training budget (NaN when no job reported them), the protocols."""
+    runs present (fold x seed x split seed), MIN / AVG / MAX / sample std of test QWK over all of them, the
+    spreads over folds and over seeds (``_spreads``), how many runs collapsed to one grade out of how many could
+    be checked, the mean labels read and training budget (NaN when no job reported them), the protocols."""
     index = pd.MultiIndex.from_product([arms, fractions], names=["arm", "label_fraction"])
     keys = [finished.arm, finished.label_fraction]
     groups = finished.groupby(keys)
-    table = pd.concat([groups.fold.nunique().rename("folds_present"),
+    table = pd.concat([groups.size().rename("runs_present"),
                        groups.test_qwk.agg(qwk_min="min", qwk_avg="mean", qwk_max="max", qwk_std="std"),
+                       _spreads(finished),
                        (finished.grades_predicted == 1).groupby(keys).sum().rename("collapsed"),
                        finished.grades_predicted.notna().groupby(keys).sum().rename("collapse_checked"),
                        groups[list(MEAN_KEYS)].mean(),
                        groups.val_protocol.agg(lambda p: ",".join(sorted(set(p.dropna()))) or None)], axis=1)
     table = table.reindex(index).reset_index()
-    for column in ("folds_present", "collapse_checked"):
+    for column in ("runs_present", "repetitions", "collapse_checked"):
         table[column] = table[column].fillna(0).astype(int)
     table["collapsed"] = table.collapsed.where(table.collapse_checked > 0).astype("Int64")  # unknown, not 0
-    table["folds_expected"] = folds_expected
+    table["runs_expected"] = runs_expected
     return table[TABLE_COLUMNS]
 
 
 def paired_differences(finished: pd.DataFrame, arms: list[str], fractions: list[float], num_folds: int | None,
                        baseline: str = BASELINE) -> pd.DataFrame:
-    """Per non-baseline arm and fraction: arm minus ``baseline`` test QWK over the folds both finished, its mean,
-    the corrected resampled t interval (``ci_*``, the headline; needs the sweep's k, ``num_folds``) and the
-    naive one (``naive_ci_*``). Empty when ``baseline`` is not among ``arms``."""
+    """Per non-baseline arm and fraction: arm minus ``baseline`` test QWK over the runs both finished, paired by
+    split seed, fold and seed (the same test fold, the same randomness); the folds, repetitions, seeds and
+    split seeds the pairs cover; the mean difference, the corrected repeated k-fold t interval over all pairs
+    (``ci_*``, the headline; needs the sweep's k, ``num_folds``) and the naive one (``naive_ci_*``). Empty when
+    ``baseline`` is not among ``arms``."""
     ratio = kfold_test_train_ratio(num_folds)
-    done = finished.set_index("fold")
+    done = finished.set_index(PAIR_KEYS)
     rows = []
     for arm, fraction in product([a for a in arms if a != baseline] if baseline in arms else [], fractions):
         qwk = [done[(done.arm == name) & (done.label_fraction == fraction)].test_qwk for name in (arm, baseline)]
         diffs = (qwk[0] - qwk[1]).dropna()
-        rows.append([arm, baseline, fraction, len(diffs), ",".join(map(str, sorted(diffs.index))), num_folds,
+        pairs = diffs.index.to_frame(index=False)
+        rows.append([arm, baseline, fraction, len(diffs), _joined(pairs.fold), num_folds,
+                     len(pairs[REPETITION].drop_duplicates()), _joined(pairs.seed), _joined(pairs.split_seed),
                      *corrected_resampled_t_interval(diffs, ratio), *naive_t_interval(diffs)[1:]])
     return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+
+
+def _joined(values: pd.Series) -> str:
+    """``0,1,2``: the distinct values, sorted (a CSV cell that says which folds or seeds were paired)."""
+    return ",".join(map(str, sorted({int(v) for v in values})))
 
 
 # ---------------------------------------------------------------- as markdown
@@ -185,26 +222,37 @@ def _count(value: float) -> str:
 
 
 def _collapsed_cell(row: object) -> str:
-    unknown = row.folds_present - row.collapse_checked  # finished folds whose predictions could not be read
+    unknown = row.runs_present - row.collapse_checked  # finished runs whose predictions could not be read
     if not row.collapse_checked:
-        return "unknown" if row.folds_present else "-"
+        return "unknown" if row.runs_present else "-"
     return f"{row.collapsed:.0f}/{row.collapse_checked}" + (f" ({unknown} unknown)" if unknown else "")
 
 
+def _sd(value: float, why_none: str) -> str:
+    return why_none if math.isnan(value) else f"{value:.3f}"
+
+
 def qwk_md(table: pd.DataFrame) -> list[str]:
-    """The paper's table (AVG (MIN – MAX) test QWK) with mean ± std and the collapsed runs per arm x fraction."""
+    """The paper's table (AVG (MIN – MAX) test QWK over all runs) with mean ± SD, the spreads over folds and over
+    seeds, and the collapsed runs per arm x fraction."""
     rows = []
     for r in table.itertuples():
-        folds = f"{r.folds_present}/{r.folds_expected}" + (" **incomplete**" * (r.folds_present < r.folds_expected))
-        if r.folds_present == 0:
-            rows.append([r.arm, pct(r.label_fraction), folds, "no finished fold", "-", "-"])
+        runs = f"{r.runs_present}/{r.runs_expected}" + (" **incomplete**" * (r.runs_present < r.runs_expected))
+        if r.runs_present == 0:
+            rows.append([r.arm, pct(r.label_fraction), runs, "no finished run", "-", "-", "-", "-"])
             continue
-        std = f"{r.qwk_std:.3f}" if r.folds_present > 1 else "n/a (1 fold)"
-        rows.append([r.arm, pct(r.label_fraction), folds, f"{r.qwk_avg:.3f} ({r.qwk_min:.3f} – {r.qwk_max:.3f})",
-                     f"{r.qwk_avg:.3f} ± {std}", _collapsed_cell(r)])
-    return ["## Test QWK over folds: AVG (MIN – MAX), as the paper prints it", "",
-            "collapsed: finished folds that predict a single grade / folds whose test predictions were read.", "",
-            *_md_table(["arm", "labels", "folds", "AVG (MIN – MAX)", "mean ± std", "collapsed"], rows)]
+        rows.append([r.arm, pct(r.label_fraction), runs, f"{r.qwk_avg:.3f} ({r.qwk_min:.3f} – {r.qwk_max:.3f})",
+                     f"{r.qwk_avg:.3f} ± {_sd(r.qwk_std, 'n/a (1 run)')}", _sd(r.qwk_sd_folds, "n/a (1 fold)"),
+                     _sd(r.qwk_sd_seeds, "n/a (1 seed)"), _collapsed_cell(r)])
+    return ["## Test QWK over all runs (folds x seeds): AVG (MIN – MAX), as the paper prints it", "",
+            "runs: finished / expected, one per fold x seed x split seed; a repetition is one seed and split seed "
+            "(one whole k-fold cross-validation). mean ± SD: over all runs. SD over folds: the sample SD across "
+            "the folds of one repetition, averaged over the repetitions. SD over seeds: the sample SD, across the "
+            "repetitions, of each repetition's mean over its folds (how far the cross-validated estimate moves "
+            "with the seed). collapsed: finished runs that predict a single grade / runs whose test predictions "
+            "were read.", "",
+            *_md_table(["arm", "labels", "runs", "AVG (MIN – MAX)", "mean ± SD", "SD over folds", "SD over seeds",
+                        "collapsed"], rows)]
 
 
 def budget_md(table: pd.DataFrame) -> list[str]:
@@ -217,7 +265,7 @@ def budget_md(table: pd.DataFrame) -> list[str]:
         protocol = r.val_protocol if isinstance(r.val_protocol, str) else ""  # NaN: no finished job
         rows.append([r.arm, pct(r.label_fraction), _count(r.labels_train), _count(r.labels_val), read, protocol,
                      _count(r.train_steps), _count(r.best_step), _count(r.train_epochs)])
-    return ["## Labels read and training budget (mean over the finished folds)", "",
+    return ["## Labels read and training budget (mean over the finished runs)", "",
             "labels read = train + validation labels (share of the labels available); steps: optimiser steps "
             "trained; best step: the step of the checkpoint chosen on validation; blank: not in the jobs' "
             "metrics.json.", "",
@@ -236,28 +284,37 @@ def paired_md(paired: pd.DataFrame, num_folds: int | None) -> list[str]:
     rows = []
     for r in paired.itertuples():
         if r.pairs == 0:
-            rows.append([r.arm, pct(r.label_fraction), "0", "-", "-", "no fold finished in both arms", "-"])
+            rows.append([r.arm, pct(r.label_fraction), "0", "-", "-", "-", "no run finished in both arms", "-"])
             continue
-        rows.append([r.arm, pct(r.label_fraction), str(r.pairs), r.folds, f"{r.diff_mean:+.3f}",
+        repetitions = f"{r.repetitions} (seed {r.seeds}; split seed {r.split_seeds})"
+        rows.append([r.arm, pct(r.label_fraction), str(r.pairs), r.folds, repetitions, f"{r.diff_mean:+.3f}",
                      _interval(r.ci_low, r.ci_high, r.pairs, "k unknown"),
                      _interval(r.naive_ci_low, r.naive_ci_high, r.pairs, "-")])
-    header = ["arm", "labels", "pairs", "folds", "mean diff", f"{CONFIDENCE:.0%} CI (corrected)",
-              f"{CONFIDENCE:.0%} CI naive (folds treated as independent)"]
-    return [f"## Paired difference: arm minus {paired.baseline.iloc[0]}, same folds", "", *_paired_note(num_folds), "",
-            *_md_table(header, rows)]
+    header = ["arm", "labels", "pairs", "folds", "repetitions", "mean diff", f"{CONFIDENCE:.0%} CI (corrected)",
+              f"{CONFIDENCE:.0%} CI naive (pairs treated as independent)"]
+    return [f"## Paired difference: arm minus {paired.baseline.iloc[0]}, same split seed, fold and seed", "",
+            *_paired_note(num_folds), "", *_md_table(header, rows)]
 
 
 def _paired_note(num_folds: int | None) -> list[str]:
     """What the two interval columns are, and the assumption behind the corrected one."""
     k = f"k = {num_folds} (data.num_folds)" if num_folds else "k unknown (no data.num_folds in the job configs)"
     overlap = f" ({(num_folds - 2) / (num_folds - 1):.0%} at k = {num_folds})" if num_folds else ""
-    return [f"**{CONFIDENCE:.0%} CI (corrected)**, the headline: corrected resampled t interval (Nadeau & Bengio, "
-            "2003): variance of the mean difference (1/J + n_test/n_train) * s², t on J - 1 degrees of freedom, "
-            f"J = pairs. It assumes k-fold cross-validation, test = one fold and training = the other k - 1 folds, "
-            f"so n_test/n_train = 1/(k - 1), with {k}; this widens the interval for the overlap of the folds' "
-            f"training sets{overlap}. It is a heuristic correction, not an exact one.  ",
-            f"**{CONFIDENCE:.0%} CI naive (folds treated as independent)**: the plain t interval over folds, too "
-            "narrow because the folds share training images; shown for comparison only."]
+    return [f"**{CONFIDENCE:.0%} CI (corrected)**, the headline: corrected repeated k-fold t (Bouckaert & Frank, "
+            "2004), the corrected resampled t of Nadeau & Bengio (2003) over all n = k x r pairs (k folds, r "
+            "repetitions = seed x split seed): standard error sqrt(1/n + n_test/n_train) * s, s the sample SD of "
+            "the n differences, t on n - 1 degrees of freedom, n = pairs; with r = 1 it is Nadeau & Bengio's "
+            "interval over the folds. It assumes k-fold cross-validation, test = one fold and training = the "
+            f"other k - 1 folds, so n_test/n_train = 1/(k - 1), with {k}; this widens the interval for the overlap "
+            f"of the folds' training sets{overlap}, and more seeds do not remove that term (they re-use the same "
+            "images). It is a heuristic correction, not an exact one.  ",
+            f"**{CONFIDENCE:.0%} CI naive (pairs treated as independent)**: the plain t interval over the n "
+            "differences, too narrow because folds and seeds share training images; shown for comparison only."]
+
+
+def describe(arm: str, label_fraction: float, fold: int, seed: int, split_seed: int) -> str:
+    """One job's identity as the report prints it (gaps, duplicates, collapsed runs)."""
+    return f"arm={arm} fraction={label_fraction:g} fold={fold} seed={seed} split_seed={split_seed}"
 
 
 def collapsed_lines(finished: pd.DataFrame) -> list[str]:
@@ -265,8 +322,8 @@ def collapsed_lines(finished: pd.DataFrame) -> list[str]:
     lines = []
     for job in finished[finished.grades_predicted == 1].itertuples():
         grade = "one grade" if math.isnan(job.collapsed_to) else f"grade {job.collapsed_to:.0f}"
-        lines.append(f"- job {job.job}: arm={job.arm} fraction={job.label_fraction:g} fold={job.fold} predicts "
-                     f"{grade} for every test image (test QWK {job.test_qwk:.3f})")
+        who = describe(job.arm, job.label_fraction, job.fold, job.seed, job.split_seed)
+        lines.append(f"- job {job.job}: {who} predicts {grade} for every test image (test QWK {job.test_qwk:.3f})")
     return lines
 
 

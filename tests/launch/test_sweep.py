@@ -61,7 +61,7 @@ def test_paper_sweep_reports_every_cell_and_names_missing_jobs(tmp_path):
     assert all(a == b for a, b in splits.values())  # both arms saw identical splits
 
     report = pd.read_csv(sweep / "report.csv")
-    assert len(report) == 4 and (report.folds_present == 2).all()
+    assert len(report) == 4 and (report.runs_present == 2).all()
     for row in report.itertuples():
         scores = [j["test/qwk"] for j in jobs if j["arm"] == row.arm and j["label_fraction"] == row.label_fraction]
         assert row.qwk_min == pytest.approx(min(scores)) and row.qwk_max == pytest.approx(max(scores))

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import math
 import shutil
+import statistics
+from pathlib import Path
 
 import pandas as pd
 import pytest
+from scipy import stats
 
 from ssl_dr.report import write_report
 from ssl_dr.reporting.stats import (
@@ -17,7 +20,7 @@ from ssl_dr.reporting.stats import (
     naive_t_interval,
     predicted_grades,
 )
-from tests.test_report import edit_metrics, job_dir, make_sweep, write_predictions
+from tests.test_report import edit_metrics, job_dir, make_sweep, write_job, write_predictions
 
 # ---------------------------------------------------------------- the interval, by hand
 
@@ -36,6 +39,52 @@ def test_corrected_resampled_t_interval_by_hand():
     mean, low, high = naive_t_interval(diffs)
     assert mean == pytest.approx(0.15, abs=1e-12)
     assert (low, high) == (pytest.approx(0.01117775, abs=1e-6), pytest.approx(0.28882225, abs=1e-6))
+
+
+# 3 seeds x 5 folds of paired differences (arm minus baseline): each seed's five sum to 0.5
+REPEATED_DIFFS = {42: [0.10, 0.05, 0.15, 0.00, 0.20],
+                  43: [0.25, -0.05, 0.20, 0.00, 0.10],
+                  44: [-0.05, 0.10, 0.25, 0.05, 0.15]}
+
+
+def test_corrected_repeated_kfold_t_interval_by_hand():
+    """Bouckaert & Frank's corrected repeated k-fold t over n = k x r = 5 x 3 = 15 differences (REPEATED_DIFFS).
+    mean = (0.5 + 0.5 + 0.5) / 15 = 0.1; squared deviations from 0.1: seed 42: 0 + 0.0025 + 0.0025 + 0.01 + 0.01
+    = 0.025; seed 43: 0.0225 + 0.0225 + 0.01 + 0.01 + 0 = 0.065; seed 44: 0.0225 + 0 + 0.0225 + 0.0025 + 0.0025
+    = 0.05; sum 0.14; s^2 = 0.14 / 14 = 0.01, s = 0.1. n_test/n_train = 1/(k-1) = 1/4.
+    se = sqrt(1/15 + 1/4) * 0.1 = sqrt(19/60) * 0.1 = 0.0562731; t(0.975, 14 df) = 2.144787;
+    half width 0.1206939 -> [-0.0206939, +0.2206939] (contains 0). The wrong formulas give other numbers:
+    naive (se = s/sqrt(15) = 0.0258199) -> [+0.0446218, +0.1553782] (excludes 0); one run's formula with k
+    for n (se = sqrt(1/5 + 1/4) s = 0.0670820, t on 4 df = 2.776445) -> [-0.0862496, +0.2862496]; the 15
+    differences taken as the folds of one 15-fold run (ratio 1/14) -> [+0.0202972, +0.1797028]; the r = 3
+    repetitions taken as the folds (ratio 1/(3-1) = 1/2) -> [-0.0614537, +0.2614537]."""
+    diffs = [d for seed in (42, 43, 44) for d in REPEATED_DIFFS[seed]]
+    k, r = 5, 3
+    n = k * r
+    mean = (0.5 + 0.5 + 0.5) / 15
+    s = math.sqrt((0.025 + 0.065 + 0.05) / (n - 1))
+    assert s == pytest.approx(0.1, abs=1e-12)
+    t14, t4 = stats.t.ppf(0.975, n - 1), stats.t.ppf(0.975, k - 1)
+    assert (t14, t4) == (pytest.approx(2.144787, abs=1e-6), pytest.approx(2.776445, abs=1e-6))
+    half = t14 * math.sqrt(1 / 15 + 1 / 4) * s
+    expected = (mean - half, mean + half)
+    assert expected == (pytest.approx(-0.0206939, abs=1e-7), pytest.approx(0.2206939, abs=1e-7))
+
+    got_mean, low, high = corrected_resampled_t_interval(diffs, kfold_test_train_ratio(k))
+    assert got_mean == pytest.approx(mean, abs=1e-12)
+    assert (low, high) == (pytest.approx(expected[0], abs=1e-9), pytest.approx(expected[1], abs=1e-9))
+    wrong = {"naive t": t14 * s / math.sqrt(n),
+             "one run's formula, k for n": t4 * math.sqrt(1 / k + 1 / (k - 1)) * s,
+             "one run's formula, k for n, 14 df": t14 * math.sqrt(1 / k + 1 / (k - 1)) * s,
+             "15 differences as 15 folds": t14 * math.sqrt(1 / n + 1 / (n - 1)) * s,
+             "r repetitions as the folds": t14 * math.sqrt(1 / n + 1 / (r - 1)) * s,
+             "1/r for 1/n": t14 * math.sqrt(1 / r + 1 / (k - 1)) * s}
+    for name, wrong_half in wrong.items():
+        assert abs(wrong_half - half) > 0.01, name  # the example tells every one of them from the right one
+        assert high - mean != pytest.approx(wrong_half, abs=1e-4), name
+    naive = naive_t_interval(diffs)
+    assert naive[1:] == (pytest.approx(0.0446218, abs=1e-7), pytest.approx(0.1553782, abs=1e-7))
+    assert low < 0 < naive[1]  # only the naive interval would claim the arm is better
 
 
 def test_corrected_interval_at_another_confidence_and_k():
@@ -126,10 +175,11 @@ def test_collapsed_run_is_counted_and_listed(tmp_path):
     assert (table.drop(index=[("baseline", 0.05)]).collapsed == 0).all() and (table.collapse_checked == 3).all()
     assert pd.read_csv(sweep / "report.csv", dtype=str).collapsed.tolist() == ["1", "0", "0", "0"]  # counts, not 1.0
     markdown = files.markdown.read_text()
-    line = f"- job {job.name}: arm=baseline fraction=0.05 fold=1 predicts grade 0 for every test image (test QWK 0.300)"
+    line = (f"- job {job.name}: arm=baseline fraction=0.05 fold=1 seed=42 split_seed=42 predicts grade 0 for every "
+            "test image (test QWK 0.300)")
     assert markdown.index("## Collapsed: 1 finished job(s)") < markdown.index(line) < markdown.index("## Test QWK")
-    assert "| baseline | 5% | 3/3 | 0.257 (0.220 – 0.300) | 0.257 ± 0.040 | 1/3 |" in markdown
-    assert "| rotation | 5% | 3/3 | 0.313 (0.280 – 0.350) | 0.313 ± 0.035 | 0/3 |" in markdown
+    assert "| baseline | 5% | 3/3 | 0.257 (0.220 – 0.300) | 0.257 ± 0.040 | 0.040 | n/a (1 seed) | 1/3 |" in markdown
+    assert "| rotation | 5% | 3/3 | 0.313 (0.280 – 0.350) | 0.313 ± 0.035 | 0.035 | n/a (1 seed) | 0/3 |" in markdown
 
 
 def test_collapse_from_metrics_when_predictions_are_missing_else_unknown(tmp_path):
@@ -144,8 +194,9 @@ def test_collapse_from_metrics_when_predictions_are_missing_else_unknown(tmp_pat
     unchecked = table.loc[("rotation", 0.1)]
     assert unchecked.collapse_checked == 0 and pd.isna(unchecked.collapsed)
     markdown = files.markdown.read_text()
-    assert "| 0.257 ± 0.040 | 1/2 (1 unknown) |" in markdown and "| 0.443 ± 0.031 | unknown |" in markdown
-    assert "fraction=0.05 fold=0 predicts one grade for every test image" in markdown
+    assert "| 0.257 ± 0.040 | 0.040 | n/a (1 seed) | 1/2 (1 unknown) |" in markdown
+    assert "| 0.443 ± 0.031 | 0.031 | n/a (1 seed) | unknown |" in markdown
+    assert "fraction=0.05 fold=0 seed=42 split_seed=42 predicts one grade for every test image" in markdown
 
 
 NEW_KEYS = {"num_train": None, "labels/train": 10, "labels/val": 2, "labels/read": 12, "labels/available": 240,
@@ -161,7 +212,7 @@ def test_labels_read_and_training_budget_per_cell(tmp_path):
     assert (row.train_steps, row.train_epochs, row.best_step) == (150, 15, 120)  # NaN best step: mean of the others
     assert row.val_protocol == "within_fraction"
     markdown = files.markdown.read_text()
-    assert "## Labels read and training budget (mean over the finished folds)" in markdown
+    assert "## Labels read and training budget (mean over the finished runs)" in markdown
     assert "| rotation | 5% | 11 | 2 | 13 (5.4% of 240) | within_fraction | 150 | 120 | 15 |" in markdown
     assert "| baseline | 10% | 10 | 2 | 12 (5.0% of 240) | within_fraction | 150 | 120 | 15 |" in markdown
     assert "Optimistic" not in markdown
@@ -191,3 +242,75 @@ def test_fixed_validation_protocol_is_flagged_at_the_top(tmp_path):
     assert files.table.set_index(["arm", "label_fraction"]).loc[("rotation", 0.05), "val_protocol"] == "fixed"
 
 
+
+
+# ---------------------------------------------------------------- seeds as a sweep axis, through the report
+
+
+def baseline_qwk(fold: int, seed: int) -> float:
+    """Baseline test QWK that moves with fold and seed, so a pair across seeds would show a different difference."""
+    return 0.30 + 0.01 * fold + 0.05 * (seed - 42)
+
+
+def make_seed_sweep(root: Path) -> Path:
+    """experiment=paper seed=42,43,44 at one fraction: seed first in the sweeper params (slowest), arm last;
+    rotation = baseline + REPEATED_DIFFS[seed][fold]."""
+    sweep = root / "multiruns" / "2026-01-02_00-00-00_000000"
+    sweep.mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text(
+        "hydra:\n  sweeper:\n    params:\n      seed: 42,43,44\n      data.label_fraction: '0.1'\n"
+        "      data.fold: 0,1,2,3,4\n      arm: rotation,baseline\n  overrides:\n    task: [experiment=paper]\n")
+    jobs = [(seed, fold, arm) for seed in (42, 43, 44) for fold in range(5) for arm in ("rotation", "baseline")]
+    for num, (seed, fold, arm) in enumerate(jobs):
+        qwk = baseline_qwk(fold, seed) + (REPEATED_DIFFS[seed][fold] if arm == "rotation" else 0.0)
+        write_job(sweep, num, arm, 0.1, fold, qwk, chooser="arm", seed=seed)
+    return sweep
+
+
+def test_seed_sweep_pairs_by_split_seed_fold_and_seed_with_the_repeated_interval(tmp_path):
+    """15 pairs (5 folds x 3 seeds), the interval over all 15 with k = 5 (not over per-fold or per-seed means,
+    not with k = 15 or k = 3): the numbers of test_corrected_repeated_kfold_t_interval_by_hand."""
+    files = write_report(make_seed_sweep(tmp_path))
+    assert files.complete
+    paired = pd.read_csv(files.paired_csv)
+    assert len(paired) == 1
+    row = paired.iloc[0]
+    assert (row.pairs, row.folds, row.num_folds, row.repetitions, row.seeds, row.split_seeds) == (
+        15, "0,1,2,3,4", 5, 3, "42,43,44", 42)
+    half = stats.t.ppf(0.975, 14) * math.sqrt(1 / 15 + 1 / 4) * 0.1
+    assert row.diff_mean == pytest.approx(0.1, abs=1e-9)
+    assert (row.ci_low, row.ci_high) == (pytest.approx(0.1 - half, abs=1e-9), pytest.approx(0.1 + half, abs=1e-9))
+    naive_half = stats.t.ppf(0.975, 14) * 0.1 / math.sqrt(15)
+    assert (row.naive_ci_low, row.naive_ci_high) == (pytest.approx(0.1 - naive_half, abs=1e-9),
+                                                     pytest.approx(0.1 + naive_half, abs=1e-9))
+    markdown = files.markdown.read_text()
+    assert (f"| rotation | 10% | 15 | 0,1,2,3,4 | 3 (seed 42,43,44; split seed 42) | +0.100 | [{0.1 - half:+.3f}, "
+            f"{0.1 + half:+.3f}] | [{0.1 - naive_half:+.3f}, {0.1 + naive_half:+.3f}] |") in markdown
+    assert "corrected repeated k-fold t (Bouckaert & Frank, 2004)" in markdown
+    assert "sqrt(1/n + n_test/n_train) * s" in markdown and "t on n - 1 degrees of freedom" in markdown
+
+
+def test_seed_sweep_table_spread_over_folds_and_over_seeds(tmp_path):
+    """Per arm x fraction over all 15 runs: MIN / AVG / MAX / SD; SD over folds = mean over the seeds of the SD
+    across that seed's 5 folds; SD over seeds = SD across the seeds of each seed's mean over its folds."""
+    files = write_report(make_seed_sweep(tmp_path))
+    table = pd.read_csv(files.csv).set_index("arm")
+    for arm in ("baseline", "rotation"):
+        runs = {seed: [baseline_qwk(fold, seed) + (REPEATED_DIFFS[seed][fold] if arm == "rotation" else 0.0)
+                       for fold in range(5)] for seed in (42, 43, 44)}
+        every = [q for qwks in runs.values() for q in qwks]
+        row = table.loc[arm]
+        assert (row.runs_present, row.runs_expected, row.repetitions) == (15, 15, 3)
+        assert (row.qwk_min, row.qwk_avg, row.qwk_max) == pytest.approx((min(every), sum(every) / 15, max(every)))
+        assert row.qwk_std == pytest.approx(statistics.stdev(every))
+        assert row.qwk_sd_folds == pytest.approx(statistics.fmean(statistics.stdev(q) for q in runs.values()))
+        assert row.qwk_sd_seeds == pytest.approx(statistics.stdev(statistics.fmean(q) for q in runs.values()))
+    # baseline: each seed's folds are 0.30..0.34 (+0.05 per seed): SD over folds 0.01 * sqrt(2.5), seeds 0.05
+    assert table.loc["baseline", "qwk_sd_folds"] == pytest.approx(0.01 * math.sqrt(2.5))
+    assert table.loc["baseline", "qwk_sd_seeds"] == pytest.approx(0.05)
+    markdown = files.markdown.read_text()
+    std = statistics.stdev(baseline_qwk(fold, seed) for seed in (42, 43, 44) for fold in range(5))
+    row = f"| baseline | 10% | 15/15 | 0.370 (0.300 – 0.440) | 0.370 ± {std:.3f} | 0.016 | 0.050 | unknown |"
+    assert row in markdown
+    assert "SD over seeds: the sample SD, across the repetitions, of each repetition's mean over its folds" in markdown
+    assert "2 arms x 1 fractions x 5 folds x 3 seed(s) (42, 43, 44) x 1 split seed(s) (42) = 30" in markdown

@@ -1,0 +1,270 @@
+"""A sweep folder's jobs: who each one is, what it scored, and which expected jobs have no result.
+
+Why apart from ``ssl_dr.report``: the command writes the files; this is the reading, and the rule it
+enforces. A job is identified by arm x label fraction x fold x seed x split seed: ``seed`` (initialisation,
+augmentation, the pretext) and ``data.split_seed`` (the k-fold partition) are sweep axes like the others, so
+``experiment=paper_cpu seed=42,43,44`` repeats the whole table. Only two jobs equal in all five keys are
+refused (one cell cannot hold two results). Every expected job (the cartesian product of the values swept in
+``multirun.yaml`` and those the job configs name) without a finished result becomes a ``Gap``, named at the
+top of the report: a crashed or deleted job must never turn quietly into an average over fewer runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+
+import pandas as pd
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from ssl_dr.launch.resolvers import register_resolvers
+from ssl_dr.reporting import stats as report_stats
+from ssl_dr.reporting.stats import describe
+
+FINISHED, FAILED = "finished", "failed"
+# ssl_dr.training.predictions.PREDICTIONS_NAME, not imported: that pulls in Lightning
+PREDICTIONS = "test_predictions.csv"
+# what identifies a job (its name in metrics.json) -> the config key / sweep override key that sets it
+CONFIG_KEYS = {"arm": "arm", "label_fraction": "data.label_fraction", "fold": "data.fold", "seed": "seed",
+               "split_seed": "data.split_seed"}
+IDENTITY = tuple(CONFIG_KEYS)
+# overrides that choose the arm by a name (the `arm` and `experiment` config groups): name -> arm via job configs
+ARM_CHOOSERS = ("arm", "experiment")
+
+
+class ReportError(ValueError):
+    """The sweep folder cannot be reported on (missing, no jobs, a malformed file); the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Gap:
+    """An expected job (arm x fraction x fold x seed x split seed) without a finished result."""
+
+    kind: str  # MISSING (no job folder) | FAILED (job folder without a usable metrics.json)
+    arm: str
+    label_fraction: float
+    fold: int
+    seed: int
+    split_seed: int
+    reason: str
+
+    def __str__(self) -> str:
+        who = describe(self.arm, self.label_fraction, self.fold, self.seed, self.split_seed)
+        return f"{self.kind}: {who} ({self.reason})"
+
+
+@dataclass
+class SweepResults:
+    """Per-job rows (``job``, the IDENTITY keys, ``num_folds, choices, status, test_qwk, reason`` and the
+    ``report_stats.job_facts``), the expected value sets (the report covers their cartesian product), the
+    expected jobs without a result and the sweep's k (None when no job config names it)."""
+
+    sweep_dir: Path
+    jobs: pd.DataFrame
+    arms: list[str]
+    fractions: list[float]
+    folds: list[int]
+    seeds: list[int]
+    split_seeds: list[int]
+    gaps: list[Gap]
+    expected_from: str
+    num_folds: int | None = None
+
+    @property
+    def finished(self) -> pd.DataFrame:
+        return self.jobs[self.jobs.status == FINISHED]
+
+    @property
+    def runs_per_cell(self) -> int:
+        """Jobs expected per arm x fraction: one per fold, seed and split seed."""
+        return len(self.folds) * len(self.seeds) * len(self.split_seeds)
+
+
+# ---------------------------------------------------------------- one job folder
+
+
+def _fraction(value: object) -> float:
+    return round(float(value), 6)  # 0.1 from a config and "0.10" from multirun.yaml are one fraction
+
+
+def _job_dirs(sweep_dir: Path) -> list[Path]:
+    if not sweep_dir.is_dir():
+        raise ReportError(f"{sweep_dir}: no such folder; give a Hydra multirun folder "
+                          "(outputs/<arm>/multiruns/<stamp>)")
+    dirs = [d for d in sweep_dir.iterdir() if (d / ".hydra/config.yaml").is_file() or (d / "metrics.json").is_file()]
+    if not dirs:
+        hint = " (this is a single run's folder, not a sweep)" if (sweep_dir / ".hydra").is_dir() else ""
+        raise ReportError(f"{sweep_dir}: no job folders (<job>/.hydra/config.yaml or <job>/metrics.json){hint}; "
+                          "pass the multirun folder that holds the numbered job folders")
+    return sorted(dirs, key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name))
+
+
+def _read_metrics(path: Path) -> tuple[dict | None, str | None]:
+    """The job's metrics, or why there are none: a missing, unreadable or partial ``metrics.json`` makes the job
+    FAILED (named in the report) instead of ending the report."""
+    if not path.is_file():
+        return None, None
+    try:
+        metrics = json.loads(path.read_text())
+        metrics["test/qwk"] = float(metrics["test/qwk"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return None, (f"unreadable metrics.json ({type(err).__name__}: {err}); re-run the job (resume=last "
+                      "re-runs it) or delete its folder")
+    return metrics, None
+
+
+def _read_identity(job_dir: Path, metrics: dict | None) -> dict:
+    """The IDENTITY keys of a job from its Hydra config (there even if it crashed), else from metrics.json;
+    ``choices``: its overrides of ARM_CHOOSERS (``{"experiment": "rotation"}``); ``num_folds``: the k of its k-fold
+    split (``data.num_folds``; None without a config), which sizes the corrected interval."""
+    path, overrides = job_dir / ".hydra" / "config.yaml", job_dir / ".hydra" / "overrides.yaml"
+    try:
+        if path.is_file():
+            cfg = OmegaConf.load(path)
+            values = {name: OmegaConf.select(cfg, key) for name, key in CONFIG_KEYS.items()}
+            num_folds = OmegaConf.select(cfg, "data.num_folds")
+        else:
+            values, num_folds = {name: metrics.get(name) for name in CONFIG_KEYS}, None
+        if None in values.values():
+            raise KeyError(f"needs {', '.join(CONFIG_KEYS.values())}")
+        lines = OmegaConf.to_container(OmegaConf.load(overrides)) if overrides.is_file() else []
+        pairs = [line.split("=", 1) for line in lines if "=" in line]
+        return {"arm": str(values["arm"]), "label_fraction": _fraction(values["label_fraction"]),
+                **{name: int(values[name]) for name in ("fold", "seed", "split_seed")},
+                "num_folds": None if num_folds is None else int(num_folds),
+                "choices": {key.lstrip("+~"): value for key, value in pairs if key.lstrip("+~") in ARM_CHOOSERS}}
+    except Exception as err:  # yaml / omegaconf / conversion errors all mean: not a readable ssl_dr job
+        source = path if path.is_file() else job_dir / "metrics.json"
+        raise ReportError(f"{source}: cannot read the job's arm, fraction, fold, seed and split seed "
+                          f"({type(err).__name__}: {err}); is this an ssl_dr sweep? Delete the job folder to have "
+                          "it reported as missing") from None
+
+
+def _last_log_line(job_dir: Path) -> str | None:
+    logs = sorted(job_dir.glob("*.log"), key=lambda p: (p.name == "train.log", p.stat().st_mtime))
+    lines = [line.strip() for line in logs[-1].read_text(errors="replace").splitlines() if line.strip()] if logs else []
+    return lines[-1][:300] if lines else None
+
+
+def _read_job(job_dir: Path) -> dict:
+    metrics, unreadable = _read_metrics(job_dir / "metrics.json")
+    row = {"job": job_dir.name, **_read_identity(job_dir, metrics), "status": FAILED, "test_qwk": math.nan,
+           **report_stats.job_facts(metrics, job_dir / PREDICTIONS)}
+    if unreadable:
+        row["reason"] = unreadable
+    elif metrics is None:
+        row["reason"] = _last_log_line(job_dir) or "no metrics.json and no log: crashed early or still running"
+    elif not math.isfinite(metrics["test/qwk"]):
+        row["reason"] = f"test/qwk is {metrics['test/qwk']} in metrics.json"
+    else:
+        row.update(status=FINISHED, test_qwk=metrics["test/qwk"], reason="")
+    return row
+
+
+# ---------------------------------------------------------------- what the sweep expected
+
+
+def _swept_values(sweep_dir: Path) -> tuple[dict[str, list[str]], str]:
+    """Override key -> values, from multirun.yaml's ``hydra.sweeper.params`` and command-line overrides."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return {}, "job configs only: no multirun.yaml"
+    try:
+        cfg = OmegaConf.load(path)
+        params = _sweeper_params(OmegaConf.select(cfg, "hydra.sweeper.params") or OmegaConf.create({}))
+        overrides = [f"{key}={value}" for key, value in params.items()]
+        overrides += OmegaConf.to_container(OmegaConf.select(cfg, "hydra.overrides.task") or OmegaConf.create([]))
+    except Exception as err:  # an unreadable multirun.yaml only narrows what is expected
+        return {}, f"job configs only (multirun.yaml unreadable: {type(err).__name__})"
+    swept: dict[str, list[str]] = {}
+    parser = OverridesParser.create()
+    for text in overrides:  # later overrides win, as in Hydra (command line over sweeper params)
+        try:
+            override = parser.parse_override(text)
+            values = (list(override.sweep_string_iterator()) if override.is_sweep_override()
+                      else [str(override.value())])
+        except Exception:  # non-discrete sweeps (interval, glob) expect nothing specific
+            continue
+        swept[override.key_or_group] = values
+    return swept, "multirun.yaml sweep + job configs"
+
+
+def _sweeper_params(params: DictConfig) -> dict:
+    """``hydra.sweeper.params`` as the sweeper saw them: multirun.yaml keeps interpolations such as
+    ``arm: ${ssl_dr.sweep_values:${arms}}`` (experiment=paper) unresolved, so resolve them against the file."""
+    register_resolvers()
+    try:
+        return OmegaConf.to_container(params, resolve=True)
+    except Exception:  # an interpolation that needs the live run (e.g. ${hydra:...}): keep the text
+        return OmegaConf.to_container(params)
+
+
+def _converted(values: list[str], convert: Callable[[str], object]) -> set:
+    try:
+        return {convert(value) for value in values}
+    except ValueError:  # a swept value that is no number (an interpolation, ...) expects nothing specific
+        return set()
+
+
+def _expected(jobs: pd.DataFrame, swept: dict[str, list[str]]) -> dict[str, list]:
+    """IDENTITY key -> expected values: swept values UNION values seen in the job configs. A swept ``arm=<name>``
+    or ``experiment=<name>`` counts as the arm its jobs' configs name; with no job left to tell, as the arm
+    ``<name>``."""
+    to_arm = {(key, name): job.arm for job in jobs.itertuples() for key, name in job.choices.items()}
+    expected = {"arm": set(jobs.arm) | {to_arm.get((key, name), name) for key in ARM_CHOOSERS
+                                        for name in swept.get(key, [])}}
+    numbers = {"label_fraction": _fraction, "fold": int, "seed": int, "split_seed": int}
+    for name, convert in numbers.items():
+        expected[name] = set(jobs[name]) | _converted(swept.get(CONFIG_KEYS[name], []), convert)
+    return {name: sorted(expected[name]) for name in IDENTITY}
+
+
+def _check_unique(jobs: pd.DataFrame, sweep_dir: Path) -> None:
+    """Two jobs equal in every IDENTITY key would be one cell with two results: refuse, say which."""
+    dup = jobs[jobs.duplicated(list(IDENTITY), keep=False)]
+    if not dup.empty:
+        first = dup.iloc[0]
+        same = (dup[list(IDENTITY)] == first[list(IDENTITY)]).all(axis=1)
+        raise ReportError(f"{sweep_dir}: jobs {', '.join(dup[same].job)} are all "
+                          f"{describe(*(first[name] for name in IDENTITY))}; the report groups by arm x fraction x "
+                          "fold x seed x split seed, so give each swept setting its own arm (e.g. "
+                          "arm=rotation_lr1e-3)")
+
+
+def _num_folds(jobs: pd.DataFrame, sweep_dir: Path) -> int | None:
+    """The one k of the sweep's k-fold split: fold numbers of different splits are different test sets, so
+    pairing or averaging them would compare nothing."""
+    ks = sorted({int(k) for k in jobs.num_folds.dropna()})
+    if len(ks) > 1:
+        raise ReportError(f"{sweep_dir}: jobs use data.num_folds={', '.join(map(str, ks))}; folds of different "
+                          "splits cannot be paired or averaged, so report each k from a sweep of its own")
+    return ks[0] if ks else None
+
+
+def _gaps(jobs: pd.DataFrame, expected: dict[str, list]) -> list[Gap]:
+    by_key = {tuple(getattr(job, name) for name in IDENTITY): job for job in jobs.itertuples()}
+    gaps = []
+    for key in product(*(expected[name] for name in IDENTITY)):
+        job = by_key.get(key)
+        if job is None:
+            gaps.append(Gap("MISSING", *key, "no job folder"))
+        elif job.status != FINISHED:
+            gaps.append(Gap("FAILED", *key, f"job {job.job}: {job.reason}"))
+    return gaps
+
+
+def collect(sweep_dir: Path) -> SweepResults:
+    """Read every job of a Hydra multirun folder; list the expected jobs that have no finished result."""
+    sweep_dir = Path(sweep_dir)
+    jobs = pd.DataFrame([_read_job(job_dir) for job_dir in _job_dirs(sweep_dir)])
+    _check_unique(jobs, sweep_dir)
+    num_folds = _num_folds(jobs, sweep_dir)
+    swept, expected_from = _swept_values(sweep_dir)
+    expected = _expected(jobs, swept)
+    return SweepResults(sweep_dir, jobs, expected["arm"], expected["label_fraction"], expected["fold"],
+                        expected["seed"], expected["split_seed"], _gaps(jobs, expected), expected_from, num_folds)
