@@ -10,13 +10,16 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_dr.train import CONFIG_DIR
 
 FRACTIONS = "0.05,0.1,0.25,0.5,1.0"
 FOLDS = "0,1,2,3,4"
+SEEDS = "42,43,44"
 # keys of an experiment file that define its sweep, not the settings of a run
 SWEEP_KEYS = ("hydra", "sweep_name", "arms", "defaults")
 
@@ -133,13 +136,41 @@ def test_paper_cpu_runs_exactly_the_quick_start_config(arm):
 
 @pytest.mark.parametrize("overrides", [[], ["arms=[rotation,jigsaw,simclr,imagenet,baseline]"]])
 def test_paper_cpu_sweeps_what_paper_sweeps(overrides):
-    """paper_cpu repeats paper.yaml's sweep (it does not include paper.yaml): same mode, arms, fractions and
-    folds, in its own output folder."""
+    """paper_cpu repeats paper.yaml's sweep (it does not include paper.yaml): same mode, axes in the same order,
+    arms, fractions and folds, in its own output folder; only the seeds differ: paper_cpu runs 3, paper the
+    first of them (the run's default seed), and ``seed=42,43,44`` widens paper to paper_cpu's."""
     paper = _compose("experiment=paper", *overrides, hydra=True)
     cpu = _compose("experiment=paper_cpu", *overrides, hydra=True)
     assert cpu.hydra.mode == paper.hydra.mode
-    assert OmegaConf.to_container(cpu.hydra.sweeper.params) == OmegaConf.to_container(paper.hydra.sweeper.params)
+    cpu_params, paper_params = (OmegaConf.to_container(c.hydra.sweeper.params) for c in (cpu, paper))
+    assert list(cpu_params) == list(paper_params) == ["seed", "data.label_fraction", "data.fold", "arm"]
+    assert {k: v for k, v in cpu_params.items() if k != "seed"} == {k: v for k, v in paper_params.items()
+                                                                    if k != "seed"}
+    assert (cpu_params["seed"], paper_params["seed"]) == (SEEDS, "42") and paper.seed == cpu.seed == 42
     assert cpu.hydra.sweeper.params["data.label_fraction"] == FRACTIONS
     assert cpu.hydra.sweeper.params["data.fold"] == FOLDS
     assert list(cpu.arms) == list(paper.arms)
     assert (paper.sweep_name, cpu.sweep_name) == ("paper", "paper_cpu")
+    assert _jobs("experiment=paper", *overrides, sweeps=("seed=" + SEEDS,)) == _jobs("experiment=paper_cpu", *overrides)
+
+
+def _jobs(*overrides: str, sweeps: tuple[str, ...] = ()) -> list[list[str]]:
+    """The jobs Hydra's basic sweeper launches, in order: the sweeper params, then the command line's ``sweeps``
+    (a key given on both keeps the params' place and takes the command line's values)."""
+    params = OmegaConf.to_container(_compose(*overrides, hydra=True).hydra.sweeper.params, resolve=True)
+    parsed = OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()] + [*sweeps])
+    (batch,) = BasicSweeper.split_arguments(parsed, None)
+    return batch
+
+
+def test_paper_cpu_runs_3_seeds_slowest_and_arm_fastest():
+    """150 jobs: the first seed's complete table (50 jobs) first; within it the arms of one fraction and fold
+    back to back. experiment=paper alone: the same first 50 jobs."""
+    jobs = _jobs("experiment=paper_cpu")
+    assert len(jobs) == 3 * 5 * 5 * 2
+    assert jobs[:3] == [["seed=42", "data.label_fraction=0.05", "data.fold=0", "arm=rotation"],
+                        ["seed=42", "data.label_fraction=0.05", "data.fold=0", "arm=baseline"],
+                        ["seed=42", "data.label_fraction=0.05", "data.fold=1", "arm=rotation"]]
+    assert [job[0] for job in jobs] == ["seed=42"] * 50 + ["seed=43"] * 50 + ["seed=44"] * 50
+    assert _jobs("experiment=paper") == jobs[:50]
+    assert [job[0] for job in _jobs("experiment=paper_cpu", sweeps=("seed=0,1",))] == ["seed=0"] * 50 + ["seed=1"] * 50
