@@ -13,11 +13,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first, from pyproject.toml alone, so editing the code does not reinstall them. The base
-# image's torch/torchvision satisfy the ranges and are kept (no second multi-GB torch download).
+# Dependencies first, from the lock (the versions the README's numbers were measured with), so editing the
+# code does not reinstall them. The lock's torch stack (torch, torchvision, triton, the nvidia-*/cuda-* wheels)
+# is left out: the base image's torch/torchvision are built for its CUDA and satisfy pyproject's ranges (no
+# second multi-GB torch); environment.json in every run folder records which torch ran.
 COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
+COPY requirements/cpu.lock ./requirements/cpu.lock
+RUN grep -vE '^(torch|torchvision|triton)==|^(nvidia|cuda)-' requirements/cpu.lock > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
