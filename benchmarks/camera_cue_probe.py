@@ -96,7 +96,7 @@ def pretext_accuracy(module: PretextModule, cache: ImageCache, train: Sequence[R
         mean, std = module.backbone.normalization()
         transforms = (build_transform("pretext", cache.size, mean, std, AugmentConfig(), seed),
                       build_transform("eval", cache.size, mean, std, AugmentConfig(), seed))
-    data = FundusDataModule(train, val, with_grades=False, batch_size=batch_size, cache=cache,
+    data = FundusDataModule(train, val, with_grades=False, batch_size=batch_size, seed=seed, cache=cache,
                             train_transform=transforms[0], eval_transform=transforms[1])
     accuracy = _EpochAccuracy(label)
     trainer = Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,

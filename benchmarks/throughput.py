@@ -236,7 +236,7 @@ def end_to_end(args: argparse.Namespace, cfg, device: torch.device, root: Path) 
         graded = phase == "fine-tune"
         module = (instantiate(cfg.model.classifier, backbone=backbone, inference={}, freeze_steps=0) if graded
                   else build_pretext(cfg, backbone))
-        data = FundusDataModule(records, records[:1], with_grades=graded, batch_size=args.batch,
+        data = FundusDataModule(records, records[:1], with_grades=graded, batch_size=args.batch, seed=cfg.seed,
                                 num_workers=cfg.data.num_workers, cache=cache, **transforms)
         timer = StepTimer(args.e2e_warmup, args.e2e_steps, device)
         timer.marks["fit"] = time.perf_counter()

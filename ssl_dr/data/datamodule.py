@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from ssl_dr.data.cache import ImageCache
 from ssl_dr.data.datasets import FundusDataset
 from ssl_dr.data.records import DataError, Record
+from ssl_dr.data.sampling import EpochShuffleSampler, ResumableLoader, loader_generator
 
 AUTO = "auto"
 CPU_WORKERS = 0
@@ -72,21 +73,26 @@ def loader_settings(num_workers: int | str, on_gpu: bool, processes: int, cpus: 
 
 
 class FundusDataModule(L.LightningDataModule):
-    """Train/val(/test) loaders over record lists."""
+    """Train/val(/test) loaders over record lists.
+
+    The training order and augmentations come from ``seed`` alone (``ssl_dr.data.sampling``), and the training
+    loader saves its position in the epoch in checkpoints: a resumed run trains on the same batches as an
+    uninterrupted one."""
 
     def __init__(self, train: Sequence[Record], val: Sequence[Record], test: Sequence[Record] = (), *,
                  train_transform: Callable, eval_transform: Callable, with_grades: bool,
-                 batch_size: int, num_workers: int | str = 0, cache: ImageCache | None = None) -> None:
+                 batch_size: int, seed: int, num_workers: int | str = 0, cache: ImageCache | None = None) -> None:
         super().__init__()
         if not train:
             raise ValueError("the training set is empty")
         self.datasets = {
-            "train": FundusDataset(train, train_transform, with_grades, cache, random=True),
+            "train": FundusDataset(train, train_transform, with_grades, cache),
             "val": FundusDataset(val, eval_transform, with_grades, cache),
             "test": FundusDataset(test, eval_transform, with_grades, cache),
         }
         resolve_num_workers(num_workers, on_gpu=False, processes=1)  # a bad value fails here, before any fit
         self.batch_size = batch_size
+        self.seed = seed
         self.num_workers = num_workers
 
     def loader_settings(self) -> dict[str, Any]:
@@ -97,20 +103,37 @@ class FundusDataModule(L.LightningDataModule):
         return loader_settings(self.num_workers, self.trainer.strategy.root_device.type == "cuda",
                                self.trainer.num_devices)
 
-    def _loader(self, stage: str, shuffle: bool) -> DataLoader:
-        dataset = self.datasets[stage]
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle,
-                          sampler=None if shuffle else _evaluation_sampler(dataset),
-                          drop_last=shuffle and len(dataset) > self.batch_size, **self.loader_settings())
+    def _batches_done(self) -> int:
+        """Batches of the current epoch the attached trainer has trained on (what a checkpoint must record)."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        dataset = self.datasets["train"]
+        replicas, rank = _replicas()
+        sampler = EpochShuffleSampler(dataset, self.seed, num_replicas=replicas, rank=rank)
+        loader = ResumableLoader(dataset, batch_size=self.batch_size, sampler=sampler,
+                                 drop_last=len(sampler) > self.batch_size, generator=loader_generator(self.seed),
+                                 **self.loader_settings())
+        loader.batches_done = self._batches_done
+        return loader
+
+    def _evaluation_loader(self, stage: str) -> DataLoader:
+        dataset = self.datasets[stage]
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, sampler=_evaluation_sampler(dataset),
+                          generator=loader_generator(self.seed), **self.loader_settings())
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._evaluation_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._evaluation_loader("test")
+
+
+def _replicas() -> tuple[int, int]:
+    """(world size, rank) under DDP, else (1, 0)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
 
 
 def _evaluation_sampler(dataset: FundusDataset) -> UnrepeatedDistributedSampler | None:
@@ -121,7 +144,7 @@ def _evaluation_sampler(dataset: FundusDataset) -> UnrepeatedDistributedSampler 
     r, r + W, r + 2W, ... (shards may differ by one image); Lightning keeps a user-given
     ``DistributedSampler`` as it is. ``None`` (plain sequential order) outside DDP.
     """
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    replicas, rank = _replicas()
+    if replicas == 1:
         return None
-    return UnrepeatedDistributedSampler(dataset, num_replicas=torch.distributed.get_world_size(),
-                                        rank=torch.distributed.get_rank(), shuffle=False)
+    return UnrepeatedDistributedSampler(dataset, num_replicas=replicas, rank=rank, shuffle=False)

@@ -23,22 +23,24 @@ class FundusDataset(Dataset):
     """
 
     def __init__(self, records: Sequence[Record], transform: Callable, with_grades: bool = True,
-                 cache: ImageCache | None = None, random: bool = False) -> None:
+                 cache: ImageCache | None = None) -> None:
         if with_grades and any(r.grade is None for r in records):
             raise ValueError("a graded dataset was given unlabelled records")
         self.records = list(records)
         self.transform = transform
         self.with_grades = with_grades
         self.cache = cache
-        self.random = random
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int | tuple[int, int]) -> torch.Tensor | tuple[torch.Tensor, int]:
+        """``index``, or ``(index, augmentation seed)`` from ``EpochShuffleSampler``: the seed makes the sample's
+        augmentation a function of its place in training alone (reproducible, and exact after a resume)."""
+        if isinstance(index, tuple):
+            index, seed = index
+            self.transform.set_random_seed(seed)
         rec = self.records[index]
         pixels = self.cache.image(rec.id_code) if self.cache is not None else read_rgb(rec.path)
-        if self.random:  # augmentation randomness drawn from torch's generator: reproducible and resumable
-            self.transform.set_random_seed(int(torch.randint(2**31 - 1, ()).item()))
         image = self.transform(image=pixels)["image"]
         return (image, rec.grade) if self.with_grades else image

@@ -196,7 +196,7 @@ def _train_pretext(cfg: DictConfig, pool: list[Record], cache: ImageCache, out_d
     train = [pool[i] for i in order[n_val:]]
     backbone: Backbone = instantiate(cfg.model.backbone)
     module = build_pretext(cfg, backbone)
-    datamodule = FundusDataModule(train, val, with_grades=False, batch_size=cfg.pretext.batch_size,
+    datamodule = FundusDataModule(train, val, with_grades=False, batch_size=cfg.pretext.batch_size, seed=cfg.seed,
                                   num_workers=cfg.data.num_workers, cache=cache,
                                   **_transforms(cfg, backbone, cfg.pretext.transform))
     started = time.time()
@@ -228,7 +228,7 @@ def finetune(cfg: DictConfig, train: list[Record], val: list[Record], test: list
                  "preprocess": OmegaConf.to_container(cfg.data.preprocess, resolve=True)}
     module = instantiate(cfg.model.classifier, backbone=backbone, inference=inference,
                          freeze_steps=freeze_steps(cfg))
-    datamodule = FundusDataModule(train, val, test, with_grades=True, batch_size=cfg.data.batch_size,
+    datamodule = FundusDataModule(train, val, test, with_grades=True, batch_size=cfg.data.batch_size, seed=cfg.seed,
                                   num_workers=cfg.data.num_workers, cache=cache,
                                   **_transforms(cfg, backbone, "finetune"))
     run_name = f"{cfg.arm}-frac{cfg.data.label_fraction}-fold{cfg.data.fold}"

@@ -62,7 +62,7 @@ def _datamodule(tmp_path: Path, num_workers) -> FundusDataModule:
         records.append(Record(f"eye{i}", path, i % 2))
     transform = build_transform("eval", 16, (0.5,) * 3, (0.5,) * 3, AugmentConfig(), seed=0)
     return FundusDataModule(records, records[:2], train_transform=transform, eval_transform=transform,
-                            with_grades=True, batch_size=2, num_workers=num_workers)
+                            with_grades=True, batch_size=2, seed=0, num_workers=num_workers)
 
 
 def test_the_data_module_resolves_auto_from_its_trainer(tmp_path):

@@ -103,3 +103,79 @@ def test_fresh_runs_get_microsecond_folders_and_finished_runs_are_never_reused(t
         run_dir(str(done), str(tmp_path), "x", ["experiment=baseline", f"resume={done}"])
     with pytest.raises(ValueError, match="no unfinished run"):
         run_dir("last", str(tmp_path), "x", ["experiment=baseline", "resume=last"])
+
+
+# A realistic fine-tune (issue 19): the default 200-step budget validated every 20 steps, a label fraction
+# below 1, and epochs of 7 batches (63 training images at 50 %, batch 8), so most saved checkpoints fall
+# mid-epoch (step 60: 8 epochs + 4 batches) and one on an epoch boundary (step 140). The old resume test
+# killed a 4-step run whose epochs were 2 batches long and passed while a run like this one resumed to
+# another test/qwk (0.637 vs 0.558).
+REALISTIC = ("experiment=baseline", "data.source.num_labelled=200", "data.source.num_unlabelled=0",
+             "data.source.image_size=32", "data.image_size=32", "data.batch_size=8", "data.label_fraction=0.5",
+             "trainer.max_steps=200", "trainer.val_check_interval=20", "logger=csv")
+VOLATILE = ("output_dir", "folds_file", "pretext/seconds")
+"""metrics.json values that name the run's folder or time it, not its result."""
+
+
+def _realistic(*overrides: str) -> list[str]:
+    return [sys.executable, "-m", "ssl_dr.train", *REALISTIC, *overrides]
+
+
+def _kill_after_checkpoints(cwd: Path, count: int, *overrides: str) -> dict:
+    """Run, SIGKILL after the ``count``-th new ``last.ckpt`` plus a moment of training past it; return the
+    fine-tune loop's progress recorded in that checkpoint."""
+    import torch
+
+    process = subprocess.Popen(_realistic(*overrides), cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pattern = "outputs/*/runs/*/checkpoints/last.ckpt"
+    before = {p.stat().st_mtime_ns for p in cwd.glob(pattern)}
+    seen: set[int] = set()
+    deadline = time.time() + 600
+    while len(seen) < count:
+        assert process.poll() is None, "training ended before it could be killed"
+        assert time.time() < deadline
+        for path in cwd.glob(pattern):
+            try:
+                stamp = path.stat().st_mtime_ns
+            except FileNotFoundError:
+                continue
+            if stamp not in before:
+                seen.add(stamp)
+        time.sleep(0.01)
+    time.sleep(0.5)  # killed between checkpoints: the steps after the last one are lost and redone
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    (last,) = cwd.glob(pattern)
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    return {"step": state["global_step"],
+            "in_epoch": state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"]}
+
+
+@pytest.mark.slow
+def test_realistic_run_killed_mid_epoch_and_at_an_epoch_boundary_resumes_exactly(tmp_path):
+    fresh, killed = tmp_path / "a", tmp_path / "b"
+    fresh.mkdir()
+    killed.mkdir()
+    reference = subprocess.run(_realistic(), cwd=fresh, capture_output=True, text=True, timeout=900)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    (metrics_path,) = fresh.glob("outputs/*/runs/*/metrics.json")
+    expected = json.loads(metrics_path.read_text())
+    per_epoch = expected["num_train"] // 8
+    boundary = next(step for step in range(80, 200, 20) if step % per_epoch == 0)  # 140 for 7 batches an epoch
+    assert expected["train/steps"] == 200 and 60 % per_epoch != 0
+
+    first = _kill_after_checkpoints(killed, 3)  # killed past step 60, mid-epoch
+    assert (first["step"], first["in_epoch"]) == (60, 60 % per_epoch)
+    second = _kill_after_checkpoints(killed, (boundary - 60) // 20, "resume=last")  # past an epoch's end
+    assert second["step"] == boundary and second["in_epoch"] in (0, per_epoch)
+    resumed = subprocess.run(_realistic("resume=last"), cwd=killed, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    (run_dir,) = (killed / "outputs" / "baseline" / "runs").iterdir()
+    got = json.loads((run_dir / "metrics.json").read_text())
+    assert {k for k in got if k not in VOLATILE} == {k for k in expected if k not in VOLATILE}
+    for key, value in expected.items():
+        if key not in VOLATILE:
+            assert got[key] == value, key  # every metric, bit for bit
+    predictions = [(d / "test_predictions.csv").read_text() for d in (metrics_path.parent, run_dir)]
+    assert predictions[0] == predictions[1]
