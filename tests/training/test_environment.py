@@ -27,8 +27,9 @@ from ssl_dr.training.environment import (
 
 
 def test_description_names_the_installed_stack_and_this_machine(monkeypatch):
+    for name in environment.THREAD_VARIABLES:  # a deterministic trainer in an earlier test sets CUBLAS_...
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     cfg = OmegaConf.create({"trainer": {"deterministic": True, "precision": "bf16-mixed"}})
     env = json.loads(json.dumps(describe_environment(cfg)))  # JSON-ready as it is
     assert {"python", "packages", "code", "platform", "cpu", "torch", "trainer", "variables", "gpu",
