@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from ssl_dr.reporting import stats as report_stats
+from ssl_dr.reporting.environments import environment_lines
 from ssl_dr.reporting.jobs import Gap, ReportError, SweepResults, collect
 
 PAPER_ROTATION_AVG: dict[float, float] = {0.05: 0.294, 0.10: 0.432, 0.25: 0.575, 0.50: 0.680, 1.00: 0.725}
@@ -61,6 +62,9 @@ def to_markdown(results: SweepResults, table: pd.DataFrame, paired: pd.DataFrame
     lines = [f"# Sweep report: {results.sweep_dir.name}", "", f"Sweep folder: `{results.sweep_dir}`  ",
              f"Expected jobs ({results.expected_from}): {_expected_jobs(results, len(table))}", "",
              *report_stats.fixed_val_warning(results.jobs)]
+    # where the numbers were measured, and a warning when one sweep's jobs ran on different stacks
+    environments = environment_lines(results.sweep_dir / job for job in results.finished.job)
+    lines += [*environments, ""] if environments else []
     if results.gaps:
         lines += [f"## Incomplete: {len(results.gaps)} expected job(s) have no result", "",
                   "The numbers below use only the runs that finished (see the runs column).", "",

@@ -366,3 +366,17 @@ def test_predictions_file_name_is_the_one_training_writes():
     from ssl_dr.training.predictions import PREDICTIONS_NAME
 
     assert PREDICTIONS == PREDICTIONS_NAME
+
+
+def test_report_names_the_jobs_environments_and_warns_when_a_sweep_mixes_them(tmp_path):
+    from tests.reporting.test_environments import HERE, THERE
+
+    sweep = make_sweep(tmp_path)
+    jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
+    for job in jobs:
+        (job / "environment.json").write_text(json.dumps(HERE))
+    report = write_report(sweep).markdown.read_text()
+    assert f"- {HERE['summary']} ({len(jobs)} jobs" in report and "WARNING: this sweep mixes" not in report
+    (jobs[0] / "environment.json").write_text(json.dumps(THERE))
+    report = write_report(sweep).markdown.read_text()
+    assert "WARNING: this sweep mixes 2 environments" in report and "packages.torch" in report
