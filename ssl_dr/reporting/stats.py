@@ -153,8 +153,18 @@ def _spreads(finished: pd.DataFrame) -> pd.DataFrame:
     over its folds (how far the cross-validated estimate itself moves with the seed; NaN with one)."""
     per_repetition = finished.groupby(["arm", "label_fraction", *REPETITION]).test_qwk.agg(["mean", "std"])
     cells = per_repetition.groupby(level=["arm", "label_fraction"])
-    return pd.concat([cells.size().rename("repetitions"), cells["std"].mean().rename("qwk_sd_folds"),
-                      cells["mean"].std().rename("qwk_sd_seeds")], axis=1)
+    seeds = cells["mean"].std().rename("qwk_sd_seeds")  # the cells' index, values replaced below
+    for cell, jobs in finished.groupby(["arm", "label_fraction"]):
+        seeds[cell] = _seed_spread(jobs)
+    return pd.concat([cells.size().rename("repetitions"), cells["std"].mean().rename("qwk_sd_folds"), seeds], axis=1)
+
+
+def _seed_spread(cell: pd.DataFrame) -> float:
+    """SD across the repetitions of their means over the folds that EVERY repetition of the cell has: in a
+    sweep stopped midway a repetition with one fold done would otherwise enter with that one fold's QWK as its
+    "mean" and the spread would measure the folds, not the seeds."""
+    grid = cell.pivot_table(index=REPETITION, columns="fold", values="test_qwk").dropna(axis=1)
+    return float(grid.mean(axis=1).std()) if grid.shape[1] else math.nan
 
 
 def summarise(finished: pd.DataFrame, arms: list[str], fractions: list[float], runs_expected: int) -> pd.DataFrame:
@@ -249,7 +259,8 @@ def qwk_md(table: pd.DataFrame) -> list[str]:
             "(one whole k-fold cross-validation). mean ± SD: over all runs. SD over folds: the sample SD across "
             "the folds of one repetition, averaged over the repetitions. SD over seeds: the sample SD, across the "
             "repetitions, of each repetition's mean over its folds (how far the cross-validated estimate moves "
-            "with the seed). collapsed: finished runs that predict a single grade / runs whose test predictions "
+            "with the seed; in an incomplete sweep over the folds that every repetition has). collapsed: finished "
+            "runs that predict a single grade / runs whose test predictions "
             "were read.", "",
             *_md_table(["arm", "labels", "runs", "AVG (MIN – MAX)", "mean ± SD", "SD over folds", "SD over seeds",
                         "collapsed"], rows)]

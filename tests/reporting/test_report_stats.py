@@ -3,6 +3,7 @@ read, budget), and how those facts land per arm x fraction in report.csv / repor
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import statistics
@@ -314,3 +315,17 @@ def test_seed_sweep_table_spread_over_folds_and_over_seeds(tmp_path):
     assert row in markdown
     assert "SD over seeds: the sample SD, across the repetitions, of each repetition's mean over its folds" in markdown
     assert "2 arms x 1 fractions x 5 folds x 3 seed(s) (42, 43, 44) x 1 split seed(s) (42) = 30" in markdown
+
+
+def test_spread_over_seeds_uses_only_the_folds_every_seed_has(tmp_path):
+    """A sweep stopped midway: seed 44 has finished fold 0 only. Its 'mean' must not be that one fold's QWK
+    against the others' 5-fold means: the spread over seeds is taken over fold 0, the fold all seeds share."""
+    sweep = make_seed_sweep(tmp_path)
+    for job in sweep.glob("*/metrics.json"):
+        metrics = json.loads(job.read_text())
+        if metrics["seed"] == 44 and metrics["fold"] != 0:
+            job.unlink()
+    table = pd.read_csv(write_report(sweep).csv).set_index("arm")
+    fold0 = [baseline_qwk(0, seed) for seed in (42, 43, 44)]
+    assert table.loc["baseline", "qwk_sd_seeds"] == pytest.approx(statistics.stdev(fold0))
+    assert table.loc["baseline", "repetitions"] == 3
