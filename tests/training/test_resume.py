@@ -17,7 +17,14 @@ from tests.conftest import REPO, TINY
 
 pytestmark = pytest.mark.e2e  # end to end: the `e2e` tier (.ci/run), not the default run
 
-COMPARED = ("test/qwk", "test/acc", "test/loss", "val/qwk_best", "pretext/val_acc", "pretext/val_loss", "num_train")
+COMPARED = ("test/qwk", "test/acc", "val/qwk_best", "pretext/val_acc", "num_train")
+"""Compared exactly: what the run decides and reports as its result."""
+LOSSES = ("test/loss", "pretext/val_loss")
+"""Compared to 1e-4 relative in the toy tests below. Once in CI an *uninterrupted* toy run (not the resumed
+one, which matched this machine to the last bit) gave test/loss 1.5684668 instead of 1.5684471 with every
+other value equal; here 10 uninterrupted and 5 resumed runs all gave 1.5684471 (alone, 4 at once, 8 threads on 2
+cores): float-level noise of that machine, not a resume effect. Bit-for-bit equality after a resume is
+asserted by the realistic test at the end of this file, on every value of metrics.json."""
 
 
 def _command(*overrides: str) -> list[str]:
@@ -46,6 +53,10 @@ def _kill_when(cwd: Path, pattern: str, *overrides: str) -> None:
 def _same(a: dict, b: dict) -> None:
     for key in COMPARED:
         assert a.get(key) == pytest.approx(b.get(key), abs=0), key
+    for key in LOSSES:
+        assert (a.get(key) is None) == (b.get(key) is None), key
+        if a.get(key) is not None:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=0), key
 
 
 @pytest.mark.parametrize(("experiment", "checkpoint"), [
