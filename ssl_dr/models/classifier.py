@@ -30,13 +30,13 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassCohenKappa
 from ssl_dr.data.records import NUM_GRADES
 from ssl_dr.models.backbone import Backbone
 from ssl_dr.models.heads import DEFAULT_THRESHOLDS, RegressionHead, build_head, cut, tune_thresholds
-from ssl_dr.models.metrics import KaggleKappa
+from ssl_dr.models.metrics import KaggleKappa, ReferableAUROC
 from ssl_dr.models.optim import check_lr_scaling, configure_optimizers
 from ssl_dr.training.ranks import gather_from_ranks
 
 
 class DRClassifier(L.LightningModule):
-    """Grades 0-4 from a fundus image; logs ``{val,test}/{loss,acc,qwk,qwk_kaggle}`` (and, for the
+    """Grades 0-4 from a fundus image; logs ``{val,test}/{loss,acc,qwk,qwk_kaggle,auroc_referable}`` (and, for the
     regression head, ``val/qwk_rounded``: QWK with the untuned cut points 0.5, 1.5, 2.5, 3.5)."""
 
     def __init__(self, backbone: Backbone, optimizer: partial | None = None, scheduler: partial | None = None,
@@ -57,6 +57,7 @@ class DRClassifier(L.LightningModule):
         self.qwk = nn.ModuleDict({s: MulticlassCohenKappa(NUM_GRADES, weights="quadratic") for s in ("val", "test")})
         self.acc = nn.ModuleDict({s: MulticlassAccuracy(NUM_GRADES, average="micro") for s in ("val", "test")})
         self.qwk_kaggle = nn.ModuleDict({s: KaggleKappa() for s in ("val", "test")})
+        self.auroc_referable = nn.ModuleDict({s: ReferableAUROC() for s in ("val", "test")})
         if self.tunes_thresholds:
             self.qwk_rounded = MulticlassCohenKappa(NUM_GRADES, weights="quadratic")
         self._val_scores: list[torch.Tensor] = []
@@ -118,6 +119,8 @@ class DRClassifier(L.LightningModule):
         self.log(f"{stage}/qwk", self.qwk[stage], prog_bar=True, on_epoch=True)
         self.log(f"{stage}/acc", self.acc[stage], on_epoch=True)
         self.log(f"{stage}/qwk_kaggle", self.qwk_kaggle[stage], on_epoch=True)
+        self.auroc_referable[stage](self.grading.referable(activated), grades)
+        self.log(f"{stage}/auroc_referable", self.auroc_referable[stage], on_epoch=True)
 
     def _prediction(self, activated: torch.Tensor) -> dict[str, torch.Tensor]:
         """``preds`` (B,) decoded grades; ``probs`` (B, 5) where the head has grade probabilities; ``score``

@@ -70,6 +70,11 @@ class GradeHead(nn.Module, ABC):
         """``(B, 5)`` P(grade >= k), k = 0..4, in the paper's ``qw_kappa_kaggle`` layout (column 0 is 1)."""
 
     @abstractmethod
+    def referable(self, activated: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` a score that ranks images by how likely they are referable (grade >= 2, the screening
+        decision): what ``{val,test}/auroc_referable`` reads. Only its order matters."""
+
+    @abstractmethod
     def evidence(self, outputs: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
         """``(B,)`` the scalar whose gradient Grad-CAM follows to show the evidence for ``grades``."""
 
@@ -103,6 +108,10 @@ class ClassificationHead(GradeHead):
         paper's ``> 0.5`` decoding of it is the median grade, which can differ from our argmax."""
         above = activated.flip(dims=(1,)).cumsum(dim=1).flip(dims=(1,))
         return torch.cat([torch.ones_like(above[:, :1]), above[:, 1:]], dim=1)
+
+    def referable(self, activated: torch.Tensor) -> torch.Tensor:
+        """P(grade >= 2): the softmax mass of grades 2..4."""
+        return activated[:, 2:].sum(dim=1)
 
     def evidence(self, outputs: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
         """The grade's logit (standard Grad-CAM)."""
@@ -152,6 +161,10 @@ class OrdinalHead(GradeHead):
     def cumulative(self, activated: torch.Tensor) -> torch.Tensor:
         """[1, sigmoid_1..sigmoid_4] as they are: the paper's decoding of it gives exactly ``decode``."""
         return torch.cat([torch.ones_like(activated[:, :1]), activated], dim=1)
+
+    def referable(self, activated: torch.Tensor) -> torch.Tensor:
+        """The threshold sigmoid of "grade >= 2"."""
+        return activated[:, 1]
 
     def evidence(self, outputs: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
         """Grade g >= 1: the logit of "grade >= g", the decision that lifts an image to g; grade 0: minus the
@@ -207,6 +220,11 @@ class RegressionHead(GradeHead):
         """The decoded grade g as g + 1 leading ones (the paper's label layout): it decodes back to g."""
         grades = self.decode(activated)
         return (torch.arange(NUM_GRADES, device=grades.device)[None, :] <= grades[:, None]).float()
+
+    def referable(self, activated: torch.Tensor) -> torch.Tensor:
+        """The continuous grade itself: a higher score ranks an image as more likely referable, whatever the
+        tuned cut points (the decoded grade would tie most images and waste the ranking)."""
+        return activated
 
     def evidence(self, outputs: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
         """The score for grades >= 1 (what raised it), minus the score for grade 0 (what kept it low): one

@@ -4,6 +4,8 @@ Our ``{val,test}/qwk`` is torchmetrics' ``MulticlassCohenKappa(weights="quadrati
 grades: every image counts. The paper's code (HealthML/self-supervised-3d-tasks) scored the retina task
 with ``qw_kappa_kaggle`` instead, which can leave images out without saying so (see ``qw_kappa_kaggle``);
 ``{val,test}/qwk_kaggle`` logs that variant next to ours so numbers can be compared with the paper's.
+``{val,test}/auroc_referable`` (``ReferableAUROC``) scores the screening decision, grade >= 2, as the DR
+screening literature reports it.
 ``quadratic_weighted_kappa`` is a small numpy QWK for hot loops (regression threshold tuning), where
 sklearn's input validation would cost more than the kappa itself.
 """
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 from sklearn.metrics import cohen_kappa_score
 from torchmetrics import Metric
+from torchmetrics.classification import BinaryAUROC
 from torchmetrics.utilities import dim_zero_cat
 
 from ssl_dr.data.records import NUM_GRADES
@@ -100,3 +103,26 @@ class KaggleKappa(Metric):
         grades = dim_zero_cat(self.grades).cpu().numpy()
         cumulative = dim_zero_cat(self.cumulative).cpu().numpy()
         return torch.tensor(qw_kappa_kaggle(kaggle_cumulative(grades), cumulative), dtype=torch.float32)
+
+
+REFERABLE_GRADE = 2
+"""Referable diabetic retinopathy: moderate non-proliferative or worse (grade >= 2), the screening decision."""
+
+
+class ReferableAUROC(BinaryAUROC):
+    """AUROC of referable DR (grade >= ``REFERABLE_GRADE``) from a head's ``referable`` score, over a whole
+    stage and every DDP rank (torchmetrics' exact, threshold-free AUROC).
+
+    NaN where a stage holds only one side of the decision (every image referable, or none: a small
+    synthetic fold, a 5 % split's validation slice). torchmetrics returns 0 there with a warning, a number
+    that would read as "always wrong" in a table."""
+
+    def update(self, score: torch.Tensor, grades: torch.Tensor) -> None:  # type: ignore[override]
+        """``score``: ``(B,)`` the head's ``referable`` score; ``grades``: ``(B,)`` true grades 0..4."""
+        super().update(score.detach().float(), (grades >= REFERABLE_GRADE).long())
+
+    def compute(self) -> torch.Tensor:
+        target = dim_zero_cat(self.target) if not (isinstance(self.target, list) and not self.target) else None
+        if target is None or target.min() == target.max():
+            return torch.tensor(float("nan"))
+        return super().compute()

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from sklearn.metrics import cohen_kappa_score
+from sklearn.metrics import cohen_kappa_score, roc_auc_score
 from torch.utils.data import DataLoader, TensorDataset
 
 from ssl_dr.models.backbone import Backbone
@@ -34,6 +34,7 @@ from ssl_dr.models.heads import (
 )
 from ssl_dr.models.metrics import (
     KaggleKappa,
+    ReferableAUROC,
     kaggle_cumulative,
     kaggle_decode,
     quadratic_weighted_kappa,
@@ -267,6 +268,40 @@ def test_kaggle_metric_accumulates_batches_like_one_call():
     assert np.isnan(KaggleKappa().compute().item())
 
 
+# ----------------------------------------------------------------------------- referable DR (grade >= 2)
+
+def test_each_head_ranks_referable_images_by_its_own_reading_of_grade_2_or_worse():
+    logits = torch.tensor([[3.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 3.0, 0.0, 0.0], [0.0, 0.0, 3.0, 0.0, 3.0]])
+    classification = ClassificationHead()
+    probs = classification.activate(logits)
+    assert torch.allclose(classification.referable(probs), probs[:, 2:].sum(dim=1))
+    ordinal = OrdinalHead()
+    sigmoids = ordinal.activate(torch.tensor([[2.0, -1.0, -3.0, -4.0], [3.0, 1.0, -2.0, -3.0]]))
+    assert torch.equal(ordinal.referable(sigmoids), sigmoids[:, 1])  # P(grade >= 2)
+    regression = RegressionHead()
+    score = regression.activate(torch.tensor([[0.2], [1.7], [3.9]]))
+    assert torch.equal(regression.referable(score), score)  # the score, not the cut grade: no ties
+    for head, activated in ((classification, probs), (regression, score)):
+        assert head.referable(activated).argsort().tolist() == [0, 1, 2], head.name
+
+
+def test_referable_auroc_matches_sklearn_across_batches_and_is_nan_with_one_side_only():
+    generator = torch.Generator().manual_seed(0)
+    grades = torch.randint(0, 5, (40,), generator=generator)
+    score = grades.float() + torch.randn(40, generator=generator) * 1.5
+    metric = ReferableAUROC()
+    for chunk in range(0, 40, 16):  # batches, as a validation epoch feeds it
+        metric.update(score[chunk:chunk + 16], grades[chunk:chunk + 16])
+    expected = roc_auc_score((grades >= 2).numpy(), score.numpy())
+    assert 0.5 < expected < 1.0
+    assert metric.compute().item() == pytest.approx(expected, abs=1e-6)
+    for only in (torch.tensor([0, 1, 0, 1]), torch.tensor([2, 3, 4, 2])):  # no referable / all referable
+        one_sided = ReferableAUROC()
+        one_sided.update(torch.rand(4), only)
+        assert np.isnan(one_sided.compute().item())  # torchmetrics alone says 0.0
+    assert np.isnan(ReferableAUROC().compute().item())
+
+
 # ----------------------------------------------------------------------------- end to end, per head
 
 @pytest.fixture(scope="module")
@@ -301,3 +336,11 @@ def test_tiny_train_per_head(runs, head):
         assert table.pred.tolist() == cut(torch.tensor(table.score.to_numpy()), thresholds).tolist()
     else:
         np.testing.assert_allclose(table[[f"p{k}" for k in range(5)]].sum(axis=1), 1.0, atol=1e-5)
+    # the screening metric, from the same saved predictions
+    referable = table.grade >= 2
+    assert "test/auroc_referable" in metrics and "val/auroc_referable" in metrics
+    if referable.nunique() == 2:
+        ranking = table.score if head == "regression" else table[["p2", "p3", "p4"]].sum(axis=1)
+        assert metrics["test/auroc_referable"] == pytest.approx(roc_auc_score(referable, ranking), abs=1e-4)
+    else:
+        assert np.isnan(metrics["test/auroc_referable"])
