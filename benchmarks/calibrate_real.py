@@ -48,6 +48,9 @@ SETTINGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "reg128_r18": ("CPU proxy: ResNet-18 instead of DenseNet121, regression, 128 px, 2400 steps",
                    ("data.image_size=128", "trainer.max_steps=2400", "model.head=regression",
                     "model.backbone.name=resnet18")),
+    "reg224_r18": ("CPU proxy at the paper's size: ResNet-18, regression, 224 px, 1400 steps",
+                   ("data.image_size=224", "trainer.max_steps=1400", "model.head=regression",
+                    "model.backbone.name=resnet18")),
 }
 
 
