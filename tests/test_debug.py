@@ -21,6 +21,8 @@ EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.y
 SMALL = [*TINY_SYNTHETIC, "data.image_size=32", "data.batch_size=4", "pretext.batch_size=4"]
 # the paper's sweeps: one job of each (fdr runs every job otherwise; paper_cpu sweeps 3 seeds)
 ONE_JOB = ["data.label_fraction=0.05", "data.fold=0", "arms=[rotation]", "seed=42"]
+SWEEPS = ("paper", "paper_cpu", "real_cpu")
+"""Experiments that are sweeps: narrowed to ONE_JOB here."""
 
 
 def _run(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -46,13 +48,14 @@ def test_every_experiment_runs_with_debug_fdr(tmp_path, imagenet_file):
         cwd = tmp_path / experiment
         cwd.mkdir()
         extra = [f"model.backbone.weights_file={imagenet_file}"] if experiment == "imagenet" else []
-        extra += ONE_JOB if experiment.startswith("paper") else []
+        extra += ONE_JOB if experiment in SWEEPS else []
+        extra += ["data=synthetic"] if experiment == "real_cpu" else []  # its own data is a user folder
         result = _run(cwd, f"experiment={experiment}", "debug=fdr", *SMALL, *extra)
         assert result.returncode == 0, (experiment, result.stderr[-3000:])
         assert "testing the last weights" in result.stdout, experiment
         (metrics,) = _metrics(cwd)
         assert metrics["train/steps"] == 1 and "test/qwk" in metrics, experiment
-        assert "/outputs/debug/" in metrics["output_dir"] or experiment.startswith("paper"), experiment
+        assert "/outputs/debug/" in metrics["output_dir"] or experiment in SWEEPS, experiment
 
 
 def test_fast_dev_run_alone_works_and_its_pretext_is_not_reused(tmp_path):
