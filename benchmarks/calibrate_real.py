@@ -3,13 +3,13 @@
 The synthetic set's budget (200 steps) leaves a scratch DenseNet121 predicting grade 0 for every real
 photograph. Before a rotation-vs-scratch table on real retinas can mean anything, the baseline must grade
 them: this script trains the baseline at 100 % of the labels on one fold under a list of named settings
-(head, steps, size, Ben Graham, backbone) and prints, for each, the validation curve, the best validation QWK
-and referable-DR AUROC, how many grades validation predicts, and the wall time. Test metrics are computed by
+(head, steps, size, Ben Graham, backbone) and prints, for each, the validation curve, the best and the last
+validation QWK, the best referable-DR AUROC, and the wall time. Test metrics are computed by
 ``ssl_dr.train`` as always but never read here: a setting is chosen on validation only.
 
 Each setting runs ``python -m ssl_dr.train experiment=baseline data=patient_csv data.root=<ROOT> ...`` in its own
-folder under ``--out`` (so the image cache is per folder: its build time is printed apart) and writes
-``result.json`` there; a rerun skips finished settings, so the calibration can be stopped and continued.
+folder under ``--out`` (so each setting builds its own image cache, and its wall time includes that build)
+and writes ``result.json`` there; a rerun skips finished settings, so the calibration can be stopped and continued.
 
     python benchmarks/calibrate_real.py ../shared/data/eyepacs-dev --out /tmp/calibration          # all
     python benchmarks/calibrate_real.py ../shared/data/eyepacs-dev --out /tmp/calibration reg128 cls128

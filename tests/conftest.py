@@ -46,3 +46,28 @@ def compose_cfg(root: Path, overrides: list[str], run: str = "run") -> DictConfi
 def tiny_cfg(tmp_path):
     """Factory: ``tiny_cfg("experiment=rotation", ..., run="a")``."""
     return lambda *overrides, run="run": compose_cfg(tmp_path, [*TINY, *overrides], run=run)
+
+
+def write_two_eye_photos(image_dir: Path, patients: int, seed: int, first_patient: int = 0) -> list[tuple]:
+    """Built-in generator images saved as ``image_dir/<patient>_<left|right>.jpeg``, two eyes per patient (the
+    naming of EyePACS and eyepacs-dev), for tests of real-data layouts that must not need real photographs.
+    Returns ``(name, grade, patient, eye)`` rows for the caller to write in its layout's CSV."""
+    import csv
+
+    import cv2
+
+    from ssl_dr.data.synthetic.writer import write_synthetic_dataset
+
+    synthetic = write_synthetic_dataset(image_dir.parent / f"synthetic-{seed}", num_labelled=2 * patients,
+                                        num_unlabelled=0, image_size=48, seed=seed)
+    with open(synthetic / "train.csv") as f:
+        generated = list(csv.DictReader(f))
+    image_dir.mkdir(parents=True)
+    rows = []
+    for i, row in enumerate(generated):
+        patient, eye = first_patient + i // 2, "left" if i % 2 == 0 else "right"
+        name = f"{patient}_{eye}"
+        image = cv2.imread(str(synthetic / "train_images" / f"{row['id_code']}.png"))
+        assert cv2.imwrite(str(image_dir / f"{name}.jpeg"), image)
+        rows.append((name, row["diagnosis"], patient, eye))
+    return rows

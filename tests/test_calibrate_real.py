@@ -12,10 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import pytest
 
-from ssl_dr.data.synthetic.writer import write_synthetic_dataset
+from tests.conftest import write_two_eye_photos
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "calibrate_real.py"
 TINY = ("--override", "data.image_size=32", "--override", "trainer.max_steps=4", "--override",
@@ -31,20 +30,9 @@ def _script():
 
 
 def _patient_folder(root: Path, patients: int = 25) -> Path:
-    synthetic = write_synthetic_dataset(root.parent / "synthetic", num_labelled=2 * patients, num_unlabelled=0,
-                                        image_size=48, seed=5)
-    with open(synthetic / "train.csv") as f:
-        rows = list(csv.DictReader(f))
-    (root / "images").mkdir(parents=True)
+    rows = write_two_eye_photos(root / "images", patients, seed=5)
     with open(root / "labels.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id_code", "diagnosis", "patient_id", "eye"])
-        for i, row in enumerate(rows):
-            eye = "left" if i % 2 == 0 else "right"
-            name = f"{i // 2}_{eye}"
-            assert cv2.imwrite(str(root / "images" / f"{name}.jpeg"),
-                               cv2.imread(str(synthetic / "train_images" / f"{row['id_code']}.png")))
-            writer.writerow([name, row["diagnosis"], i // 2, eye])
+        csv.writer(f).writerows([("id_code", "diagnosis", "patient_id", "eye"), *rows])
     return root
 
 

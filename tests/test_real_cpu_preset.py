@@ -14,12 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import pytest
 from omegaconf import OmegaConf
 
-from ssl_dr.data.synthetic.writer import write_synthetic_dataset
-from tests.conftest import TINY_TRAINING
+from tests.conftest import TINY_TRAINING, write_two_eye_photos
 from tests.test_paper_preset import _compose, _run_settings
 
 DATA_KEYS = ("source", "root")
@@ -77,19 +75,9 @@ def test_real_cpu_gives_every_arm_and_fraction_the_same_fine_tune_and_passes_the
 
 def _eyepacs_layout(root: Path, patients: int = 30) -> Path:
     """A tiny Kaggle EyePACS folder: trainLabels.csv (image, level) + train/<patient>_<eye>.jpeg."""
-    synthetic = write_synthetic_dataset(root.parent / "synthetic", num_labelled=2 * patients, num_unlabelled=0,
-                                        image_size=48, seed=3)
-    with open(synthetic / "train.csv") as f:
-        rows = list(csv.DictReader(f))
-    (root / "train").mkdir(parents=True)
+    rows = write_two_eye_photos(root / "train", patients, seed=3, first_patient=100)
     with open(root / "trainLabels.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image", "level"])
-        for i, row in enumerate(rows):
-            name = f"{100 + i // 2}_{'left' if i % 2 == 0 else 'right'}"
-            image = cv2.imread(str(synthetic / "train_images" / f"{row['id_code']}.png"))
-            assert cv2.imwrite(str(root / "train" / f"{name}.jpeg"), image)
-            writer.writerow([name, row["diagnosis"]])
+        csv.writer(f).writerows([("image", "level"), *((name, grade) for name, grade, _, _ in rows)])
     return root
 
 

@@ -122,7 +122,9 @@ class ReferableAUROC(BinaryAUROC):
         super().update(score.detach().float(), (grades >= REFERABLE_GRADE).long())
 
     def compute(self) -> torch.Tensor:
-        target = dim_zero_cat(self.target) if not (isinstance(self.target, list) and not self.target) else None
-        if target is None or target.min() == target.max():
+        if isinstance(self.target, list) and not self.target:  # nothing seen (as KaggleKappa)
+            return torch.tensor(float("nan"))
+        target = dim_zero_cat(self.target)
+        if target.min() == target.max():
             return torch.tensor(float("nan"))
         return super().compute()
