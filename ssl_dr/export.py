@@ -39,7 +39,7 @@ from torch import nn
 
 import ssl_dr
 from ssl_dr.data import fundus_preprocess as fp
-from ssl_dr.data.synthetic import GRADE_NAMES
+from ssl_dr.data.records import GRADE_NAMES
 from ssl_dr.inference import InferenceError, InferenceSpec, arg, load_classifier, read_spec, run_cli, side_file
 from ssl_dr.models.heads import GradeHead
 

@@ -41,12 +41,11 @@ from ssl_dr.launch.guards import ScaleSettingsError, check_multirun_strategy, ch
 from ssl_dr.launch.objective import BASIC_SWEEPER, ObjectiveError, check_objective
 from ssl_dr.launch.resolvers import register_resolvers
 from ssl_dr.models.backbone import BackboneWeightsError
-from ssl_dr.models.heads import check_head
+from ssl_dr.models.heads import check_grade_weights, check_head
 from ssl_dr.training.budget import check_budget, freeze_steps
 from ssl_dr.training.callbacks import NonFiniteLossError
 from ssl_dr.training.environment import describe_environment
 from ssl_dr.training.phases import finetune, pretext_weights
-from ssl_dr.training.predictions import PREDICTIONS_NAME
 from ssl_dr.training.ranks import RankZeroGoneError, RankZeroHeartbeat, is_launch_rank_zero
 
 log = logging.getLogger(__name__)
@@ -108,6 +107,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment job and return its final metrics (also written to ``metrics.json``)."""
     check_init(cfg)
     check_head(cfg.model.head)  # in seconds, not after the image cache and the pretext
+    check_grade_weights(cfg.model.classifier.get("grade_weights", "none"))
     check_budget(cfg)
     check_sync_batchnorm(cfg.trainer)
     out_dir = Path(cfg.paths.output_dir)
@@ -139,20 +139,18 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if cfg.init == "pretext":
         pool = pretext_pool(records, table, cfg.pretext.pool)
         init_weights, pretext_info = pretext_weights(cfg, pool, cache, out_dir)
+    init_source = {"pretext": str(init_weights), "imagenet": imagenet}.get(cfg.init)  # random: None
+    record = {"arm": cfg.arm, "init": cfg.init, "init/weights": init_source, "folds_file": str(folds_path.resolve()),
+              "label_fraction": cfg.data.label_fraction, "fold": cfg.data.fold,
+              "seed": cfg.seed, "split_seed": cfg.data.split_seed,
+              "num_train": int((table.role == "train").sum()), "num_val": int((table.role == "val").sum()),
+              "num_test": int((table.role == "test").sum()), **label_counts(table, split_cfg),
+              "output_dir": str(out_dir), "finetune/freeze_steps": freeze_steps(cfg), **pretext_info}
     L.seed_everything(cfg.seed, workers=True)  # same fine-tune randomness whether the pretext ran or not
     scores = finetune(cfg, *(records_with_role(records, table, role) for role in ("train", "val", "test")),
-                      cache=cache, init_weights=init_weights, out_dir=out_dir)
-
-    init_source = {"pretext": str(init_weights), "imagenet": imagenet}.get(cfg.init)  # random: None
-    metrics = {"arm": cfg.arm, "init": cfg.init, "init/weights": init_source, "folds_file": str(folds_path.resolve()),
-               "label_fraction": cfg.data.label_fraction, "fold": cfg.data.fold,
-               "seed": cfg.seed, "split_seed": cfg.data.split_seed,
-               "num_train": int((table.role == "train").sum()), "num_val": int((table.role == "val").sum()),
-               "num_test": int((table.role == "test").sum()), **label_counts(table, split_cfg),
-               "output_dir": str(out_dir),
-               "finetune/freeze_steps": freeze_steps(cfg), **pretext_info, **scores}
+                      cache=cache, init_weights=init_weights, out_dir=out_dir, run_record=record)
+    metrics = {**record, **scores}  # the W&B run's summary holds this same record
     if is_launch_rank_zero():  # every DDP rank runs this job; one writes its result (and the predictions)
-        metrics["test/grades_predicted"] = grades_predicted(out_dir)
         write_metrics(out_dir / ENVIRONMENT_NAME, describe_environment(cfg))  # why numbers may differ
         write_metrics(out_dir / METRICS_NAME, metrics)
         if not cfg.get("keep_last_checkpoint", False):  # finished: nothing left to resume
@@ -167,12 +165,6 @@ def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str))
     os.replace(tmp, path)
-
-
-def grades_predicted(out_dir: Path) -> int:
-    """How many distinct grades the tested checkpoint predicted on the held-out fold: 1 means the run
-    collapsed to one grade (the report flags it), which says more about its training than its QWK does."""
-    return int(pd.read_csv(out_dir / PREDICTIONS_NAME)["pred"].nunique())
 
 
 def _user_error(err: BaseException) -> Exception | None:

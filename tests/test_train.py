@@ -173,6 +173,24 @@ def test_unknown_head_fails_before_any_data_work(tiny_cfg, tmp_path):
     assert not (tmp_path / "data").exists() and not (tmp_path / "cache").exists()
 
 
+def test_unknown_grade_weighting_fails_before_any_data_work(tiny_cfg, tmp_path):
+    from ssl_dr.models.heads import HeadError
+
+    with pytest.raises(HeadError, match="model.classifier.grade_weights='inverse'"):
+        train(tiny_cfg("experiment=baseline", "model.classifier.grade_weights=inverse"))
+    assert not (tmp_path / "data").exists() and not (tmp_path / "cache").exists()
+
+
+def test_grade_weights_come_from_the_training_split(tiny_cfg):
+    """The loss weights are counted on the run's own training split (labels it reads anyway), no other."""
+    out = Path(train(tiny_cfg("experiment=baseline", "model.classifier.grade_weights=balanced"))["output_dir"])
+    split = pd.read_csv(out / "split.csv")
+    trained = split.query("role == 'train'").diagnosis.value_counts().reindex(range(5), fill_value=0).tolist()
+    hparams = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["hyper_parameters"]
+    assert hparams["grade_weights"] == "balanced" and hparams["grade_counts"] == trained
+    assert sum(trained) < len(split)
+
+
 def test_pretext_arm_with_another_pretext_is_refused(tiny_cfg, tmp_path):
     cfg = tiny_cfg("experiment=jigsaw", "pretext=rotation")
     with pytest.raises(DataError, match="arm=jigsaw but pretext=rotation"):

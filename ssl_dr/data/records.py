@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 NUM_GRADES = 5
+GRADE_NAMES = ("none", "mild", "moderate", "severe", "proliferative")
+"""The international clinical DR scale, grades 0-4 (no apparent retinopathy ... proliferative DR)."""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,11 @@ loss and decoding live in ``self.grading``. For regression, the cut points are t
 validation epoch on that epoch's predictions from every DDP rank and kept in a buffer, so the checkpoint
 chosen on ``val/qwk`` carries the thresholds that produced its ``val/qwk``, and testing it uses them:
 the test fold never shapes a threshold.
+
+``grade_weights`` (``none`` | ``balanced`` | ``sqrt``) weighs the *training* loss by each image's grade,
+from ``grade_counts``, the training split's images per grade (``phases.finetune`` passes them): against a
+set that is 73 % grade 0, where an unweighted network can sit on the majority grade. ``val/loss`` stays the
+plain mean, comparable across weightings.
 """
 
 from __future__ import annotations
@@ -25,12 +30,12 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy, MulticlassCohenKappa
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCohenKappa, MulticlassConfusionMatrix
 
 from ssl_dr.data.records import NUM_GRADES
 from ssl_dr.models.backbone import Backbone
-from ssl_dr.models.heads import DEFAULT_THRESHOLDS, RegressionHead, build_head, cut, tune_thresholds
-from ssl_dr.models.metrics import KaggleKappa, ReferableAUROC
+from ssl_dr.models.heads import DEFAULT_THRESHOLDS, RegressionHead, build_head, cut, grade_weights_for, tune_thresholds
+from ssl_dr.models.metrics import KaggleKappa, ReferableAUROC, confusion_summary
 from ssl_dr.models.optim import check_lr_scaling, configure_optimizers
 from ssl_dr.training.ranks import gather_from_ranks
 
@@ -41,7 +46,8 @@ class DRClassifier(L.LightningModule):
 
     def __init__(self, backbone: Backbone, optimizer: partial | None = None, scheduler: partial | None = None,
                  head_dropout: float = 0.2, freeze_steps: int = 0, inference: dict[str, Any] | None = None,
-                 head: str = "classification", lr_scaling: str = "auto") -> None:
+                 head: str = "classification", lr_scaling: str = "auto", grade_weights: str = "none",
+                 grade_counts: list[int] | None = None) -> None:
         super().__init__()
         check_lr_scaling(lr_scaling, "model.classifier.lr_scaling")
         # `inference` (backbone name, image size, preprocessing, mean/std) and `head` travel in the checkpoint
@@ -49,6 +55,9 @@ class DRClassifier(L.LightningModule):
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.backbone = backbone
         self.grading = build_head(head)
+        # training-loss weights per grade (None: the plain mean); not persistent, so checkpoints written before
+        # the weighting existed load, and inference never needs the training split's counts
+        self.register_buffer("loss_weights", grade_weights_for(grade_weights, grade_counts), persistent=False)
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(backbone.num_features, self.grading.num_outputs))
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -58,6 +67,9 @@ class DRClassifier(L.LightningModule):
         self.acc = nn.ModuleDict({s: MulticlassAccuracy(NUM_GRADES, average="micro") for s in ("val", "test")})
         self.qwk_kaggle = nn.ModuleDict({s: KaggleKappa() for s in ("val", "test")})
         self.auroc_referable = nn.ModuleDict({s: ReferableAUROC() for s in ("val", "test")})
+        self.confusion = nn.ModuleDict({s: MulticlassConfusionMatrix(NUM_GRADES) for s in ("val", "test")})
+        self.confusion_matrices: dict[str, list[list[int]]] = {}
+        """The last computed 5x5 matrix per stage (rows true, columns predicted), for metrics.json and W&B."""
         if self.tunes_thresholds:
             self.qwk_rounded = MulticlassCohenKappa(NUM_GRADES, weights="quadratic")
         self._val_scores: list[torch.Tensor] = []
@@ -84,7 +96,7 @@ class DRClassifier(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, grades = batch
-        loss = self.grading.loss(self(images), grades)
+        loss = self.grading.loss(self(images), grades, self.loss_weights)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(grades),
                  sync_dist=True)  # the epoch value averages all DDP ranks (the step value stays per rank)
         return loss
@@ -121,6 +133,16 @@ class DRClassifier(L.LightningModule):
         self.log(f"{stage}/qwk_kaggle", self.qwk_kaggle[stage], on_epoch=True)
         self.auroc_referable[stage](self.grading.referable(activated), grades)
         self.log(f"{stage}/auroc_referable", self.auroc_referable[stage], on_epoch=True)
+        self.confusion[stage](preds, grades)
+
+    def _log_confusion(self, stage: str) -> None:
+        """Close the stage's confusion matrix: keep it, and log the per-grade and referable figures read off
+        it (``metrics.confusion_summary``; NaN where a figure has no denominator)."""
+        matrix = self.confusion[stage].compute()  # summed over DDP ranks: the same on every rank
+        self.confusion[stage].reset()
+        self.confusion_matrices[stage] = matrix.long().tolist()
+        for name, value in confusion_summary(matrix).items():
+            self.log(f"{stage}/{name}", torch.tensor(value), sync_dist=True)  # equal on every rank already
 
     def _prediction(self, activated: torch.Tensor) -> dict[str, torch.Tensor]:
         """``preds`` (B,) decoded grades; ``probs`` (B, 5) where the head has grade probabilities; ``score``
@@ -138,9 +160,16 @@ class DRClassifier(L.LightningModule):
         self._val_grades.clear()
 
     def on_validation_epoch_end(self) -> None:
-        """Regression: tune the thresholds on this epoch's validation predictions (all ranks), then score it."""
-        if not self.tunes_thresholds or not self._val_scores:
-            return
+        """Regression: tune the thresholds on this epoch's validation predictions (all ranks), then score it.
+        Every head: log the epoch's per-grade and referable figures."""
+        if self.tunes_thresholds and self._val_scores:
+            self._score_regression_validation()
+        self._log_confusion("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_confusion("test")
+
+    def _score_regression_validation(self) -> None:
         scores, grades = torch.cat(self._val_scores), torch.cat(self._val_grades)
         all_scores = np.concatenate(gather_from_ranks(scores.cpu().numpy()))
         all_grades = np.concatenate(gather_from_ranks(grades.cpu().numpy()))

@@ -45,9 +45,20 @@ class GradeHead(nn.Module, ABC):
     activation: ClassVar[str]
     """What ``activate`` returns, in words (for the export's JSON)."""
 
+    def loss(self, outputs: torch.Tensor, grades: torch.Tensor, grade_weights: torch.Tensor | None = None
+             ) -> torch.Tensor:
+        """Training loss of the raw ``outputs`` against the true ``grades``: the mean over the batch, or with
+        ``grade_weights`` (one weight per grade, ``grade_weights_for``) the mean weighted by each image's
+        grade, normalised by the batch's total weight (as torch's weighted cross-entropy)."""
+        if grade_weights is None:  # torch's own reduction: the default runs keep their exact floats
+            return self.losses(outputs, grades, reduction="mean")
+        per_image = self.losses(outputs, grades, reduction="none")
+        weights = grade_weights.to(per_image)[grades]
+        return (weights * per_image).sum() / weights.sum()
+
     @abstractmethod
-    def loss(self, outputs: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
-        """Training loss of the raw ``outputs`` against the true ``grades``."""
+    def losses(self, outputs: torch.Tensor, grades: torch.Tensor, reduction: str) -> torch.Tensor:
+        """The loss reduced to its batch mean (``reduction="mean"``) or one value per image (``"none"``)."""
 
     @abstractmethod
     def activate(self, outputs: torch.Tensor) -> torch.Tensor:
@@ -91,8 +102,8 @@ class ClassificationHead(GradeHead):
     num_outputs = NUM_GRADES
     activation = "softmax over the 5 logits = grade probabilities"
 
-    def loss(self, outputs: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(outputs, grades)
+    def losses(self, outputs: torch.Tensor, grades: torch.Tensor, reduction: str) -> torch.Tensor:
+        return F.cross_entropy(outputs, grades, reduction=reduction)
 
     def activate(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.float().softmax(dim=1)
@@ -144,8 +155,9 @@ class OrdinalHead(GradeHead):
     num_outputs = NUM_GRADES - 1
     activation = "sigmoid of the 4 logits = P(grade >= k), k = 1..4"
 
-    def loss(self, outputs: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(outputs.float(), ordinal_targets(grades))
+    def losses(self, outputs: torch.Tensor, grades: torch.Tensor, reduction: str) -> torch.Tensor:
+        loss = F.binary_cross_entropy_with_logits(outputs.float(), ordinal_targets(grades), reduction=reduction)
+        return loss if reduction == "mean" else loss.mean(dim=1)  # an image's loss: the mean of its 4 thresholds
 
     def activate(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.float().sigmoid()
@@ -204,8 +216,8 @@ class RegressionHead(GradeHead):
         super().__init__()
         self.register_buffer("thresholds", torch.tensor(DEFAULT_THRESHOLDS, dtype=torch.float32))
 
-    def loss(self, outputs: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(outputs[:, 0].float(), grades.float())
+    def losses(self, outputs: torch.Tensor, grades: torch.Tensor, reduction: str) -> torch.Tensor:
+        return F.mse_loss(outputs[:, 0].float(), grades.float(), reduction=reduction)
 
     def activate(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs[:, 0].float()
@@ -254,6 +266,38 @@ def check_head(name: str) -> str:
 
 def build_head(name: str) -> GradeHead:
     return HEADS[check_head(name)]()
+
+
+GRADE_WEIGHTINGS = ("none", "balanced", "sqrt")
+"""``model.classifier.grade_weights``: how the training loss weighs an image by its grade."""
+
+
+def check_grade_weights(rule: str) -> str:
+    """``rule`` when it is a known weighting, else a ``HeadError`` naming the key and the allowed values."""
+    if rule not in GRADE_WEIGHTINGS:
+        raise HeadError(f"model.classifier.grade_weights={rule!r} is not a weighting; allowed: "
+                        f"{', '.join(GRADE_WEIGHTINGS)}")
+    return rule
+
+
+def grade_weights_for(rule: str, grade_counts: list[int] | None) -> torch.Tensor | None:
+    """Per-grade loss weights from the training split's number of images per grade (labels the run reads
+    anyway), or None for ``none``.
+
+    ``balanced``: ``n / (grades present x count)``, scikit-learn's "balanced" class weight, so every grade
+    present carries the same total weight (on eyepacs-dev about 0.27 for grade 0 and 11 for grade 4);
+    ``sqrt``: its square root, a milder correction. A grade absent from the split gets weight 0 (no image
+    carries it). Raises ``HeadError`` for an unknown rule.
+    """
+    if check_grade_weights(rule) == "none":
+        return None
+    if grade_counts is None or len(grade_counts) != NUM_GRADES:
+        raise ValueError(f"grade_weights={rule!r} needs the training split's {NUM_GRADES} grade counts")
+    counts = np.asarray(grade_counts, dtype=float)
+    present = counts > 0
+    weights = np.zeros(NUM_GRADES)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return torch.tensor(np.sqrt(weights) if rule == "sqrt" else weights, dtype=torch.float32)
 
 
 def tune_thresholds(scores: np.ndarray, grades: np.ndarray, initial: tuple[float, ...] = DEFAULT_THRESHOLDS

@@ -5,7 +5,8 @@ grades: every image counts. The paper's code (HealthML/self-supervised-3d-tasks)
 with ``qw_kappa_kaggle`` instead, which can leave images out without saying so (see ``qw_kappa_kaggle``);
 ``{val,test}/qwk_kaggle`` logs that variant next to ours so numbers can be compared with the paper's.
 ``{val,test}/auroc_referable`` (``ReferableAUROC``) scores the screening decision, grade >= 2, as the DR
-screening literature reports it.
+screening literature reports it. ``confusion_summary`` reads the per-grade recall and precision and the
+referable sensitivity and specificity off a stage's 5x5 confusion matrix (``{val,test}/confusion``).
 ``quadratic_weighted_kappa`` is a small numpy QWK for hot loops (regression threshold tuning), where
 sklearn's input validation would cost more than the kappa itself.
 """
@@ -128,3 +129,37 @@ class ReferableAUROC(BinaryAUROC):
         if target.min() == target.max():
             return torch.tensor(float("nan"))
         return super().compute()
+
+
+def confusion_summary(confusion: np.ndarray | torch.Tensor) -> dict[str, float]:
+    """Per-grade and screening figures of one stage from its ``(5, 5)`` confusion matrix (rows: true grade,
+    columns: predicted; torchmetrics' ``MulticlassConfusionMatrix`` layout, summed over DDP ranks).
+
+    ``recall_grade<k>``: the share of grade-k images graded k; ``precision_grade<k>``: the share of images
+    graded k that are k. ``sensitivity_referable`` / ``specificity_referable``: the decision "grade >= 2" as
+    the *decoded* grade makes it (the operating point a user of the grader gets; the threshold-free view is
+    ``auroc_referable``). Read off one matrix rather than separate torchmetrics objects so that every figure
+    describes the same predictions, and a figure without a denominator (no grade-4 image in a small fold, no
+    image graded 3) is NaN, where torchmetrics' per-class recall would print 0, a number that reads as
+    "always missed".
+    """
+    matrix = np.asarray(confusion.cpu() if isinstance(confusion, torch.Tensor) else confusion, dtype=float)
+    correct, true_totals, predicted_totals = np.diag(matrix), matrix.sum(axis=1), matrix.sum(axis=0)
+    summary: dict[str, float] = {}
+    for grade in range(NUM_GRADES):
+        summary[f"recall_grade{grade}"] = _share(correct[grade], true_totals[grade])
+        summary[f"precision_grade{grade}"] = _share(correct[grade], predicted_totals[grade])
+    r = REFERABLE_GRADE
+    summary["sensitivity_referable"] = _share(matrix[r:, r:].sum(), matrix[r:, :].sum())
+    summary["specificity_referable"] = _share(matrix[:r, :r].sum(), matrix[:r, :].sum())
+    return summary
+
+
+def grades_predicted(confusion: list[list[int]] | np.ndarray) -> int:
+    """How many distinct grades a stage's predictions use (columns of the confusion matrix with a count):
+    1 means the grader collapsed to one grade, which says more about its training than its QWK does."""
+    return int((np.asarray(confusion).sum(axis=0) > 0).sum())
+
+
+def _share(part: float, whole: float) -> float:
+    return float(part / whole) if whole else float("nan")

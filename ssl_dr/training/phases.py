@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ssl_dr.data.cache import PREPROCESS_VERSION, ImageCache
 from ssl_dr.data.datamodule import FundusDataModule
-from ssl_dr.data.records import Record, pool_fingerprint
+from ssl_dr.data.records import NUM_GRADES, Record, pool_fingerprint
 from ssl_dr.data.transforms import (
     AugmentConfig,
     ContrastiveAugment,
@@ -32,6 +32,7 @@ from ssl_dr.data.transforms import (
 )
 from ssl_dr.launch.folders import requeued_by_slurm
 from ssl_dr.models.backbone import Backbone, load_backbone, save_backbone
+from ssl_dr.models.metrics import grades_predicted
 from ssl_dr.pretexts import build_pretext
 from ssl_dr.pretexts.store import (
     LOCK_NAME,
@@ -47,6 +48,7 @@ from ssl_dr.training.callbacks import RngStateCallback
 from ssl_dr.training.loggers import build_loggers, close_loggers
 from ssl_dr.training.predictions import PREDICTIONS_NAME, TestPredictionWriter
 from ssl_dr.training.ranks import await_choice, await_file, heartbeat_path, is_launch_rank_zero, publish_choice
+from ssl_dr.training.wandb_run import define_finetune_metrics, publish_finetune_record
 
 
 def _transforms(cfg: DictConfig, backbone: Backbone, train_kind: str) -> dict[str, Any]:
@@ -68,12 +70,14 @@ def _transforms(cfg: DictConfig, backbone: Backbone, train_kind: str) -> dict[st
 
 def _fit(cfg: DictConfig, phase: str, run_id: str, run_name: str, module: Any, datamodule: FundusDataModule,
          callbacks: list[Callback], resume_from: Path | None, test: bool = False,
-         **trainer_overrides: Any) -> dict[str, float]:
+         run_record: dict[str, Any] | None = None, **trainer_overrides: Any) -> dict[str, Any]:
     """Fit from scratch or from ``resume_from`` (and optionally test the best checkpoint), with loggers
     that are closed whatever happens. ``run_id`` makes a resumed phase continue its W&B run."""
     loggers = build_loggers(cfg, phase, run_name, run_id)
     failed = True
     try:
+        if test:
+            define_finetune_metrics(loggers)
         trainer: Trainer = instantiate(cfg.trainer, logger=loggers, callbacks=[*callbacks, RngStateCallback()],
                                        **trainer_overrides)
         if resume_from is not None:
@@ -90,12 +94,31 @@ def _fit(cfg: DictConfig, phase: str, run_id: str, run_name: str, module: Any, d
             chosen = "best" if best and best.best_model_path else None
             if chosen is None:  # fast_dev_run writes no checkpoint: there is no best, only the last weights
                 print(f"[ssl_dr] {phase}: no checkpoint was written (trainer.fast_dev_run); testing the last weights")
+            metrics.update(_validate_chosen(trainer, module, datamodule, chosen))
             tested = trainer.test(module, datamodule=datamodule, ckpt_path=chosen)
             metrics.update({k: float(v) for k, v in tested[0].items()})
+            metrics["test/confusion"] = module.confusion_matrices["test"]
+            metrics["test/grades_predicted"] = grades_predicted(metrics["test/confusion"])
+            publish_finetune_record(loggers, {**(run_record or {}), **metrics})
         failed = False
         return metrics
     finally:
         close_loggers(loggers, failed)
+
+
+def _validate_chosen(trainer: Trainer, module: Any, datamodule: FundusDataModule, chosen: str | None
+                     ) -> dict[str, Any]:
+    """Every ``val/*`` figure of the checkpoint that will be tested (its confusion matrix, per-grade and
+    referable figures, QWK: equal to ``val/qwk_best``), from one more validation pass over it.
+
+    The loggers are detached for that pass: it is a record of the chosen model, not a point of the training
+    curves (logged at the last step, it would draw the best value there)."""
+    loggers, trainer.loggers = trainer.loggers, []
+    try:
+        validated = trainer.validate(module, datamodule=datamodule, ckpt_path=chosen, verbose=False)
+    finally:
+        trainer.loggers = loggers
+    return {**{k: float(v) for k, v in validated[0].items()}, "val/confusion": module.confusion_matrices["val"]}
 
 
 def _callbacks(cfg: DictConfig) -> list[Callback]:
@@ -213,7 +236,7 @@ def _train_pretext(cfg: DictConfig, pool: list[Record], cache: ImageCache, out_d
 
 
 def finetune(cfg: DictConfig, train: list[Record], val: list[Record], test: list[Record], cache: ImageCache,
-             init_weights: Path | None, out_dir: Path) -> dict[str, float]:
+             init_weights: Path | None, out_dir: Path, run_record: dict[str, Any] | None = None) -> dict[str, Any]:
     """Grade with the backbone initialised from ``init_weights`` (or at random) and test the best
     checkpoint (chosen on ``val/qwk``) on the held-out fold, writing every test image's prediction to
     ``test_predictions.csv``. The budget is ``trainer.max_steps`` optimiser steps whatever the fraction
@@ -226,8 +249,9 @@ def finetune(cfg: DictConfig, train: list[Record], val: list[Record], test: list
     mean, std = backbone.normalization()
     inference = {"backbone": backbone.name, "image_size": cfg.data.image_size, "mean": list(mean), "std": list(std),
                  "preprocess": OmegaConf.to_container(cfg.data.preprocess, resolve=True)}
+    grade_counts = np.bincount([r.grade for r in train], minlength=NUM_GRADES).tolist()  # for grade_weights
     module = instantiate(cfg.model.classifier, backbone=backbone, inference=inference,
-                         freeze_steps=freeze_steps(cfg))
+                         freeze_steps=freeze_steps(cfg), grade_counts=grade_counts)
     datamodule = FundusDataModule(train, val, test, with_grades=True, batch_size=cfg.data.batch_size, seed=cfg.seed,
                                   num_workers=cfg.data.num_workers, cache=cache,
                                   **_transforms(cfg, backbone, "finetune"))
@@ -236,4 +260,5 @@ def finetune(cfg: DictConfig, train: list[Record], val: list[Record], test: list
     run_id = f"{cfg.arm}-{hashlib.sha256(str(out_dir.resolve()).encode()).hexdigest()[:12]}"
     callbacks = [*_callbacks(cfg), TestPredictionWriter(out_dir / PREDICTIONS_NAME)]
     return _fit(cfg, "finetune", run_id, run_name, module, datamodule, callbacks,
-                resume_from=last if (cfg.resume or requeued_by_slurm()) and last.is_file() else None, test=True)
+                resume_from=last if (cfg.resume or requeued_by_slurm()) and last.is_file() else None, test=True,
+                run_record=run_record)

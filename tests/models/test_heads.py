@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from sklearn.metrics import cohen_kappa_score, roc_auc_score
+from sklearn.metrics import cohen_kappa_score, confusion_matrix, precision_score, recall_score, roc_auc_score
 from torch.utils.data import DataLoader, TensorDataset
 
 from ssl_dr.models.backbone import Backbone
@@ -29,12 +29,14 @@ from ssl_dr.models.heads import (
     RegressionHead,
     build_head,
     cut,
+    grade_weights_for,
     ordinal_targets,
     tune_thresholds,
 )
 from ssl_dr.models.metrics import (
     KaggleKappa,
     ReferableAUROC,
+    confusion_summary,
     kaggle_cumulative,
     kaggle_decode,
     quadratic_weighted_kappa,
@@ -117,6 +119,68 @@ def test_grad_cam_evidence_per_head():
     assert [ordinal.evidence(outputs[:, :4], torch.tensor([g])).item() for g in range(5)] == [-1, 1, 2, 3, 4]
     regression = RegressionHead()
     assert [regression.evidence(outputs[:, :1], torch.tensor([g])).item() for g in (0, 1, 4)] == [-1, 1, 1]
+
+
+def test_unweighted_loss_is_torchs_own_reduction():
+    """The default (no grade weights) keeps torch's reduced losses bit for bit: published runs do not move."""
+    generator = torch.Generator().manual_seed(3)
+    outputs, grades = torch.randn(17, 5, generator=generator), torch.randint(0, 5, (17,), generator=generator)
+    F = torch.nn.functional
+    assert torch.equal(OrdinalHead().loss(outputs[:, :4], grades),
+                       F.binary_cross_entropy_with_logits(outputs[:, :4], ordinal_targets(grades)))
+    assert torch.equal(RegressionHead().loss(outputs[:, :1], grades), F.mse_loss(outputs[:, 0], grades.float()))
+
+
+def test_grade_weights_are_sklearns_balanced_weights_from_the_training_counts():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    grades = np.repeat(np.arange(5), [73, 6, 16, 3, 2])
+    counts = np.bincount(grades, minlength=5).tolist()
+    balanced = grade_weights_for("balanced", counts)
+    np.testing.assert_allclose(balanced.numpy(), compute_class_weight("balanced", classes=np.arange(5), y=grades),
+                               rtol=1e-6)
+    np.testing.assert_allclose(grade_weights_for("sqrt", counts).numpy(), np.sqrt(balanced.numpy()), rtol=1e-6)
+    assert grade_weights_for("none", counts) is None
+    # a grade the split lacks (grade 4 at a small fraction) weighs 0; the others as sklearn on what is present
+    lacking = grade_weights_for("balanced", [10, 5, 5, 0, 0]).numpy()
+    np.testing.assert_allclose(lacking[:3], compute_class_weight("balanced", classes=np.arange(3),
+                                                                 y=np.repeat(np.arange(3), [10, 5, 5])), rtol=1e-6)
+    assert lacking[3:].tolist() == [0.0, 0.0]
+    with pytest.raises(HeadError, match=r"model\.classifier\.grade_weights='inverse' is not a weighting; allowed: "
+                                        r"none, balanced, sqrt"):
+        grade_weights_for("inverse", counts)
+
+
+@pytest.mark.parametrize("head", [ClassificationHead(), OrdinalHead(), RegressionHead()], ids=lambda h: h.name)
+def test_balanced_loss_gives_every_grade_the_same_total_weight(head):
+    """With balanced weights the batch loss is the mean over grades of each grade's mean loss: a majority
+    grade no longer outvotes the rest (what the weighting is for); uniform weights change nothing."""
+    grades = torch.tensor([0] * 12 + [1, 2, 2, 4])
+    outputs = torch.randn(len(grades), head.num_outputs, generator=torch.Generator().manual_seed(4))
+    per_image = head.losses(outputs, grades, reduction="none")
+    assert per_image.shape == (len(grades),)
+    weights = grade_weights_for("balanced", np.bincount(grades.numpy(), minlength=5).tolist())
+    per_grade = torch.stack([per_image[grades == g].mean() for g in grades.unique()])
+    torch.testing.assert_close(head.loss(outputs, grades, weights), per_grade.mean())
+    torch.testing.assert_close(head.loss(outputs, grades, torch.full((5,), 2.5)), head.loss(outputs, grades))
+    assert not torch.allclose(head.loss(outputs, grades, weights), head.loss(outputs, grades))
+
+
+def test_classifier_trains_on_the_weighted_loss_and_validates_on_the_plain_one():
+    counts = [12, 1, 2, 0, 1]
+    model = DRClassifier(Backbone("resnet10t"), grade_weights="balanced", grade_counts=counts)
+    torch.testing.assert_close(model.loss_weights, grade_weights_for("balanced", counts))
+    assert "loss_weights" not in model.state_dict()  # checkpoints stay loadable either way
+    assert DRClassifier(Backbone("resnet10t")).loss_weights is None
+    images, grades = torch.randn(4, 3, 32, 32), torch.tensor([0, 0, 2, 4])
+    model.eval()
+    logged = {}
+    model.log = lambda name, value, **kwargs: logged.setdefault(name, value)
+    loss = model.training_step((images, grades), 0)
+    outputs = model(images)
+    torch.testing.assert_close(loss, model.grading.loss(outputs, grades, model.loss_weights))
+    model._evaluate((images, grades), "val")
+    torch.testing.assert_close(logged["val/loss"], model.grading.loss(outputs, grades))
 
 
 def test_unknown_head_is_one_clear_error():
@@ -285,6 +349,21 @@ def test_each_head_ranks_referable_images_by_its_own_reading_of_grade_2_or_worse
         assert head.referable(activated).argsort().tolist() == [0, 1, 2], head.name
 
 
+def test_confusion_summary_matches_sklearn_and_is_nan_without_a_denominator():
+    generator = np.random.default_rng(5)
+    grades = np.repeat(np.arange(5), [30, 5, 10, 0, 4])  # no grade 3 in this stage
+    preds = np.clip(grades + generator.integers(-1, 2, len(grades)), 0, 2)  # grades 3 and 4 never predicted
+    summary = confusion_summary(confusion_matrix(grades, preds, labels=LABELS))
+    recall = recall_score(grades, preds, labels=LABELS, average=None, zero_division=np.nan)
+    precision = precision_score(grades, preds, labels=LABELS, average=None, zero_division=np.nan)
+    np.testing.assert_allclose([summary[f"recall_grade{k}"] for k in LABELS], recall)
+    np.testing.assert_allclose([summary[f"precision_grade{k}"] for k in LABELS], precision)
+    assert np.isnan(summary["recall_grade3"]) and np.isnan(summary["precision_grade4"])
+    assert summary["sensitivity_referable"] == pytest.approx(recall_score(grades >= 2, preds >= 2))
+    assert summary["specificity_referable"] == pytest.approx(recall_score(grades < 2, preds < 2))
+    assert np.isnan(confusion_summary(np.zeros((5, 5)))["sensitivity_referable"])
+
+
 def test_referable_auroc_matches_sklearn_across_batches_and_is_nan_with_one_side_only():
     generator = torch.Generator().manual_seed(0)
     grades = torch.randint(0, 5, (40,), generator=generator)
@@ -344,3 +423,20 @@ def test_tiny_train_per_head(runs, head):
         assert metrics["test/auroc_referable"] == pytest.approx(roc_auc_score(referable, ranking), abs=1e-4)
     else:
         assert np.isnan(metrics["test/auroc_referable"])
+    # per-grade and referable figures: the confusion matrix of the same predictions, and what is read off it
+    assert metrics["test/confusion"] == confusion_matrix(table.grade, table.pred, labels=LABELS).tolist()
+    for grade in LABELS:
+        expected = (table[table.grade == grade].pred == grade).mean() if (table.grade == grade).any() else np.nan
+        assert metrics[f"test/recall_grade{grade}"] == pytest.approx(expected, abs=1e-6, nan_ok=True)
+    decided = table.pred >= 2
+    assert metrics["test/sensitivity_referable"] == pytest.approx(decided[referable].mean(), abs=1e-6, nan_ok=True)
+    assert metrics["test/specificity_referable"] == pytest.approx((~decided[~referable]).mean(), abs=1e-6,
+                                                                  nan_ok=True)
+    # val/* describe the tested checkpoint (one more pass over it), which reproduces the score that chose it;
+    # that pass is a record, not a point of the training curve
+    assert metrics["val/qwk"] == pytest.approx(metrics["val/qwk_best"], abs=1e-6, nan_ok=True)
+    assert np.asarray(metrics["val/confusion"]).sum() == metrics["num_val"]
+    curve = pd.read_csv(run.ckpt.parent.parent / "finetune" / "metrics.csv")
+    validations = curve["val/qwk"].notna().sum()
+    assert validations == len(curve["step"][curve["val/qwk"].notna()].unique())
+    assert {f"val/recall_grade{g}" for g in LABELS} <= set(curve.columns)  # per-grade curves while training

@@ -25,9 +25,8 @@ field of view, disc, macula, vessel tree) -> ``lesions`` (grade lesions and grad
 masks) -> ``rendering`` (compositing, camera, montage) -> ``writer`` (the dataset folder and the CLI).
 """
 
-from ssl_dr.data.records import NUM_GRADES
+from ssl_dr.data.records import GRADE_NAMES, NUM_GRADES
 from ssl_dr.data.synthetic.anatomy import EYES
-from ssl_dr.data.synthetic.lesions import GRADE_NAMES
 from ssl_dr.data.synthetic.rendering import render_fundus, render_montage
 from ssl_dr.data.synthetic.writer import GENERATOR_VERSION, GRADE_MIX, assign_grades, main, write_synthetic_dataset
 

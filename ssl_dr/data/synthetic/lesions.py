@@ -9,8 +9,6 @@ import numpy as np
 
 from ssl_dr.data.synthetic.anatomy import _SHIFT, _STEP, _Anatomy, _fix, _grow, _Vessel
 
-GRADE_NAMES = ("none", "mild", "moderate", "severe", "proliferative")
-
 
 def _lesions(
     rng: np.random.Generator, grade: int, anat: _Anatomy, vessels: list[_Vessel]

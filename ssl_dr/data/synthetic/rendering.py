@@ -6,7 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ssl_dr.data.records import NUM_GRADES
+from ssl_dr.data.records import GRADE_NAMES, NUM_GRADES
 from ssl_dr.data.synthetic.anatomy import (
     EYES,
     _Anatomy,
@@ -20,7 +20,7 @@ from ssl_dr.data.synthetic.anatomy import (
     _sample_look,
     _vessel_tree,
 )
-from ssl_dr.data.synthetic.lesions import GRADE_NAMES, _artefacts, _lesions
+from ssl_dr.data.synthetic.lesions import _artefacts, _lesions
 
 # random streams: every image's generator is keyed (seed, stream, ...), defined here so they stay distinct
 _STREAM_LABELLED, _STREAM_UNLABELLED, _STREAM_MONTAGE, _STREAM_GRADES = 1, 2, 3, 4

@@ -15,9 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ssl_dr.data.records import NUM_GRADES
+from ssl_dr.data.records import GRADE_NAMES, NUM_GRADES
 from ssl_dr.data.synthetic.anatomy import EYES
-from ssl_dr.data.synthetic.lesions import GRADE_NAMES
 from ssl_dr.data.synthetic.rendering import (
     _SEED_TAG,
     _STREAM_GRADES,
