@@ -120,7 +120,8 @@ def test_complete_sweep_table_cell_by_cell(tmp_path):
     table = pd.read_csv(sweep / "report.csv")
     assert list(table.columns) == ["arm", "label_fraction", "runs_present", "runs_expected", "repetitions",
                                    "qwk_min", "qwk_avg", "qwk_max", "qwk_std", "qwk_sd_folds", "qwk_sd_seeds",
-                                   "collapsed", "collapse_checked", "labels_train", "labels_val", "labels_read",
+                                   "auroc_referable", "auroc_runs", "collapsed", "collapse_checked", "labels_train",
+                                   "labels_val", "labels_read",
                                    "labels_available", "val_protocol", "train_steps", "train_epochs", "best_step"]
     assert len(table) == len(QWK)
     for (arm, fraction), values in QWK.items():
@@ -140,6 +141,27 @@ def test_complete_sweep_table_cell_by_cell(tmp_path):
         in markdown
     assert "Expected jobs (multirun.yaml sweep + job configs): 2 arms x 2 fractions x 3 folds x 1 seed(s) (42) x " \
         "1 split seed(s) (42) = 12" in markdown
+
+
+def test_referable_auroc_beside_qwk_averages_the_runs_that_have_one(tmp_path):
+    """A one-sided test fold's AUROC is NaN (null in metrics.json) and runs older than the metric lack it: the
+    cell averages the others and says how many; a cell with none says n/a."""
+    sweep = make_sweep(tmp_path)
+    for fold, auroc in enumerate([0.70, float("nan"), 0.80]):
+        edit_metrics(job_dir(sweep, "rotation", 0.05, fold), **{"test__auroc_referable": auroc})
+    edit_metrics(job_dir(sweep, "baseline", 0.05, 0), **{"test__auroc_referable": 0.6})
+    write_report(sweep)
+    table = pd.read_csv(sweep / "report.csv").set_index(["arm", "label_fraction"])
+    assert table.loc[("rotation", 0.05), "auroc_referable"] == pytest.approx(0.75)
+    assert table.loc[("rotation", 0.05), "auroc_runs"] == 2
+    assert table.loc[("baseline", 0.05), "auroc_runs"] == 1 and table.loc[("baseline", 0.1), "auroc_runs"] == 0
+    assert math.isnan(table.loc[("baseline", 0.1), "auroc_referable"])
+    markdown = (sweep / "report.md").read_text()
+    assert "| referable AUROC | collapsed |" in markdown
+    rotation_row = next(line for line in markdown.splitlines() if line.startswith("| rotation | 5% | 3/3 |"))
+    assert "| 0.750 (2/3) |" in rotation_row
+    baseline_row = next(line for line in markdown.splitlines() if line.startswith("| baseline | 10% | 3/3 |"))
+    assert "| n/a |" in baseline_row
 
 
 @pytest.mark.parametrize("num_folds", [5, 10])

@@ -43,14 +43,18 @@ PAIR_KEYS = ["split_seed", "fold", "seed"]
 # runs_*: jobs (fold x seed x split seed); repetitions: distinct (split seed, seed); qwk_std over all runs;
 # qwk_sd_folds / qwk_sd_seeds: the spread over folds and over seeds (defined in ``_spreads``)
 TABLE_COLUMNS = ["arm", "label_fraction", "runs_present", "runs_expected", "repetitions", "qwk_min", "qwk_avg",
-                 "qwk_max", "qwk_std", "qwk_sd_folds", "qwk_sd_seeds", "collapsed", "collapse_checked",
+                 "qwk_max", "qwk_std", "qwk_sd_folds", "qwk_sd_seeds", "auroc_referable", "auroc_runs", "collapsed",
+                 "collapse_checked",
                  "labels_train", "labels_val", "labels_read", "labels_available", "val_protocol", "train_steps",
                  "train_epochs", "best_step"]
 # ci_*: the corrected repeated k-fold t interval (the headline); naive_ci_*: pairs treated as independent
 PAIRED_COLUMNS = ["arm", "baseline", "label_fraction", "pairs", "folds", "num_folds", "repetitions", "seeds",
                   "split_seeds", "diff_mean", "ci_low", "ci_high", "naive_ci_low", "naive_ci_high"]
-# per-job fact -> metrics.json keys it is read from, first found wins (num_*: runs older than labels/*)
-MEAN_KEYS = {"labels_train": ("labels/train", "num_train"), "labels_val": ("labels/val", "num_val"),
+# per-job fact -> metrics.json keys it is read from, first found wins (num_*: runs older than labels/*); the
+# table holds their mean over a cell's runs. auroc_referable: the screening metric beside QWK (NaN where a test
+# fold holds one side of grade >= 2 only, or in runs older than it; auroc_runs counts the runs it averages)
+MEAN_KEYS = {"auroc_referable": ("test/auroc_referable",),
+             "labels_train": ("labels/train", "num_train"), "labels_val": ("labels/val", "num_val"),
              "labels_read": ("labels/read",), "labels_available": ("labels/available",),
              "train_steps": ("train/steps",), "train_epochs": ("train/epochs",), "best_step": ("best/step",)}
 
@@ -178,12 +182,13 @@ def summarise(finished: pd.DataFrame, arms: list[str], fractions: list[float], r
     table = pd.concat([groups.size().rename("runs_present"),
                        groups.test_qwk.agg(qwk_min="min", qwk_avg="mean", qwk_max="max", qwk_std="std"),
                        _spreads(finished),
+                       finished.auroc_referable.notna().groupby(keys).sum().rename("auroc_runs"),
                        (finished.grades_predicted == 1).groupby(keys).sum().rename("collapsed"),
                        finished.grades_predicted.notna().groupby(keys).sum().rename("collapse_checked"),
                        groups[list(MEAN_KEYS)].mean(),
                        groups.val_protocol.agg(lambda p: ",".join(sorted(set(p.dropna()))) or None)], axis=1)
     table = table.reindex(index).reset_index()
-    for column in ("runs_present", "repetitions", "collapse_checked"):
+    for column in ("runs_present", "repetitions", "collapse_checked", "auroc_runs"):
         table[column] = table[column].fillna(0).astype(int)
     table["collapsed"] = table.collapsed.where(table.collapse_checked > 0).astype("Int64")  # unknown, not 0
     table["runs_expected"] = runs_expected
@@ -249,21 +254,29 @@ def qwk_md(table: pd.DataFrame) -> list[str]:
     for r in table.itertuples():
         runs = f"{r.runs_present}/{r.runs_expected}" + (" **incomplete**" * (r.runs_present < r.runs_expected))
         if r.runs_present == 0:
-            rows.append([r.arm, pct(r.label_fraction), runs, "no finished run", "-", "-", "-", "-"])
+            rows.append([r.arm, pct(r.label_fraction), runs, "no finished run", "-", "-", "-", "-", "-"])
             continue
         rows.append([r.arm, pct(r.label_fraction), runs, f"{r.qwk_avg:.3f} ({r.qwk_min:.3f} – {r.qwk_max:.3f})",
                      f"{r.qwk_avg:.3f} ± {_sd(r.qwk_std, 'n/a (1 run)')}", _sd(r.qwk_sd_folds, "n/a (1 fold)"),
-                     _sd(r.qwk_sd_seeds, "n/a (1 seed)"), _collapsed_cell(r)])
+                     _sd(r.qwk_sd_seeds, "n/a (1 seed)"), _auroc_cell(r), _collapsed_cell(r)])
     return ["## Test QWK over all runs (folds x seeds): AVG (MIN – MAX), as the paper prints it", "",
             "runs: finished / expected, one per fold x seed x split seed; a repetition is one seed and split seed "
             "(one whole k-fold cross-validation). mean ± SD: over all runs. SD over folds: the sample SD across "
             "the folds of one repetition, averaged over the repetitions. SD over seeds: the sample SD, across the "
             "repetitions, of each repetition's mean over its folds (how far the cross-validated estimate moves "
-            "with the seed; in an incomplete sweep over the folds that every repetition has). collapsed: finished "
+            "with the seed; in an incomplete sweep over the folds that every repetition has). referable AUROC: the "
+            "screening view (grade >= 2), mean test AUROC over the runs whose test fold holds both sides (their "
+            "count in brackets). collapsed: finished "
             "runs that predict a single grade / runs whose test predictions "
             "were read.", "",
             *_md_table(["arm", "labels", "runs", "AVG (MIN – MAX)", "mean ± SD", "SD over folds", "SD over seeds",
-                        "collapsed"], rows)]
+                        "referable AUROC", "collapsed"], rows)]
+
+
+def _auroc_cell(row: object) -> str:
+    if not row.auroc_runs:
+        return "n/a"  # older runs, or every test fold one-sided
+    return f"{row.auroc_referable:.3f} ({row.auroc_runs}/{row.runs_present})"
 
 
 def budget_md(table: pd.DataFrame) -> list[str]:

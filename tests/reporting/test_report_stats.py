@@ -179,8 +179,10 @@ def test_collapsed_run_is_counted_and_listed(tmp_path):
     line = (f"- job {job.name}: arm=baseline fraction=0.05 fold=1 seed=42 split_seed=42 predicts grade 0 for every "
             "test image (test QWK 0.300)")
     assert markdown.index("## Collapsed: 1 finished job(s)") < markdown.index(line) < markdown.index("## Test QWK")
-    assert "| baseline | 5% | 3/3 | 0.257 (0.220 – 0.300) | 0.257 ± 0.040 | 0.040 | n/a (1 seed) | 1/3 |" in markdown
-    assert "| rotation | 5% | 3/3 | 0.313 (0.280 – 0.350) | 0.313 ± 0.035 | 0.035 | n/a (1 seed) | 0/3 |" in markdown
+    assert "| baseline | 5% | 3/3 | 0.257 (0.220 – 0.300) | 0.257 ± 0.040 | 0.040" \
+           " | n/a (1 seed) | n/a | 1/3 |" in markdown
+    assert "| rotation | 5% | 3/3 | 0.313 (0.280 – 0.350) | 0.313 ± 0.035 | 0.035" \
+           " | n/a (1 seed) | n/a | 0/3 |" in markdown
 
 
 def test_collapse_from_metrics_when_predictions_are_missing_else_unknown(tmp_path):
@@ -195,8 +197,8 @@ def test_collapse_from_metrics_when_predictions_are_missing_else_unknown(tmp_pat
     unchecked = table.loc[("rotation", 0.1)]
     assert unchecked.collapse_checked == 0 and pd.isna(unchecked.collapsed)
     markdown = files.markdown.read_text()
-    assert "| 0.257 ± 0.040 | 0.040 | n/a (1 seed) | 1/2 (1 unknown) |" in markdown
-    assert "| 0.443 ± 0.031 | 0.031 | n/a (1 seed) | unknown |" in markdown
+    assert "| 0.257 ± 0.040 | 0.040 | n/a (1 seed) | n/a | 1/2 (1 unknown) |" in markdown
+    assert "| 0.443 ± 0.031 | 0.031 | n/a (1 seed) | n/a | unknown |" in markdown
     assert "fraction=0.05 fold=0 seed=42 split_seed=42 predicts one grade for every test image" in markdown
 
 
@@ -311,7 +313,7 @@ def test_seed_sweep_table_spread_over_folds_and_over_seeds(tmp_path):
     assert table.loc["baseline", "qwk_sd_seeds"] == pytest.approx(0.05)
     markdown = files.markdown.read_text()
     std = statistics.stdev(baseline_qwk(fold, seed) for seed in (42, 43, 44) for fold in range(5))
-    row = f"| baseline | 10% | 15/15 | 0.370 (0.300 – 0.440) | 0.370 ± {std:.3f} | 0.016 | 0.050 | unknown |"
+    row = f"| baseline | 10% | 15/15 | 0.370 (0.300 – 0.440) | 0.370 ± {std:.3f} | 0.016 | 0.050 | n/a | unknown |"
     assert row in markdown
     assert "SD over seeds: the sample SD, across the repetitions, of each repetition's mean over its folds" in markdown
     assert "2 arms x 1 fractions x 5 folds x 3 seed(s) (42, 43, 44) x 1 split seed(s) (42) = 30" in markdown
