@@ -44,14 +44,22 @@ class ReportOnSweepEnd(Callback):
 
 
 def _log_to_wandb(files: ReportFiles, wandb_cfg: DictConfig, group: str, save_dir: Path) -> None:
-    """One ``report`` run in the sweep's W&B group holding the table, the paired table and the plot."""
+    """One ``report`` run in the sweep's W&B group (same project, entity and mode as its jobs' runs) holding the
+    table, the paired table, the plot, and the QWK-vs-fraction chart as a native W&B line plot over the table
+    (one line per arm), so the chart can be restyled and hovered in W&B."""
     import wandb
 
-    run = wandb.init(project=wandb_cfg.get("project"), group=group, job_type="report", name=f"{group}-report",
-                     dir=str(save_dir), mode="offline" if wandb_cfg.get("offline", True) else "online")
+    run = wandb.init(project=wandb_cfg.get("project"), entity=wandb_cfg.get("entity"), group=group,
+                     job_type="report", name=f"{group}-report", dir=str(save_dir),
+                     mode=wandb_cfg.get("mode") or "offline")
     try:
-        payload = {"report/table": wandb.Table(dataframe=files.table),
-                   "report/qwk_vs_fraction": wandb.Image(str(files.plot))}
+        # pandas' missing values (the Int64 "collapsed" count is <NA> where no prediction was read) as None:
+        # W&B's table encoder cannot serialise pd.NA, and the sweep's end would fail on it
+        table = wandb.Table(dataframe=files.table.astype(object).where(files.table.notna(), None))
+        payload = {"report/table": table, "report/qwk_vs_fraction": wandb.Image(str(files.plot)),
+                   "report/qwk_vs_fraction_chart": wandb.plot.line(
+                       table, x="label_fraction", y="qwk_avg", stroke="arm",
+                       title="test QWK (mean over runs) vs label fraction")}
         if len(files.paired):
             payload["report/paired"] = wandb.Table(dataframe=files.paired.astype(
                 {"folds": str, "seeds": str, "split_seeds": str}))

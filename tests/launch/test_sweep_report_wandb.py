@@ -1,0 +1,44 @@
+"""The sweep's W&B report run, read back from its offline files: the report table, and the QWK-vs-fraction
+chart as a native W&B line plot over that table; and the W&B settings users set as in ``wandb.init``."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from ssl_dr.launch.sweep_report import _log_to_wandb
+from ssl_dr.report import write_report
+from tests import wandb_records
+from tests.conftest import compose_cfg
+from tests.test_report import make_sweep
+
+
+def test_report_run_holds_the_table_and_a_native_line_plot_over_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    sweep = make_sweep(tmp_path)
+    files = write_report(sweep)
+    _log_to_wandb(files, OmegaConf.create({"project": "ssl_dr", "entity": None, "mode": "offline"}),
+                  group="paper-test", save_dir=sweep)
+    (run_dir,) = (sweep / "wandb").glob("offline-run-*")
+    (row,) = [r for r in wandb_records.history(run_dir) if "report/qwk_vs_fraction_chart_table/path" in r]
+    chart = json.loads((run_dir / "files" / row["report/qwk_vs_fraction_chart_table/path"]).read_text())
+    plotted = pd.DataFrame(chart["data"], columns=chart["columns"])
+    expected = pd.read_csv(sweep / "report.csv")
+    assert list(plotted.arm) == list(expected.arm)  # one line per arm, x = fraction, y = mean test QWK
+    assert plotted.label_fraction.tolist() == pytest.approx(expected.label_fraction.tolist())
+    assert plotted.qwk_avg.tolist() == pytest.approx(expected.qwk_avg.tolist())
+    assert "report/table/path" in row and "report/qwk_vs_fraction/path" in row  # the table and the PNG stay
+    assert wandb_records.summary(run_dir)["report/complete"] is True
+
+
+def test_wandb_settings_are_wandbs_own_and_default_to_offline(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = compose_cfg(tmp_path, ["logger=default", "logger.wandb.entity=my-lab", "logger.wandb.tags=[a,b]"])
+    assert (cfg.logger.wandb.mode, cfg.logger.wandb.entity, list(cfg.logger.wandb.tags)) == ("offline", "my-lab",
+                                                                                             ["a", "b"])
+    assert compose_cfg(tmp_path, ["logger=default", "logger.wandb.mode=online"]).logger.wandb.mode == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # the environment variable W&B users already set wins
+    assert compose_cfg(tmp_path, ["logger=default"]).logger.wandb.mode == "disabled"
