@@ -99,7 +99,7 @@ def imagenet_source(cfg: DictConfig) -> str | None:
         if cause is None:
             raise
         raise cause from None
-    print(f"[ssl_dr] ImageNet weights: {source}")
+    log.info("ImageNet weights: %s", source)
     return source
 
 
@@ -117,7 +117,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    print(f"[ssl_dr] {cfg.arm}: fraction {cfg.data.label_fraction}, fold {cfg.data.fold}; outputs in {out_dir}")
+    log.info(f"{cfg.arm}: fraction {cfg.data.label_fraction}, fold {cfg.data.fold}; outputs in {out_dir}")
     imagenet = imagenet_source(cfg)  # before seeding: building the check's model draws random numbers
     L.seed_everything(cfg.seed, workers=True)
 
@@ -130,6 +130,11 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     folds_path = stored_folds(records, split_cfg.num_folds, split_cfg.split_seed, Path(cfg.paths.cache_dir) / "folds")
     table = split_roles(records, split_cfg, read_folds(folds_path, records))
     write_split(table, out_dir / "split.csv")
+    labels = label_counts(table, split_cfg)
+    log.info(f"split ({folds_path.name}): {labels['labels/train']} training / {labels['labels/val']} validation / "
+             f"{int((table.role == 'test').sum())} test images; labels read {labels['labels/read']} of "
+             f"{labels['labels/available']} ({cfg.data.val_protocol} validation); fine-tune budget "
+             f"{cfg.trainer.max_steps} steps")
     # decodes every image once (all unreadable files are reported together, before any training)
     cache = build_cache(records, Path(cfg.paths.cache_dir) / "images", size=cfg.data.image_size,
                         ben_graham=cfg.data.preprocess.ben_graham, num_workers=cfg.data.preprocess.num_workers,
@@ -144,19 +149,30 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
               "label_fraction": cfg.data.label_fraction, "fold": cfg.data.fold,
               "seed": cfg.seed, "split_seed": cfg.data.split_seed,
               "num_train": int((table.role == "train").sum()), "num_val": int((table.role == "val").sum()),
-              "num_test": int((table.role == "test").sum()), **label_counts(table, split_cfg),
+              "num_test": int((table.role == "test").sum()), **labels,
               "output_dir": str(out_dir), "finetune/freeze_steps": freeze_steps(cfg), **pretext_info}
     L.seed_everything(cfg.seed, workers=True)  # same fine-tune randomness whether the pretext ran or not
     scores = finetune(cfg, *(records_with_role(records, table, role) for role in ("train", "val", "test")),
                       cache=cache, init_weights=init_weights, out_dir=out_dir, run_record=record)
     metrics = {**record, **scores}  # the W&B run's summary holds this same record
+    log.info(f"tested the checkpoint of step {scores.get('best/step')} "
+             f"(val/qwk {scores.get('val/qwk_best', math.nan):.4f}): "
+             f"test/qwk {scores.get('test/qwk', math.nan):.4f}, referable AUROC "
+             f"{scores.get('test/auroc_referable', math.nan):.3f}, {scores.get('test/grades_predicted')} grade(s) "
+             f"predicted; per-grade recall {_recalls(scores)}")
     if is_launch_rank_zero():  # every DDP rank runs this job; one writes its result (and the predictions)
         write_metrics(out_dir / ENVIRONMENT_NAME, describe_environment(cfg))  # why numbers may differ
         write_metrics(out_dir / METRICS_NAME, metrics)
         if not cfg.get("keep_last_checkpoint", False):  # finished: nothing left to resume
             (out_dir / "checkpoints" / "last.ckpt").unlink(missing_ok=True)
-    print(f"[ssl_dr] done: test/qwk = {metrics.get('test/qwk', float('nan')):.4f}  ({out_dir})")
+    log.info(f"done: test/qwk = {metrics.get('test/qwk', float('nan')):.4f}  ({out_dir})")
     return metrics
+
+
+def _recalls(scores: dict[str, Any]) -> str:
+    """``0: 0.95, 1: 0.00, ...``: the tested checkpoint's recall per grade on the test fold (n/a: no such image)."""
+    values = [scores.get(f"test/recall_grade{g}", math.nan) for g in range(5)]
+    return ", ".join(f"{g}: {v:.2f}" if v == v else f"{g}: n/a" for g, v in enumerate(values))
 
 
 def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
@@ -185,7 +201,7 @@ def _finished_in_resumed_sweep(cfg: DictConfig) -> dict[str, Any] | None:
         return None
     finished = finished_job(cfg.paths.output_dir)
     if finished is not None:
-        print(f"[ssl_dr] {cfg.paths.output_dir}: finished before (metrics.json), not run again")
+        log.info(f"{cfg.paths.output_dir}: finished before (metrics.json), not run again")
         root = logging.getLogger()
         for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
             root.removeHandler(handler)

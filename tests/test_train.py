@@ -86,6 +86,12 @@ def test_cli_from_another_directory_writes_hydra_files_and_wandb(tmp_path):
     assert f"outputs in {run}" in result.stdout.replace(str(tmp_path.resolve()), str(tmp_path)) or \
         "outputs in" in result.stdout
     assert "test/qwk =" in result.stdout
+    # the run's story is in its train.log, in the console's words (Python logging through Hydra's job_logging)
+    said = [line.removeprefix("[ssl_dr] ") for line in result.stdout.splitlines() if line.startswith("[ssl_dr] ")]
+    logged = [line.split("] - ", 1)[1] for line in (run / "train.log").read_text().splitlines() if "] - " in line]
+    assert len(said) >= 4 and said == logged
+    assert any(line.startswith("split (") for line in logged)
+    assert any(line.startswith("tested the checkpoint of step") and "per-grade recall" in line for line in logged)
 
 
 @pytest.mark.e2e

@@ -24,6 +24,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -42,6 +43,8 @@ from tqdm import tqdm
 from ssl_dr.data.decode import decode_preprocessed
 from ssl_dr.data.fundus_preprocess import DEFAULT_MASK, MASKS
 from ssl_dr.data.records import DataError, Record, bulleted, duplicate_ids
+
+log = logging.getLogger(__name__)
 
 PREPROCESS_VERSION = 2
 """Bump whenever ``fundus_preprocess`` changes its output, so old entries are no longer matched."""
@@ -162,13 +165,12 @@ def _build_lock(root: Path, key: str, final: Path) -> Iterator[bool]:
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        print(f"[ssl_dr] waiting for another process building the image cache {final} (lock {lock.lock_file})",
-              flush=True)
+        log.info("waiting for another process building the image cache %s (lock %s)", final, lock.lock_file)
         lock.acquire()
     try:
         building = not _is_complete(final, key)
         if not building:
-            print(f"[ssl_dr] image cache {final}: built by another process, reused", flush=True)
+            log.info("image cache %s: built by another process, reused", final)
         yield building
     finally:
         Path(lock.lock_file).unlink(missing_ok=True)

@@ -11,6 +11,7 @@ repairs their folder in one pass instead of meeting one crash per epoch.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,8 @@ import pandas as pd
 
 from ssl_dr.data.listing import find_image, folder_images
 from ssl_dr.data.records import NUM_GRADES, DataError, Record, bulleted, duplicate_ids
+
+log = logging.getLogger(__name__)
 
 MAX_LISTED = 10
 MAX_WARNED = 5
@@ -117,9 +120,9 @@ def _patient(value: object) -> str | None:
 def _warn_no_patient(rows: list[str], csv_path: Path, column: str | None) -> None:
     if rows:
         more = f" and {len(rows) - MAX_WARNED} more" if len(rows) > MAX_WARNED else ""
-        print(f"[ssl_dr] warning: {len(rows)} row(s) of {csv_path.name} have an empty {column} cell (rows "
-              f"{', '.join(rows[:MAX_WARNED])}{more}); each is its own patient: fill the cells to keep a "
-              "patient's images together")
+        log.warning(f"{len(rows)} row(s) of {csv_path.name} have an empty {column} cell (rows "
+                    f"{', '.join(rows[:MAX_WARNED])}{more}); each is its own patient: fill the cells to keep a "
+                    "patient's images together")
 
 
 def _read_csv(csv_path: Path, columns: list[str]) -> pd.DataFrame:

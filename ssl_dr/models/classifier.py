@@ -23,6 +23,7 @@ plain mean, comparable across weightings.
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from typing import Any
 
@@ -38,6 +39,8 @@ from ssl_dr.models.heads import DEFAULT_THRESHOLDS, RegressionHead, build_head, 
 from ssl_dr.models.metrics import KaggleKappa, ReferableAUROC, confusion_summary
 from ssl_dr.models.optim import check_lr_scaling, configure_optimizers
 from ssl_dr.training.ranks import gather_from_ranks
+
+log = logging.getLogger(__name__)
 
 
 class DRClassifier(L.LightningModule):
@@ -74,6 +77,7 @@ class DRClassifier(L.LightningModule):
             self.qwk_rounded = MulticlassCohenKappa(NUM_GRADES, weights="quadratic")
         self._val_scores: list[torch.Tensor] = []
         self._val_grades: list[torch.Tensor] = []
+        self._said_collapsed = False
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Raw head outputs ``(B, grading.num_outputs)``: logits, threshold logits or the score."""
@@ -141,6 +145,11 @@ class DRClassifier(L.LightningModule):
         matrix = self.confusion[stage].compute()  # summed over DDP ranks: the same on every rank
         self.confusion[stage].reset()
         self.confusion_matrices[stage] = matrix.long().tolist()
+        predicted = (matrix.sum(dim=0) > 0).nonzero().flatten().tolist()
+        if stage == "val" and len(predicted) == 1 and not self._said_collapsed and not self.trainer.sanity_checking:
+            self._said_collapsed = True  # once per run, in words: not a library warning per validation
+            log.info(f"validation at step {self.global_step}: every image graded {predicted[0]} (the grader sits on "
+                     "one grade: val/qwk 0, val/qwk_kaggle NaN); said once, later validations may do the same")
         for name, value in confusion_summary(matrix).items():
             self.log(f"{stage}/{name}", torch.tensor(value), sync_dist=True)  # equal on every rank already
 

@@ -13,8 +13,11 @@ sklearn's input validation would cost more than the kappa itself.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
+from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import cohen_kappa_score
 from torchmetrics import Metric
 from torchmetrics.classification import BinaryAUROC
@@ -77,7 +80,10 @@ def qw_kappa_kaggle(y: np.ndarray, y_pred: np.ndarray, threshold: float = KAGGLE
     """
     grades = kaggle_decode(y, threshold)
     preds = kaggle_decode(y_pred, threshold)
-    return float(cohen_kappa_score(grades, preds, labels=list(range(NUM_GRADES)), weights="quadratic"))
+    with warnings.catch_warnings():  # undefined (one grade in common): NaN, said once by DRClassifier, not per epoch
+        warnings.simplefilter("ignore", UndefinedMetricWarning)  # scikit-learn >= 1.6
+        warnings.simplefilter("ignore", RuntimeWarning)  # older: 0 / 0
+        return float(cohen_kappa_score(grades, preds, labels=list(range(NUM_GRADES)), weights="quadratic"))
 
 
 class KaggleKappa(Metric):

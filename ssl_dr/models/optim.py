@@ -4,6 +4,7 @@ decay, per optimiser step)."""
 
 from __future__ import annotations
 
+import logging
 import math
 from functools import partial
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 from lightning import LightningModule
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
+
+log = logging.getLogger(__name__)
 
 SCHEDULER_INTERVALS = ("epoch", "step")
 
@@ -84,8 +87,8 @@ def configure_optimizers(module: LightningModule, optimizer: partial, scheduler:
     for group in opt.param_groups:
         group["lr"] *= factor
     if world_size > 1 and module.trainer.is_global_zero:
-        print(f"[ssl_dr] {world_size} ranks: global batch = {world_size} x per-rank batch; {type(opt).__name__} "
-              f"learning rate x{factor:.3g} (lr_scaling={lr_scaling})")
+        log.info(f"{world_size} ranks: global batch = {world_size} x per-rank batch; {type(opt).__name__} "
+                 f"learning rate x{factor:.3g} (lr_scaling={lr_scaling})")
     if scheduler is None:
         return opt
     return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler(optimizer=opt), "interval": interval}}

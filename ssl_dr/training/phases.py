@@ -8,6 +8,7 @@ run's split, picks the checkpoint with the best ``val/qwk`` and tests it on the 
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -50,6 +51,8 @@ from ssl_dr.training.predictions import PREDICTIONS_NAME, TestPredictionWriter
 from ssl_dr.training.ranks import await_choice, await_file, heartbeat_path, is_launch_rank_zero, publish_choice
 from ssl_dr.training.wandb_run import define_finetune_metrics, publish_finetune_record
 
+log = logging.getLogger(__name__)
+
 
 def _transforms(cfg: DictConfig, backbone: Backbone, train_kind: str) -> dict[str, Any]:
     """Train/eval transforms. ``train_kind``: ``finetune``, or the pretext's ``pretext.transform``:
@@ -81,7 +84,7 @@ def _fit(cfg: DictConfig, phase: str, run_id: str, run_name: str, module: Any, d
         trainer: Trainer = instantiate(cfg.trainer, logger=loggers, callbacks=[*callbacks, RngStateCallback()],
                                        **trainer_overrides)
         if resume_from is not None:
-            print(f"[ssl_dr] resuming {phase} from {resume_from}")
+            log.info("resuming %s from %s", phase, resume_from)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         if not trainer.callback_metrics:  # resumed from the final checkpoint: fit had nothing left to run
             trainer.validate(module, datamodule=datamodule, verbose=False)
@@ -93,7 +96,7 @@ def _fit(cfg: DictConfig, phase: str, run_id: str, run_name: str, module: Any, d
                 else float("nan")
             chosen = "best" if best and best.best_model_path else None
             if chosen is None:  # fast_dev_run writes no checkpoint: there is no best, only the last weights
-                print(f"[ssl_dr] {phase}: no checkpoint was written (trainer.fast_dev_run); testing the last weights")
+                log.info(f"{phase}: no checkpoint was written (trainer.fast_dev_run); testing the last weights")
             metrics.update(_validate_chosen(trainer, module, datamodule, chosen))
             tested = trainer.test(module, datamodule=datamodule, ckpt_path=chosen)
             metrics.update({k: float(v) for k, v in tested[0].items()})
@@ -182,7 +185,7 @@ def pretext_weights(cfg: DictConfig, records: list[Record], cache: ImageCache, o
         publish_choice(out_dir, f"pretext-{key}", {"reuse": found is not None})
         if found is not None:
             meta = load_backbone(instantiate(cfg.model.backbone), found)
-            print(f"[ssl_dr] reusing pretext {key} from {found}")
+            log.info("reusing pretext %s from %s", key, found)
             return found, {"pretext/key": key, "pretext/reused": True, **meta}
         partial = entry_dir(cache_dir, key) / PARTIAL_DIR
         meta = _train_pretext(cfg, pool, cache, out_dir, key, partial)
@@ -190,8 +193,8 @@ def pretext_weights(cfg: DictConfig, records: list[Record], cache: ImageCache, o
         save_backbone(meta.pop("backbone"), path, meta=meta)
         write_summary(cache_dir, key, {"key": key, "description": description, **meta})
         shutil.rmtree(partial, ignore_errors=True)
-    print(f"[ssl_dr] pretext {key}: held-out {cfg.pretext.name} accuracy {meta['pretext/val_acc']:.3f}; "
-          f"saved {path}")
+    log.info(f"pretext {key}: held-out {cfg.pretext.name} accuracy {meta['pretext/val_acc']:.3f}; "
+             f"saved {path}")
     return path, {"pretext/key": key, "pretext/reused": False, **meta}
 
 

@@ -17,8 +17,10 @@ from tests.data.test_cache import fundus, records_for, write
 
 SIZE = 32
 CHILD = f"""
+import logging
 import sys
 from pathlib import Path
+logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")  # as Hydra's job log does
 from ssl_dr.data.cache import build_cache
 from ssl_dr.data.records import Record
 paths = sorted(Path(sys.argv[1]).glob("*.png"))

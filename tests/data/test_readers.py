@@ -175,7 +175,7 @@ def test_missing_configured_column_names_config(tmp_path):
                   group_column="patient").load()
 
 
-def test_empty_patient_cells_make_each_image_its_own_patient(tmp_path, capsys):
+def test_empty_patient_cells_make_each_image_its_own_patient(tmp_path, caplog):
     (tmp_path / "imgs").mkdir()
     (tmp_path / "export.csv").write_text("file,grade,patient\na,0,p1\nb,1,\nc,2,  \nd,3,NaN\ne,4,p1\n")
     for name in "abcde":
@@ -183,6 +183,7 @@ def test_empty_patient_cells_make_each_image_its_own_patient(tmp_path, capsys):
     records = CsvSource(tmp_path, csv="export.csv", image_dir="imgs", id_column="file", label_column="grade",
                         group_column="patient").load()
     assert [r.group for r in records] == ["p1", None, None, None, "p1"]  # not one patient called '' or 'nan'
-    warning = capsys.readouterr().out.strip()
-    assert len(warning.splitlines()) == 1
+    (record,) = [r for r in caplog.records if r.name == "ssl_dr.data.csv_source"]  # one warning, not one per row
+    warning = record.getMessage()
+    assert record.levelname == "WARNING" and len(warning.splitlines()) == 1
     assert "3 row(s) of export.csv have an empty patient cell (rows 3 (b), 4 (c), 5 (d))" in warning

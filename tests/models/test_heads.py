@@ -440,3 +440,28 @@ def test_tiny_train_per_head(runs, head):
     validations = curve["val/qwk"].notna().sum()
     assert validations == len(curve["step"][curve["val/qwk"].notna()].unique())
     assert {f"val/recall_grade{g}" for g in LABELS} <= set(curve.columns)  # per-grade curves while training
+
+
+def test_a_collapsed_validation_is_said_once_in_words_not_as_a_warning_per_epoch(caplog):
+    """On real photographs a grader sitting on grade 0 made scikit-learn warn at every validation (47 times in
+    one run); now the kappa is NaN quietly and the run says it once."""
+    import warnings
+
+    y = kaggle_cumulative(np.zeros(6, dtype=int))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        assert np.isnan(qw_kappa_kaggle(y, y))
+    model = DRClassifier(Backbone("resnet10t"))
+    model._trainer = type("T", (), {"sanity_checking": False, "global_step": 50})()
+    model.log = lambda *args, **kwargs: None
+    grades = torch.tensor([0, 1, 2, 0])
+    collapsed = torch.zeros(4, 5)
+    collapsed[:, 0] = 1.0
+    with caplog.at_level("INFO", logger="ssl_dr.models.classifier"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):
+            model._score("val", collapsed, grades)
+            model._log_confusion("val")
+    said = [r.getMessage() for r in caplog.records if "every image graded 0" in r.getMessage()]
+    assert len(said) == 1 and "said once" in said[0]
+    assert model.confusion_matrices["val"] == [[2, 0, 0, 0, 0], [1, 0, 0, 0, 0], [1, 0, 0, 0, 0], [0] * 5, [0] * 5]

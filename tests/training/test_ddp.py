@@ -101,13 +101,14 @@ def test_unknown_lr_rule_names_the_key():
 @pytest.mark.parametrize(("world_size", "optimizer", "expected"), [
     (1, torch.optim.AdamW, 1e-3), (4, torch.optim.AdamW, 2e-3), (4, torch.optim.SGD, 4e-3)])
 def test_the_optimiser_is_built_with_the_learning_rate_of_the_trainers_world_size(world_size, optimizer, expected,
-                                                                                   capsys):
+                                                                                   caplog):
     """The factor comes from the trainer the module is attached to, where the optimiser is built."""
     module = RotationPretext(Backbone("resnet10t"), partial(optimizer, lr=1e-3))
     module._trainer = SimpleNamespace(world_size=world_size, is_global_zero=True)
-    built = module.configure_optimizers()  # the module's own wiring: its rule reaches the optimiser
+    with caplog.at_level("INFO", logger="ssl_dr.models.optim"):
+        built = module.configure_optimizers()  # the module's own wiring: its rule reaches the optimiser
     assert built.param_groups[0]["lr"] == pytest.approx(expected)
-    assert (f"{world_size} ranks" in capsys.readouterr().out) == (world_size > 1)
+    assert (f"{world_size} ranks" in caplog.text) == (world_size > 1)
 
 
 def test_sync_batchnorm_on_cpu_processes_is_refused_with_the_fix(tiny_cfg):
