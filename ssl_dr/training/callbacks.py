@@ -1,4 +1,4 @@
-"""Lightning callbacks of our own (the rest — checkpoints, LR monitor, progress bar — are Lightning's)."""
+"""Lightning callbacks of our own (the rest — checkpoints, LR monitor — are Lightning's)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, RichProgressBar
 
 
 class NonFiniteLossError(RuntimeError):
@@ -48,3 +48,36 @@ class RngStateCallback(Callback):
         np.random.set_state((name, state_dict["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, gauss))
         version, internal, gauss_next = state_dict["python"]
         random.setstate((version, tuple(internal), gauss_next))
+
+
+class StepBudgetProgressBar(RichProgressBar):
+    """Rich's progress bar, counting a step-budgeted fit in optimiser steps of its budget.
+
+    The fine-tune trains ``trainer.max_steps`` steps with no epoch limit (``max_epochs=-1``), where Lightning's
+    bar reads "Epoch 9/-2" and restarts at every pass over the data: no sign of how far the budget is. Here the
+    training bar's total is the budget and its position the optimiser step, across epochs; the epoch stays in
+    the description. A fit bounded by epochs (the pretext) keeps Lightning's bar unchanged.
+    """
+
+    def _budget(self) -> int | None:
+        trainer = self.trainer
+        unbounded = trainer.max_epochs is None or trainer.max_epochs < 0
+        return trainer.max_steps if unbounded and trainer.max_steps and trainer.max_steps > 0 else None
+
+    @property
+    def total_train_batches(self) -> int | float:
+        budget = self._budget()
+        return budget if budget is not None else super().total_train_batches
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        budget = self._budget()
+        if budget is None:
+            return super()._get_train_description(current_epoch)
+        description = f"Steps (epoch {current_epoch})"
+        return f"{description:{len(self.validation_description)}}"  # as Lightning pads it, against flicker
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self._budget() is not None:  # Lightning set the batch index of this epoch; the budget's step instead
+            self._update(self.train_progress_bar_id, trainer.global_step)

@@ -19,6 +19,7 @@ from filelock import FileLock
 from hydra.utils import instantiate
 from lightning import Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_dr.data.cache import PREPROCESS_VERSION, ImageCache
@@ -45,7 +46,7 @@ from ssl_dr.pretexts.store import (
     write_summary,
 )
 from ssl_dr.training.budget import budget_record, freeze_steps
-from ssl_dr.training.callbacks import RngStateCallback
+from ssl_dr.training.callbacks import RngStateCallback, StepBudgetProgressBar
 from ssl_dr.training.loggers import build_loggers, close_loggers
 from ssl_dr.training.predictions import PREDICTIONS_NAME, TestPredictionWriter
 from ssl_dr.training.ranks import await_choice, await_file, heartbeat_path, is_launch_rank_zero, publish_choice
@@ -117,15 +118,22 @@ def _validate_chosen(trainer: Trainer, module: Any, datamodule: FundusDataModule
     The loggers are detached for that pass: it is a record of the chosen model, not a point of the training
     curves (logged at the last step, it would draw the best value there)."""
     loggers, trainer.loggers = trainer.loggers, []
+    module.confusion_matrices.pop("val", None)  # only this pass's matrix may be reported
     try:
         validated = trainer.validate(module, datamodule=datamodule, ckpt_path=chosen, verbose=False)
     finally:
         trainer.loggers = loggers
-    return {**{k: float(v) for k, v in validated[0].items()}, "val/confusion": module.confusion_matrices["val"]}
+    # no result where the validation slice has no batch (a tiny debug split): nothing to report, not a crash
+    record: dict[str, Any] = {k: float(v) for k, v in (validated[0] if validated else {}).items()}
+    if "val" in module.confusion_matrices:
+        record["val/confusion"] = module.confusion_matrices["val"]
+    return record
 
 
 def _callbacks(cfg: DictConfig) -> list[Callback]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if cfg.trainer.get("enable_progress_bar", True) and _RICH_AVAILABLE:  # else Lightning's own choice
+        callbacks.append(StepBudgetProgressBar())  # counts the fine-tune's steps of its budget
     if cfg.get("scale") is not None:  # channels_last / compile / grad checkpointing (ssl_dr.training.speed)
         callbacks.append(instantiate(cfg.scale))
     return callbacks

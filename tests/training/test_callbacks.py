@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from ssl_dr.training.callbacks import FiniteLossGuard, NonFiniteLossError
+from ssl_dr.training.callbacks import FiniteLossGuard, NonFiniteLossError, StepBudgetProgressBar
 
 
 class Diverging(L.LightningModule):
@@ -40,3 +40,40 @@ def test_finite_training_is_untouched():
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module)
     assert trainer.global_step == 4
+
+
+class _BarProbe(L.Callback):
+    """Reads the training bar after every step, once the progress bar has drawn it."""
+
+    def __init__(self, bar: StepBudgetProgressBar) -> None:
+        self.bar, self.seen = bar, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        task = self.bar.progress.tasks[self.bar.train_progress_bar_id]
+        self.seen.append((task.completed, task.total, task.description.strip()))
+
+
+def test_budget_progress_bar_counts_the_steps_of_the_budget_across_epochs():
+    """A step-budgeted fit (max_epochs=-1, as the fine-tune) read 'Epoch 2/-2' and restarted every epoch."""
+    module = Diverging()
+    module.training_step = lambda batch, batch_idx: module.layer(batch[0]).mean()
+    bar = StepBudgetProgressBar()
+    probe = _BarProbe(bar)
+    trainer = L.Trainer(max_steps=7, max_epochs=-1, limit_train_batches=3, callbacks=[bar, probe], logger=False,
+                        enable_checkpointing=False, enable_model_summary=False)
+    trainer.fit(module)
+    assert [completed for completed, _, _ in probe.seen] == list(range(1, 8))  # 3 epochs, one count
+    assert {total for _, total, _ in probe.seen} == {7}
+    assert probe.seen[-1][2] == "Steps (epoch 2)" and not any("-2" in d for _, _, d in probe.seen)
+
+
+def test_epoch_bounded_fit_keeps_lightnings_bar():
+    module = Diverging()
+    module.training_step = lambda batch, batch_idx: module.layer(batch[0]).mean()
+    bar = StepBudgetProgressBar()
+    probe = _BarProbe(bar)
+    trainer = L.Trainer(max_epochs=2, limit_train_batches=3, callbacks=[bar, probe], logger=False,
+                        enable_checkpointing=False, enable_model_summary=False)
+    trainer.fit(module)
+    assert [completed for completed, _, _ in probe.seen] == [1, 2, 3, 1, 2, 3]
+    assert probe.seen[-1][2] == "Epoch 1/1"
