@@ -47,6 +47,8 @@ class ReportFiles:
     table: pd.DataFrame
     paired: pd.DataFrame
     gaps: list[Gap]
+    jobs: pd.DataFrame | None = None
+    """The finished jobs: job folder, arm, fraction, fold, seeds, test QWK and their fine-tune's W&B run id."""
 
     @property
     def complete(self) -> bool:
@@ -131,7 +133,9 @@ def write_report(sweep_dir: Path, paper_reference: bool = True) -> ReportFiles:
     paired = report_stats.paired_differences(results.finished, results.arms, results.fractions, results.num_folds)
     files = ReportFiles(sweep_dir / "report.md", sweep_dir / "report.csv",
                         sweep_dir / "report_paired.csv" if len(paired) else None, sweep_dir / "qwk_vs_fraction.png",
-                        table, paired, results.gaps)
+                        table, paired, results.gaps,
+                        results.finished[["job", "arm", "label_fraction", "fold", "seed", "split_seed", "test_qwk",
+                                          "wandb_run_id"]].reset_index(drop=True))
     table.to_csv(files.csv, index=False)
     (sweep_dir / "report_paired.csv").unlink(missing_ok=True)  # no stale pairs from an earlier report
     if files.paired_csv:

@@ -46,7 +46,8 @@ class ReportOnSweepEnd(Callback):
 def _log_to_wandb(files: ReportFiles, wandb_cfg: DictConfig, group: str, save_dir: Path) -> None:
     """One ``report`` run in the sweep's W&B group (same project, entity and mode as its jobs' runs) holding the
     table, the paired table, the plot, and the QWK-vs-fraction chart as a native W&B line plot over the table
-    (one line per arm), so the chart can be restyled and hovered in W&B."""
+    (one line per arm), so the chart can be restyled and hovered in W&B; its summary lists the finished jobs
+    with their fine-tune runs' ids (``report/jobs``)."""
     import wandb
 
     run = wandb.init(project=wandb_cfg.get("project"), entity=wandb_cfg.get("entity"), group=group,
@@ -65,5 +66,8 @@ def _log_to_wandb(files: ReportFiles, wandb_cfg: DictConfig, group: str, save_di
                 {"folds": str, "seeds": str, "split_seeds": str}))
         run.log(payload)
         run.summary["report/complete"] = files.complete
+        if files.jobs is not None:  # which runs the table is made of: open them by id in the same project
+            jobs = files.jobs.astype(object).where(files.jobs.notna(), None)
+            run.summary["report/jobs"] = jobs.to_dict(orient="records")
     finally:
         run.finish()

@@ -154,7 +154,8 @@ def _last_log_line(job_dir: Path) -> str | None:
 def _read_job(job_dir: Path) -> dict:
     metrics, unreadable = _read_metrics(job_dir / "metrics.json")
     row = {"job": job_dir.name, **_read_identity(job_dir, metrics), "status": FAILED, "test_qwk": math.nan,
-           **report_stats.job_facts(metrics, job_dir / PREDICTIONS)}
+           **report_stats.job_facts(metrics, job_dir / PREDICTIONS),
+           "wandb_run_id": (metrics or {}).get("wandb/run_id")}  # its fine-tune's W&B run (None: older runs)
     if unreadable:
         row["reason"] = unreadable
     elif metrics is None:

@@ -103,6 +103,7 @@ def _fit(cfg: DictConfig, phase: str, run_id: str, run_name: str, module: Any, d
             metrics.update({k: float(v) for k, v in tested[0].items()})
             metrics["test/confusion"] = module.confusion_matrices["test"]
             metrics["test/grades_predicted"] = grades_predicted(metrics["test/confusion"])
+            metrics["wandb/run_id"] = run_id  # the sweep's report run lists its jobs' runs by this id
             publish_finetune_record(loggers, {**(run_record or {}), **metrics})
         failed = False
         return metrics

@@ -13,12 +13,13 @@ from ssl_dr.launch.sweep_report import _log_to_wandb
 from ssl_dr.report import write_report
 from tests import wandb_records
 from tests.conftest import compose_cfg
-from tests.test_report import make_sweep
+from tests.test_report import edit_metrics, job_dir, make_sweep
 
 
 def test_report_run_holds_the_table_and_a_native_line_plot_over_it(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     sweep = make_sweep(tmp_path)
+    edit_metrics(job_dir(sweep, "rotation", 0.05, 1), **{"wandb__run_id": "rotation-0123456789ab"})
     files = write_report(sweep)
     _log_to_wandb(files, OmegaConf.create({"project": "ssl_dr", "entity": None, "mode": "offline"}),
                   group="paper-test", save_dir=sweep)
@@ -31,7 +32,13 @@ def test_report_run_holds_the_table_and_a_native_line_plot_over_it(tmp_path, mon
     assert plotted.label_fraction.tolist() == pytest.approx(expected.label_fraction.tolist())
     assert plotted.qwk_avg.tolist() == pytest.approx(expected.qwk_avg.tolist())
     assert "report/table/path" in row and "report/qwk_vs_fraction/path" in row  # the table and the PNG stay
-    assert wandb_records.summary(run_dir)["report/complete"] is True
+    summary = wandb_records.summary(run_dir)
+    assert summary["report/complete"] is True
+    jobs = summary["report/jobs"]  # the runs the table is made of, by their W&B id (None: an older job)
+    assert len(jobs) == len(expected) * 3
+    (linked,) = [job for job in jobs if job["wandb_run_id"] is not None]
+    assert (linked["arm"], linked["label_fraction"], linked["fold"]) == ("rotation", 0.05, 1)
+    assert linked["wandb_run_id"] == "rotation-0123456789ab"
 
 
 def test_wandb_settings_are_wandbs_own_and_default_to_offline(tmp_path, monkeypatch):

@@ -35,6 +35,7 @@ def test_finetune_run_summarises_the_best_qwk_the_result_record_and_confusion_pl
                               "trainer.val_check_interval=1"))["output_dir"])
     saved = json.loads((out / "metrics.json").read_text())
     (run_dir,) = (out / "wandb").glob("offline-run-*")
+    assert run_dir.name.endswith(f"-{saved['wandb/run_id']}")  # the id a sweep's report run lists the job by
 
     summary = wandb_records.summary(run_dir)
     assert wandb_records.metric_definitions(run_dir)["val/qwk"].summary.max
