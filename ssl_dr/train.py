@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 from ssl_dr.config_dir import config_dir
 from ssl_dr.data.cache import build_cache
-from ssl_dr.data.records import DataError, Record
+from ssl_dr.data.records import NUM_GRADES, DataError, Record
 from ssl_dr.data.splits import (
     SplitConfig,
     label_counts,
@@ -171,7 +171,7 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
 def _recalls(scores: dict[str, Any]) -> str:
     """``0: 0.95, 1: 0.00, ...``: the tested checkpoint's recall per grade on the test fold (n/a: no such image)."""
-    values = [scores.get(f"test/recall_grade{g}", math.nan) for g in range(5)]
+    values = [scores.get(f"test/recall_grade{g}", math.nan) for g in range(NUM_GRADES)]
     return ", ".join(f"{g}: {v:.2f}" if v == v else f"{g}: n/a" for g, v in enumerate(values))
 
 

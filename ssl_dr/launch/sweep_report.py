@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -54,9 +55,7 @@ def _log_to_wandb(files: ReportFiles, wandb_cfg: DictConfig, group: str, save_di
                      job_type="report", name=f"{group}-report", dir=str(save_dir),
                      mode=wandb_cfg.get("mode") or "offline")
     try:
-        # pandas' missing values (the Int64 "collapsed" count is <NA> where no prediction was read) as None:
-        # W&B's table encoder cannot serialise pd.NA, and the sweep's end would fail on it
-        table = wandb.Table(dataframe=files.table.astype(object).where(files.table.notna(), None))
+        table = wandb.Table(dataframe=_missing_as_none(files.table))
         payload = {"report/table": table, "report/qwk_vs_fraction": wandb.Image(str(files.plot)),
                    "report/qwk_vs_fraction_chart": wandb.plot.line(
                        table, x="label_fraction", y="qwk_avg", stroke="arm",
@@ -67,7 +66,12 @@ def _log_to_wandb(files: ReportFiles, wandb_cfg: DictConfig, group: str, save_di
         run.log(payload)
         run.summary["report/complete"] = files.complete
         if files.jobs is not None:  # which runs the table is made of: open them by id in the same project
-            jobs = files.jobs.astype(object).where(files.jobs.notna(), None)
-            run.summary["report/jobs"] = jobs.to_dict(orient="records")
+            run.summary["report/jobs"] = _missing_as_none(files.jobs).to_dict(orient="records")
     finally:
         run.finish()
+
+
+def _missing_as_none(frame: pd.DataFrame) -> pd.DataFrame:
+    """pandas' missing values (the Int64 "collapsed" count is <NA> where no prediction was read, NaN run ids of
+    older jobs) as None: W&B's JSON encoder cannot serialise pd.NA, and the sweep's end would fail on it."""
+    return frame.astype(object).where(frame.notna(), None)

@@ -36,7 +36,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassCohenKappa
 from ssl_dr.data.records import NUM_GRADES
 from ssl_dr.models.backbone import Backbone
 from ssl_dr.models.heads import DEFAULT_THRESHOLDS, RegressionHead, build_head, cut, grade_weights_for, tune_thresholds
-from ssl_dr.models.metrics import KaggleKappa, ReferableAUROC, confusion_summary
+from ssl_dr.models.metrics import KaggleKappa, ReferableAUROC, confusion_summary, grades_predicted
 from ssl_dr.models.optim import check_lr_scaling, configure_optimizers
 from ssl_dr.training.ranks import gather_from_ranks
 
@@ -145,11 +145,12 @@ class DRClassifier(L.LightningModule):
         matrix = self.confusion[stage].compute()  # summed over DDP ranks: the same on every rank
         self.confusion[stage].reset()
         self.confusion_matrices[stage] = matrix.long().tolist()
-        predicted = (matrix.sum(dim=0) > 0).nonzero().flatten().tolist()
-        if stage == "val" and len(predicted) == 1 and not self._said_collapsed and not self.trainer.sanity_checking:
+        if stage == "val" and grades_predicted(matrix.cpu()) == 1 and not self._said_collapsed \
+                and not self.trainer.sanity_checking:
             self._said_collapsed = True  # once per run, in words: not a library warning per validation
-            log.info(f"validation at step {self.global_step}: every image graded {predicted[0]} (the grader sits on "
-                     "one grade: val/qwk 0, val/qwk_kaggle NaN); said once, later validations may do the same")
+            log.info(f"validation at step {self.global_step}: every image graded {int(matrix.sum(dim=0).argmax())} "
+                     "(the grader sits on one grade; its QWK is 0 or undefined); said once, later validations may "
+                     "do the same")
         for name, value in confusion_summary(matrix).items():
             self.log(f"{stage}/{name}", torch.tensor(value), sync_dist=True)  # equal on every rank already
 

@@ -87,8 +87,8 @@ def _fit(cfg: DictConfig, phase: str, run_id: str, run_name: str, module: Any, d
         if resume_from is not None:
             log.info("resuming %s from %s", phase, resume_from)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-        if not trainer.callback_metrics:  # resumed from the final checkpoint: fit had nothing left to run
-            trainer.validate(module, datamodule=datamodule, verbose=False)
+        if not trainer.callback_metrics and not test:  # resumed from the final checkpoint: nothing left to run
+            trainer.validate(module, datamodule=datamodule, verbose=False)  # (a tested phase validates below)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if test:
             metrics.update(budget_record(trainer))
