@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from ssl_dr.explain import MIN_SIDE, find_target_layer, grad_cam
 from ssl_dr.explain import main as explain_main
 from ssl_dr.inference import InferenceError
+from ssl_dr.inference.grad_cam import MIN_SIDE, find_target_layer, grad_cam
 from tests.test_predict import TinyRun, one_thread, tiny_run
 
 
