@@ -45,7 +45,7 @@ from ssl_dr.models.heads import check_grade_weights, check_head
 from ssl_dr.training.budget import check_budget, freeze_steps
 from ssl_dr.training.callbacks import NonFiniteLossError
 from ssl_dr.training.environment import describe_environment
-from ssl_dr.training.phases import finetune, pretext_weights
+from ssl_dr.training.phases import finetune, media_config, pretext_weights
 from ssl_dr.training.ranks import RankZeroGoneError, RankZeroHeartbeat, is_launch_rank_zero
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_head(cfg.model.head)  # in seconds, not after the image cache and the pretext
     check_grade_weights(cfg.model.classifier.get("grade_weights", "none"))
     check_budget(cfg)
+    media_config(cfg)  # a bad media.* count fails now, not after training
     check_sync_batchnorm(cfg.trainer)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,13 @@ TINY_TRAINING = [
     "logger=csv",
 ]
 TINY = TINY_SYNTHETIC + TINY_TRAINING
+
+
+@pytest.fixture(autouse=True, scope="session")
+def wandb_staging_in_tmp(tmp_path_factory) -> None:
+    """W&B stages the files of logged tables and artifacts in ``$WANDB_DATA_DIR`` (default: the home folder)
+    until a sync: under the tests that is a temporary folder, so the suite never fills the home folder."""
+    os.environ["WANDB_DATA_DIR"] = str(tmp_path_factory.mktemp("wandb-data"))
 
 
 def compose_cfg(root: Path, overrides: list[str], run: str = "run") -> DictConfig:

@@ -69,3 +69,19 @@ def summary(run_dir: Path) -> dict[str, Any]:
 def metric_definitions(run_dir: Path) -> dict[str, Any]:
     """``define_metric`` calls: name -> the MetricRecord (its ``summary`` says max/min/last...)."""
     return {r.metric.name: r.metric for r in records(run_file(run_dir)) if r.WhichOneof("record_type") == "metric"}
+
+
+def artifacts(run_dir: Path) -> list[Any]:
+    """Every ``log_artifact`` of the run (``ArtifactRecord``: name, type, aliases, metadata, manifest)."""
+    return [r.artifact for r in records(run_file(run_dir)) if r.WhichOneof("record_type") == "artifact"]
+
+
+def table(run_dir: Path, key: str) -> tuple[dict[str, Any], dict[str, Path]]:
+    """A ``wandb.Table`` logged under ``key``: its JSON (``columns``, ``data``) and the local file of every entry
+    of the ``run_table`` artifact W&B stores it in (images by their ``media/images/...`` path). An offline run
+    keeps those files in W&B's staging folder (``$WANDB_DATA_DIR/artifacts/staging``) until ``wandb sync``."""
+    for artifact in artifacts(run_dir):
+        files = {entry.path: Path(entry.local_path) for entry in artifact.manifest.contents}
+        if artifact.type == "run_table" and f"{key}.table.json" in files:
+            return json.loads(files[f"{key}.table.json"].read_text()), files
+    raise AssertionError(f"no table {key!r} in {run_dir}")

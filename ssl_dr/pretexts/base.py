@@ -28,6 +28,7 @@ class PretextStep(NamedTuple):
     loss: torch.Tensor
     scores: torch.Tensor  # (N, candidates): the network's scores for every candidate answer
     targets: torch.Tensor  # (N,): index of the right candidate
+    inputs: torch.Tensor | None = None  # (N, C, H, W): what the network saw, one per row of ``scores`` (W&B grid)
 
 
 def mlp_head(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
@@ -80,6 +81,10 @@ class PretextModule(L.LightningModule, ABC):
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         self._shared_step(batch, batch_idx, "val", self.val_acc)
+
+    def answer_name(self, candidate: int) -> str:
+        """A candidate answer as a picture's caption says it (the W&B example grid)."""
+        return f"#{candidate}"
 
     def configure_optimizers(self) -> Any:
         return configure_optimizers(self, self.optimizer_factory, self.scheduler_factory, lr_scaling=self.lr_scaling)

@@ -145,5 +145,9 @@ class JigsawPretext(PretextModule):
 
     def step(self, batch: torch.Tensor, batch_idx: int) -> PretextStep:
         labels = self._labels(batch.shape[0], batch_idx).to(batch.device)
-        logits = self(jigsaw_batch(central_crop(batch, self.crop), self.permutations, labels, self.grid, self.gap))
-        return PretextStep(F.cross_entropy(logits, labels), logits, labels)
+        puzzles = jigsaw_batch(central_crop(batch, self.crop), self.permutations, labels, self.grid, self.gap)
+        logits = self(puzzles)
+        return PretextStep(F.cross_entropy(logits, labels), logits, labels, puzzles)
+
+    def answer_name(self, candidate: int) -> str:
+        return f"perm {candidate}"

@@ -40,4 +40,7 @@ class RotationPretext(PretextModule):
     def step(self, batch: torch.Tensor, batch_idx: int) -> PretextStep:
         rotated, labels = rotate_batch(batch)
         logits = self(rotated)
-        return PretextStep(F.cross_entropy(logits, labels), logits, labels)
+        return PretextStep(F.cross_entropy(logits, labels), logits, labels, rotated)
+
+    def answer_name(self, candidate: int) -> str:
+        return f"{90 * candidate} deg"

@@ -62,5 +62,9 @@ class SimCLRPretext(PretextModule):
         self.head = mlp_head(backbone.num_features, head_hidden, projection_dim)
 
     def step(self, batch: torch.Tensor, batch_idx: int) -> PretextStep:
-        logits, targets = nt_xent_logits(self(pair_views(batch)), self.temperature)
-        return PretextStep(F.cross_entropy(logits, targets), logits, targets)
+        views = pair_views(batch)
+        logits, targets = nt_xent_logits(self(views), self.temperature)
+        return PretextStep(F.cross_entropy(logits, targets), logits, targets, views)
+
+    def answer_name(self, candidate: int) -> str:
+        return f"view {candidate}"  # the row of the batch's views taken for this view's positive

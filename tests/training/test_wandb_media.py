@@ -1,0 +1,110 @@
+"""W&B pictures (``ssl_dr.training.wandb_media``), read back from the offline runs' own files: the fine-tune's
+predictions table (thumbnails, grades, probabilities, Grad-CAM) and the pretext's grid of what it saw."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import pandas as pd
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from ssl_dr.pretexts import build_pretext
+from ssl_dr.train import train
+from ssl_dr.training.phases import media_config
+from ssl_dr.training.wandb_media import THUMBNAIL_SIDE, MediaConfig, pretext_grid, sample_by_grade
+from tests import wandb_records
+from tests.conftest import TINY
+
+
+@pytest.fixture
+def wandb_offline(monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+
+
+def test_the_sample_takes_one_grade_after_another_so_rare_grades_are_in_it():
+    grades = [0, 0, 0, 0, 2, 0, 4, 2, 0, 1]
+    assert sample_by_grade(grades, 5) == [0, 9, 4, 6, 1]  # first 0, first 1, first 2, first 4, second 0
+    assert sample_by_grade(grades, 7) == [0, 9, 4, 6, 1, 7, 2]
+    assert sorted(sample_by_grade(grades, 50)) == list(range(len(grades)))
+    assert sample_by_grade(grades, 0) == []
+
+
+def test_media_counts_must_be_whole_numbers(tiny_cfg):
+    assert media_config(tiny_cfg()) == MediaConfig()
+    with pytest.raises(ValueError, match=r"media.grad_cam=-1"):
+        media_config(tiny_cfg("media.grad_cam=-1"))
+    with pytest.raises(ValueError, match=r"media.predictions"):
+        train(tiny_cfg("media.predictions=-3"))  # before any data work
+
+
+def _runs(out: Path) -> dict[str, Path]:
+    return {("pretext" if "-pretext-" in d.name else "finetune"): d for d in (out / "wandb").glob("offline-run-*")}
+
+
+def _png(path: Path):
+    image = cv2.imread(str(path))
+    assert image is not None, f"{path} is not a readable image"
+    return image
+
+
+def test_a_run_shows_its_test_predictions_with_grad_cam_and_the_pretext_grid(tiny_cfg, wandb_offline):
+    overrides = [o for o in TINY if not o.startswith("logger=")]
+    cfg = tiny_cfg("experiment=rotation", *overrides, "logger=default", "media.predictions=7", "media.grad_cam=3",
+                   "media.pretext_grid=3")
+    out = Path(train(cfg)["output_dir"])
+    runs = _runs(out)
+
+    # the fine-tune: a fixed sample of the test fold, its rows the run's own test_predictions.csv
+    predictions = pd.read_csv(out / "test_predictions.csv", dtype={"id_code": str})
+    logged, files = wandb_records.table(runs["finetune"], "test/predictions")
+    assert logged["columns"] == ["id_code", "image", "grade", "pred", "correct", "p0", "p1", "p2", "p3", "p4",
+                                 "grad_cam"]
+    sample = sample_by_grade(predictions["grade"].tolist(), 7)
+    assert [row[0] for row in logged["data"]] == predictions["id_code"][sample].tolist()
+    for row, (_, expected) in zip(logged["data"], predictions.loc[sample].iterrows(), strict=True):
+        assert row[2:5] == [expected["grade"], expected["pred"], expected["grade"] == expected["pred"]]
+        assert row[5:10] == pytest.approx([expected[f"p{k}"] for k in range(5)], abs=1e-4)
+        assert _png(files[row[1]["path"]]).shape == (THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3)  # 32 px, upscaled
+    overlays = [row[-1] for row in logged["data"]]
+    assert all(o is not None for o in overlays[:3]) and all(o is None for o in overlays[3:])
+    for o in overlays[:3]:
+        assert _png(files[o["path"]]).shape == (2 * THUMBNAIL_SIDE, 2 * THUMBNAIL_SIDE, 3)
+
+    # the pretext: one picture, a column per held-out image and a row per rotation
+    (logged_grid,) = [row for row in wandb_records.history(runs["pretext"]) if "pretext/examples/path" in row]
+    grid = _png(runs["pretext"] / "files" / logged_grid["pretext/examples/path"])
+    assert grid.shape == (4 * (THUMBNAIL_SIDE + 2) - 2, 3 * (THUMBNAIL_SIDE + 2) - 2, 3)
+    assert "3 held-out images as the pretext sees them" in logged_grid["pretext/examples/caption"]
+
+
+def test_media_can_be_turned_off(tiny_cfg, wandb_offline):
+    overrides = [o for o in TINY if not o.startswith("logger=")]
+    out = Path(train(tiny_cfg("experiment=rotation", *overrides, "logger=default", "media.predictions=0",
+                              "media.pretext_grid=0"))["output_dir"])
+    runs = _runs(out)
+    assert not any("pretext/examples/path" in row for row in wandb_records.history(runs["pretext"]))
+    assert not any(a.type == "run_table" and any(e.path == "test/predictions.table.json" for e in a.manifest.contents)
+                   for a in wandb_records.artifacts(runs["finetune"]))
+
+
+@pytest.mark.parametrize(("arm", "rows"), [("rotation", 4), ("jigsaw", 1), ("simclr", 2)])
+def test_the_pretext_grid_shows_every_input_the_step_fed_with_its_answer(tiny_cfg, arm, rows):
+    """The grid holds what ``step`` fed the network (a row per view of the same images) and counts its
+    right answers exactly as the held-out accuracy would."""
+    cfg = tiny_cfg(f"experiment={arm}")
+    torch.manual_seed(0)
+    module = build_pretext(cfg, instantiate(cfg.model.backbone))
+    shape = (2, 3, 32, 32) if module.TRANSFORM == "contrastive" else (3, 32, 32)
+    images = [torch.randn(shape) for _ in range(3)]
+    grid, text = pretext_grid(module, images, 3, *module.backbone.normalization())
+    assert grid.shape == (rows * (THUMBNAIL_SIDE + 2) - 2, 3 * (THUMBNAIL_SIDE + 2) - 2, 3)
+    with torch.no_grad():
+        step = module.step(torch.stack(images), 0)
+    right = int((step.scores.argmax(dim=1) == step.targets).sum())
+    assert f"({right}/{len(step.targets)} right)" in text
+    assert json.dumps(text)  # a plain caption string
