@@ -45,8 +45,9 @@ from ssl_dr.models.heads import check_grade_weights, check_head
 from ssl_dr.training.budget import check_budget, freeze_steps
 from ssl_dr.training.callbacks import NonFiniteLossError
 from ssl_dr.training.environment import describe_environment
-from ssl_dr.training.phases import finetune, media_config, pretext_weights
+from ssl_dr.training.phases import finetune, pretext_weights
 from ssl_dr.training.ranks import RankZeroGoneError, RankZeroHeartbeat, is_launch_rank_zero
+from ssl_dr.training.wandb_publish import media_config
 
 log = logging.getLogger(__name__)
 register_resolvers()  # before @hydra.main composes: hydra.run.dir uses ${ssl_dr.run_dir:...}

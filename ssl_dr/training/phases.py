@@ -11,7 +11,6 @@ import hashlib
 import logging
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +50,11 @@ from ssl_dr.training.callbacks import RngStateCallback, StepBudgetProgressBar
 from ssl_dr.training.loggers import build_loggers, close_loggers
 from ssl_dr.training.predictions import PREDICTIONS_NAME, TestPredictionWriter
 from ssl_dr.training.ranks import await_choice, await_file, heartbeat_path, is_launch_rank_zero, publish_choice
-from ssl_dr.training.wandb_media import MediaConfig, predictions_table, pretext_grid
+from ssl_dr.training.wandb_publish import Publish, finetune_publisher, pretext_publisher
 from ssl_dr.training.wandb_run import define_finetune_metrics, publish_finetune_record, wandb_runs
 
 log = logging.getLogger(__name__)
 
-Pictures = Callable[[Trainer], dict[str, Any]]
-"""A phase's W&B media, built from its finished trainer: ``{key: wandb media}``, logged in one step."""
 
 
 def _transforms(cfg: DictConfig, backbone: Backbone, train_kind: str) -> dict[str, Any]:
@@ -79,11 +76,12 @@ def _transforms(cfg: DictConfig, backbone: Backbone, train_kind: str) -> dict[st
 
 def _fit(cfg: DictConfig, phase: str, run_id: str, run_name: str, module: Any, datamodule: FundusDataModule,
          callbacks: list[Callback], resume_from: Path | None, test: bool = False,
-         run_record: dict[str, Any] | None = None, pictures: Pictures | None = None,
+         run_record: dict[str, Any] | None = None, publish: Publish | None = None,
          **trainer_overrides: Any) -> dict[str, Any]:
     """Fit from scratch or from ``resume_from`` (and optionally test the best checkpoint), with loggers
-    that are closed whatever happens. ``run_id`` makes a resumed phase continue its W&B run. ``pictures``
-    logs the phase's W&B media once it has succeeded (on the process that writes the W&B run)."""
+    that are closed whatever happens. ``run_id`` makes a resumed phase continue its W&B run. ``publish``
+    gives the phase's W&B runs their pictures and artifacts once it has succeeded (on the process that writes
+    them: rank 0)."""
     loggers = build_loggers(cfg, phase, run_name, run_id)
     failed = True
     try:
@@ -112,10 +110,8 @@ def _fit(cfg: DictConfig, phase: str, run_id: str, run_name: str, module: Any, d
             metrics["test/grades_predicted"] = grades_predicted(metrics["test/confusion"])
             metrics["wandb/run_id"] = run_id  # the sweep's report run lists its jobs' runs by this id
             publish_finetune_record(loggers, {**(run_record or {}), **metrics})
-        if pictures is not None and trainer.is_global_zero and (runs := wandb_runs(loggers)):
-            media = pictures(trainer)
-            for run in runs:
-                run.log(media)
+        if publish is not None and trainer.is_global_zero and (runs := wandb_runs(loggers)):
+            publish(trainer, runs)
         failed = False
         return metrics
     finally:
@@ -250,8 +246,8 @@ def _train_pretext(cfg: DictConfig, pool: list[Record], cache: ImageCache, out_d
     callbacks.append(ModelCheckpoint(dirpath=partial, filename="last", save_top_k=1, every_n_epochs=1))
     last = partial / "last.ckpt"
     metrics = _fit(cfg, "pretext", f"pretext-{key}", f"pretext-{key[:8]}", module, datamodule, callbacks,
-                   resume_from=last if last.is_file() else None, pictures=_pretext_pictures(cfg, module, datamodule),
-                   max_epochs=cfg.pretext.max_epochs,
+                   resume_from=last if last.is_file() else None,
+                   publish=pretext_publisher(cfg, module, datamodule, key, partial), max_epochs=cfg.pretext.max_epochs,
                    max_steps=-1, val_check_interval=1.0, check_val_every_n_epoch=1,  # the fine-tune counts steps
                    default_root_dir=str(out_dir / "pretext"))
     return {"backbone": backbone, "pretext/val_acc": metrics.get("pretext/val_acc"),
@@ -285,36 +281,5 @@ def finetune(cfg: DictConfig, train: list[Record], val: list[Record], test: list
     callbacks = [*_callbacks(cfg), TestPredictionWriter(out_dir / PREDICTIONS_NAME)]
     return _fit(cfg, "finetune", run_id, run_name, module, datamodule, callbacks,
                 resume_from=last if (cfg.resume or requeued_by_slurm()) and last.is_file() else None, test=True,
-                run_record=run_record, pictures=_finetune_pictures(cfg, module, datamodule, out_dir))
+                run_record=run_record, publish=finetune_publisher(cfg, module, datamodule, out_dir, run_record or {}))
 
-
-def media_config(cfg: DictConfig) -> MediaConfig:
-    """``cfg.media`` (absent: the defaults), checked."""
-    return MediaConfig(**OmegaConf.to_container(cfg.get("media") or OmegaConf.create(), resolve=True))
-
-
-def _finetune_pictures(cfg: DictConfig, module: Any, datamodule: FundusDataModule, out_dir: Path) -> Pictures:
-    """The predictions table of the tested checkpoint (``ssl_dr.training.wandb_media``)."""
-    media = media_config(cfg)
-
-    def pictures(_trainer: Trainer) -> dict[str, Any]:
-        if media.predictions == 0 or not (out_dir / PREDICTIONS_NAME).is_file():
-            return {}
-        return {"test/predictions": predictions_table(module, datamodule.datasets["test"], out_dir / PREDICTIONS_NAME,
-                                                      media.predictions, media.grad_cam)}
-    return pictures
-
-
-def _pretext_pictures(cfg: DictConfig, module: Any, datamodule: FundusDataModule) -> Pictures:
-    """The grid of held-out images as the pretext saw them, with its answers."""
-    media = media_config(cfg)
-
-    def pictures(_trainer: Trainer) -> dict[str, Any]:
-        if media.pretext_grid == 0 or len(datamodule.datasets["val"]) == 0:
-            return {}
-        import wandb
-
-        grid, text = pretext_grid(module, datamodule.datasets["val"], media.pretext_grid,
-                                  *module.backbone.normalization())
-        return {"pretext/examples": wandb.Image(grid, caption=text)}
-    return pictures

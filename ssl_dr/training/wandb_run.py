@@ -45,7 +45,7 @@ def publish_finetune_record(loggers: list[Logger], record: dict[str, Any]) -> No
     for run in runs:
         if plots:
             run.log(plots)
-        run.summary[SUMMARY_KEY] = _json_safe(record)
+        run.summary[SUMMARY_KEY] = json_safe(record)
 
 
 def confusion_plot(matrix: list[list[int]], stage: str) -> Any:
@@ -63,12 +63,12 @@ def confusion_plot(matrix: list[list[int]], stage: str) -> Any:
                                        title=f"{stage}: true grade (rows) vs predicted grade, tested checkpoint")
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """NaN/inf become None (W&B's summary is JSON; a NaN AUROC on a one-sided fold must not break it)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value

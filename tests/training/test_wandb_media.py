@@ -1,9 +1,11 @@
-"""W&B pictures (``ssl_dr.training.wandb_media``), read back from the offline runs' own files: the fine-tune's
-predictions table (thumbnails, grades, probabilities, Grad-CAM) and the pretext's grid of what it saw."""
+"""W&B pictures and artifacts (``ssl_dr.training.wandb_media``, ``wandb_artifacts``), read back from the offline
+runs' own files: the fine-tune's predictions table (thumbnails, grades, probabilities, Grad-CAM), the pretext's
+grid of what it saw, the weights each phase logs and the fine-tune's reference to its pretext."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import cv2
@@ -11,11 +13,13 @@ import pandas as pd
 import pytest
 import torch
 from hydra.utils import instantiate
+from wandb import errors as wandb_errors
 
 from ssl_dr.pretexts import build_pretext
 from ssl_dr.train import train
-from ssl_dr.training.phases import media_config
+from ssl_dr.training.wandb_artifacts import link_pretext
 from ssl_dr.training.wandb_media import THUMBNAIL_SIDE, MediaConfig, pretext_grid, sample_by_grade
+from ssl_dr.training.wandb_publish import media_config
 from tests import wandb_records
 from tests.conftest import TINY
 
@@ -108,3 +112,60 @@ def test_the_pretext_grid_shows_every_input_the_step_fed_with_its_answer(tiny_cf
     right = int((step.scores.argmax(dim=1) == step.targets).sum())
     assert f"({right}/{len(step.targets)} right)" in text
     assert json.dumps(text)  # a plain caption string
+
+
+def test_artifacts_hold_the_pretext_backbone_and_the_tested_grader(tiny_cfg, wandb_offline):
+    """``wandb_artifacts=true``: the pretext run logs its backbone under its store key, the fine-tune run its
+    tested checkpoint byte for byte, and (offline, where W&B cannot link) names its pretext in the summary."""
+    overrides = [o for o in TINY if not o.startswith("logger=")]
+    result = train(tiny_cfg("experiment=rotation", *overrides, "logger=default", "wandb_artifacts=true",
+                            "media.predictions=0", "media.pretext_grid=0"))
+    out, key = Path(result["output_dir"]), result["pretext/key"]
+    runs = _runs(out)
+
+    (pretext,) = [a for a in wandb_records.artifacts(runs["pretext"]) if a.type == "pretext-backbone"]
+    assert pretext.name == "pretext-rotation" and key in pretext.aliases
+    (entry,) = pretext.manifest.contents
+    stored, logged = (torch.load(path, weights_only=True)["state_dict"]
+                      for path in (result["init/weights"], entry.local_path))
+    assert stored.keys() == logged.keys() and all(torch.equal(stored[k], logged[k]) for k in stored)
+
+    (grader,) = [a for a in wandb_records.artifacts(runs["finetune"]) if a.type == "model"]
+    assert grader.name == "grader-rotation" and "frac1.0-fold0-seed42" in grader.aliases
+    (entry,) = grader.manifest.contents
+    assert Path(entry.local_path).read_bytes() == (out / "checkpoints" / "best.ckpt").read_bytes()
+    assert json.loads(grader.metadata)["test/qwk"] == pytest.approx(result["test/qwk"], abs=1e-6)
+
+    summary = wandb_records.summary(runs["finetune"])
+    assert summary["pretext/wandb_run_id"] == f"pretext-{key}" and runs["pretext"].name.endswith(f"-pretext-{key}")
+    assert summary["pretext/artifact"] == f"pretext-rotation:{key}"
+
+
+def test_no_artifact_by_default(tiny_cfg, wandb_offline):
+    overrides = [o for o in TINY if not o.startswith("logger=")]
+    out = Path(train(tiny_cfg("experiment=rotation", *overrides, "logger=default", "media.predictions=0",
+                              "media.pretext_grid=0"))["output_dir"])
+    for run in _runs(out).values():
+        assert not [a for a in wandb_records.artifacts(run) if a.type != "run_table"]
+
+
+class _OnlineRun:
+    """Stands in for W&B's server side only: records what the fine-tune asked W&B to link."""
+
+    offline = False
+
+    def __init__(self, known: set[str]) -> None:
+        self.known, self.used = known, []
+
+    def use_artifact(self, name: str) -> None:
+        if name not in self.known:
+            raise wandb_errors.CommError(f"artifact {name} not found")
+        self.used.append(name)
+
+
+def test_an_online_fine_tune_names_its_pretext_artifact_as_input(caplog):
+    run = _OnlineRun({"pretext-rotation:abc123"})
+    assert link_pretext(run, "rotation", "abc123") and run.used == ["pretext-rotation:abc123"]
+    with caplog.at_level(logging.WARNING):
+        assert not link_pretext(run, "rotation", "fff000")
+    assert "pretext-rotation:fff000" in caplog.text and "wandb_artifacts=true" in caplog.text

@@ -1,0 +1,72 @@
+"""Weights as W&B artifacts, and the lineage between the runs that made and used them (``wandb_artifacts=true``).
+
+- A trained pretext logs its backbone as ``pretext-<pretext.name>`` (type ``pretext-backbone``) with its store
+  key as alias: the key is the hash of everything that shaped the weights (``phases.pretext_description``), so
+  ``pretext-rotation:<key>`` names exactly the weights a fine-tune started from.
+- A fine-tune logs its tested checkpoint (``best.ckpt``: weights and the inference spec that ``predict`` /
+  ``export`` / ``explain`` read) as ``grader-<arm>`` (type ``model``), aliased ``frac<f>-fold<k>-seed<s>``, with the
+  run's result record as metadata; and marks the pretext artifact it started from as its input
+  (``use_artifact``), which draws the edge pretext -> fine-tune in W&B's lineage graph.
+
+Off by default: a DenseNet121 is about 30 MB per run, which a 50-job sweep uploads 50 times over; the GPU
+preset (``experiment=paper``) turns it on. W&B cannot mark an input while offline (``use_artifact`` needs the
+server), so an offline fine-tune records the pretext's run id (``pretext/wandb_run_id``) and artifact
+(``pretext/artifact``) in its summary instead, and says so once in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PRETEXT_TYPE = "pretext-backbone"
+GRADER_TYPE = "model"
+
+
+def pretext_artifact_name(pretext: str, key: str) -> str:
+    """``pretext-<name>:<key>``: the pretext weights of one store key."""
+    return f"pretext-{pretext}:{key}"
+
+
+def log_pretext_artifact(run: Any, weights: Path, pretext: str, key: str, metadata: dict[str, Any]) -> None:
+    """The pretext's backbone file as a new version of ``pretext-<pretext>``, aliased by its store key."""
+    import wandb
+
+    artifact = wandb.Artifact(f"pretext-{pretext}", type=PRETEXT_TYPE, metadata=metadata,
+                              description="backbone weights of a pretext run (ssl_dr.models.backbone.load_backbone)")
+    artifact.add_file(str(weights), name=weights.name)
+    run.log_artifact(artifact, aliases=[key])
+
+
+def grader_alias(label_fraction: float, fold: int, seed: int) -> str:
+    return f"frac{label_fraction}-fold{fold}-seed{seed}"
+
+
+def log_grader_artifact(run: Any, checkpoint: Path, arm: str, alias: str, metadata: dict[str, Any]) -> None:
+    """The tested checkpoint as a new version of ``grader-<arm>``."""
+    import wandb
+
+    artifact = wandb.Artifact(f"grader-{arm}", type=GRADER_TYPE, metadata=metadata,
+                              description="tested grader checkpoint (python -m ssl_dr.predict ckpt=best.ckpt ...)")
+    artifact.add_file(str(checkpoint), name="best.ckpt")
+    run.log_artifact(artifact, aliases=[alias])
+
+
+def link_pretext(run: Any, pretext: str, key: str) -> bool:
+    """Mark ``pretext-<pretext>:<key>`` as the run's input; False (with one log line) where W&B cannot: offline,
+    or when the pretext ran without ``wandb_artifacts`` (then no artifact of that key exists)."""
+    name = pretext_artifact_name(pretext, key)
+    if run.offline:
+        log.info("W&B is offline: the fine-tune's input %s is recorded in its summary (pretext/artifact), not "
+                 "as a lineage edge; an online run (logger.wandb.mode=online) draws the edge", name)
+        return False
+    try:
+        run.use_artifact(name)
+    except Exception as err:  # wandb raises CommError / ValueError subclasses that vary by version
+        log.warning("W&B has no artifact %s (%s): its pretext ran without wandb_artifacts=true, so the fine-tune "
+                    "cannot name it as its input", name, err)
+        return False
+    return True
