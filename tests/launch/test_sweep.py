@@ -87,6 +87,10 @@ def test_failing_job_does_not_stop_the_sweep(tmp_path):
     assert len(list(sweep.glob("*/metrics.json"))) == 1
     report = (sweep / "report.md").read_text()
     assert "FAILED: arm=baseline" in report and "fold=9" in report and "outside [0, 5)" in report
+    # each job started with where the sweep stood, on the console and in its own train.log
+    assert "sweep job 1/2 [--------------------] 0 done;" in result.stdout
+    assert "sweep job 2/2 [##########----------] 1 done;" in result.stdout and "left: " in result.stdout
+    assert "sweep job 1/2 [" in (sweep / "0" / "train.log").read_text()
 
 
 @pytest.mark.parametrize(("overrides", "expected"), [

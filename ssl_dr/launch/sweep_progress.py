@@ -1,0 +1,82 @@
+"""Hydra callback: every sweep job starts with one line saying where the sweep stands.
+
+``[ssl_dr] sweep job 7/50 [##----------------] 6 done; 0:41:10 elapsed, about 4:50:00 left: arm=... seed=...``
+
+Why a log line and not a live bar: each job already draws Lightning's progress bar, and parallel launchers
+(``hydra/launcher=local_gpus``) run jobs in other processes; a line per job reads the same in the console, in
+the job's ``train.log`` and in a SLURM log. It is worked out from the sweep folder alone, so it holds in any
+process: the size of the sweep (written at ``on_multirun_start`` to ``SIZE_FILE``: Hydra's basic sweeper's own
+expansion of the sweep, or an Optuna search's ``n_trials``), the jobs that have a ``metrics.json``, and the time
+since this invocation started (the estimate counts only jobs finished since then, so a resumed sweep's kept jobs
+do not make it optimistic).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from ssl_dr.launch.objective import BASIC_SWEEPER
+
+log = logging.getLogger(__name__)
+
+SIZE_FILE = ".sweep_size.json"
+"""In the sweep folder: how many jobs the sweep launches, and when this invocation started."""
+BAR_WIDTH = 20
+
+
+def sweep_size(config: DictConfig) -> int | None:
+    """Jobs the multirun described by ``config`` launches, or None where its sweeper does not say."""
+    sweeper = config.hydra.sweeper
+    target = str(sweeper.get("_target_", ""))
+    if target.endswith(BASIC_SWEEPER):
+        params = [f"{key}={sweeper.params[key]}" for key in (sweeper.get("params") or {})]
+        overrides = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
+        return sum(len(batch) for batch in BasicSweeper.split_arguments(overrides, None))
+    trials = sweeper.get("n_trials")
+    return int(trials) if trials is not None else None
+
+
+def progress_line(job: int, total: int | None, done: int, done_here: int, elapsed: float, overrides: str) -> str:
+    """The line for job ``job`` (1-based): bar and counts, elapsed time and an estimate of what is left."""
+    if total is None:
+        head = f"sweep job {job}: {done} done"
+    else:
+        filled = round(BAR_WIDTH * done / total) if total else BAR_WIDTH
+        head = f"sweep job {job}/{total} [{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {done} done"
+    timing = f"{timedelta(seconds=round(elapsed))} elapsed"
+    if total is not None and done_here:
+        timing += f", about {timedelta(seconds=round(elapsed / done_here * max(total - done, 0)))} left"
+    return f"{head}; {timing}: {overrides or '(no overrides)'}"
+
+
+class SweepProgress(Callback):
+    """``on_multirun_start`` records the sweep's size; ``on_job_start`` logs ``progress_line``."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / SIZE_FILE).write_text(json.dumps({"jobs": sweep_size(config), "started": time.time()}))
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        size_file = sweep_dir / SIZE_FILE
+        if not size_file.is_file():  # a single run, or a launcher that skipped on_multirun_start
+            return
+        size = json.loads(size_file.read_text())
+        finished = [path.stat().st_mtime for path in sweep_dir.glob("*/metrics.json")]
+        log.info("%s", progress_line(int(config.hydra.job.num) + 1, size["jobs"], len(finished),
+                                     sum(m >= size["started"] for m in finished), time.time() - size["started"],
+                                     " ".join(config.hydra.overrides.task)))
