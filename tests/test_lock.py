@@ -5,13 +5,12 @@ it, and is what the README's quick start, CI and the Docker image install."""
 from __future__ import annotations
 
 import re
-import sys
 
-import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from tests.conftest import REPO
+from tests.test_dependencies import LAUNCHER_EXTRAS, PROJECT, extra
 
 LOCK = REPO / "requirements" / "cpu.lock"
 INSTALL = "pip install -r requirements/cpu.lock && pip install -e . --no-deps"
@@ -28,10 +27,8 @@ def _pins() -> dict[str, str]:
 
 
 def _requirements() -> list[Requirement]:
-    toml = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")  # the lock is for 3.11
-    project = toml.loads((REPO / "pyproject.toml").read_text())["project"]
-    extras = project["optional-dependencies"]
-    return [Requirement(r) for r in [*project["dependencies"], *extras["test"], *extras["launchers"]]]
+    """The core dependencies, the test tools and every launcher plugin (``launchers`` names the other extras)."""
+    return [*map(Requirement, PROJECT["dependencies"]), *extra("test"), *extra("launchers")]
 
 
 def test_every_requirement_is_pinned_inside_its_range():
@@ -53,9 +50,12 @@ def test_the_lock_names_no_index_host_or_local_path():
 def test_the_header_says_how_to_regenerate_it():
     header = LOCK.read_text().split("\n\n")[0]
     command = re.search(r"#\s+(pip-compile .*)", header).group(1)
-    for option in ("--extra=test", "--extra=launchers", "--no-emit-index-url", "--no-emit-find-links",
-                   "--output-file=requirements/cpu.lock", "pyproject.toml"):
+    # the launcher extras one by one: given the self-referencing `launchers`, pip-compile pins this checkout
+    # itself as `ssl-dr @ file:///<path of the machine that ran it>`
+    for option in ("--extra=test", *(f"--extra={name}" for name in LAUNCHER_EXTRAS), "--no-emit-index-url",
+                   "--no-emit-find-links", "--output-file=requirements/cpu.lock", "pyproject.toml"):
         assert option in command, option
+    assert "--extra=launchers" not in command
 
 
 def test_quick_start_ci_and_image_install_from_the_lock():
