@@ -41,6 +41,7 @@ from ssl_dr.launch.guards import ScaleSettingsError, check_multirun_strategy, ch
 from ssl_dr.launch.objective import BASIC_SWEEPER, ObjectiveError, check_objective
 from ssl_dr.launch.resolvers import register_resolvers
 from ssl_dr.models.backbone import BackboneWeightsError
+from ssl_dr.models.foundation_weights import FoundationWeightsError
 from ssl_dr.models.heads import check_grade_weights, check_head
 from ssl_dr.training.budget import check_budget, freeze_steps
 from ssl_dr.training.callbacks import NonFiniteLossError
@@ -51,10 +52,12 @@ from ssl_dr.training.wandb_publish import media_config
 
 log = logging.getLogger(__name__)
 register_resolvers()  # before @hydra.main composes: hydra.run.dir uses ${ssl_dr.run_dir:...}
-INITS = ("pretext", "random", "imagenet")
-"""How the grader's backbone starts (``init``, set by the arm): the pretext's weights, random, or timm's
-ImageNet weights (``model.backbone.pretrained``, loaded by ``Backbone`` itself)."""
-USER_ERRORS = (DataError, BackboneWeightsError, NonFiniteLossError, ScaleSettingsError, RankZeroGoneError)
+INITS = ("pretext", "random", "imagenet", "foundation")
+"""How the grader's backbone starts (``init``, set by the arm): the pretext's weights, random, timm's
+ImageNet weights (``model.backbone.pretrained``), or a foundation model's file (``model.backbone.weights_format``;
+both loaded by ``Backbone`` itself)."""
+USER_ERRORS = (DataError, BackboneWeightsError, FoundationWeightsError, NonFiniteLossError, ScaleSettingsError,
+               RankZeroGoneError)
 """Errors of the user's data or settings: one ``error: ...`` line and exit status 2, no traceback."""
 # arms named after the pretext they use (conf/arm/<name>.yaml chooses conf/pretext/<name>.yaml)
 PRETEXT_ARMS = ("rotation", "jigsaw", "simclr")
@@ -86,12 +89,18 @@ def check_init(cfg: DictConfig) -> None:
     if cfg.init == "random" and pretrained:
         raise DataError("init=random but model.backbone.pretrained=true starts from ImageNet weights; "
                         "use arm=imagenet for that, or drop model.backbone.pretrained=true")
+    weights_format = cfg.model.backbone.get("weights_format")
+    if (cfg.init == "foundation") != bool(weights_format):
+        raise DataError(f"init={cfg.init} with model.backbone.weights_format={weights_format}: a foundation model's "
+                        "file is the init of the foundation arms only (arm=retfound, retfound_dinov2, dinov2), and "
+                        "they need its format")
 
 
-def imagenet_source(cfg: DictConfig) -> str | None:
-    """Where ``model.backbone.pretrained`` weights come from (file path or hub id), checked by loading them
-    once before any data work, so a missing or wrong file ends the run in seconds, not after the cache."""
-    if not cfg.model.backbone.get("pretrained", False):
+def weights_source(cfg: DictConfig) -> str | None:
+    """Where the initial weights of ``init=imagenet`` (file path or hub id) or ``init=foundation`` (the file)
+    come from, checked by loading them once before any data work, so a missing or wrong file ends the run in
+    seconds, not after the cache."""
+    if cfg.init not in ("imagenet", "foundation"):
         return None
     try:
         source = instantiate(cfg.model.backbone).weights_source
@@ -100,7 +109,7 @@ def imagenet_source(cfg: DictConfig) -> str | None:
         if cause is None:
             raise
         raise cause from None
-    log.info("ImageNet weights: %s", source)
+    log.info("%s weights: %s", "ImageNet" if cfg.init == "imagenet" else "foundation-model", source)
     return source
 
 
@@ -120,7 +129,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     log.info(f"{cfg.arm}: fraction {cfg.data.label_fraction}, fold {cfg.data.fold}; outputs in {out_dir}")
-    imagenet = imagenet_source(cfg)  # before seeding: building the check's model draws random numbers
+    initial = weights_source(cfg)  # before seeding: building the check's model draws random numbers
     L.seed_everything(cfg.seed, workers=True)
 
     source = instantiate(cfg.data.source)
@@ -146,7 +155,7 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if cfg.init == "pretext":
         pool = pretext_pool(records, table, cfg.pretext.pool)
         init_weights, pretext_info = pretext_weights(cfg, pool, cache, out_dir)
-    init_source = {"pretext": str(init_weights), "imagenet": imagenet}.get(cfg.init)  # random: None
+    init_source = str(init_weights) if cfg.init == "pretext" else initial  # random: None
     record = {"arm": cfg.arm, "init": cfg.init, "init/weights": init_source, "folds_file": str(folds_path.resolve()),
               "label_fraction": cfg.data.label_fraction, "fold": cfg.data.fold,
               "seed": cfg.seed, "split_seed": cfg.data.split_seed,

@@ -3,7 +3,7 @@ holds, checked before anything heavy is imported."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,8 @@ class InferenceSpec:
     std: tuple[float, ...]
     ben_graham: bool
     mask: str = "none"  # data.preprocess.mask; checkpoints from before the mask existed trained unmasked
+    # timm.create_model arguments beyond the name (a ViT's img_size, global_pool); older checkpoints: none
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_hparams(cls, inference: dict[str, Any]) -> InferenceSpec:
@@ -36,7 +38,8 @@ class InferenceSpec:
             raise ValueError(f"preprocess.mask={mask!r} is not one of {MASKS}")
         return cls(backbone=str(inference["backbone"]), image_size=int(inference["image_size"]),
                    mean=tuple(float(m) for m in inference["mean"]), std=tuple(float(s) for s in inference["std"]),
-                   ben_graham=bool(inference["preprocess"]["ben_graham"]), mask=mask)
+                   ben_graham=bool(inference["preprocess"]["ben_graham"]), mask=mask,
+                   model_kwargs=dict(inference.get("model_kwargs") or {}))
 
 
 def read_spec(ckpt: Path) -> InferenceSpec:
@@ -68,7 +71,7 @@ def load_classifier(ckpt: Path, spec: InferenceSpec) -> DRClassifier:
     from ssl_dr.models.classifier import DRClassifier
 
     try:
-        backbone = Backbone(spec.backbone)
+        backbone = Backbone(spec.backbone, model_kwargs=spec.model_kwargs)
     except RuntimeError as err:  # timm: unknown model name
         raise InferenceError(f"{ckpt}: backbone {spec.backbone!r} cannot be built ({_first_line(err)})") from None
     try:

@@ -16,12 +16,15 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
 from torch import nn
+
+from ssl_dr.models.foundation_weights import load_foundation_weights
 
 WEIGHTS_FORMAT = "ssl_dr.models.backbone/1"
 
@@ -41,23 +44,52 @@ class Backbone(nn.Module):
     """
 
     def __init__(self, name: str = "densenet121", pretrained: bool = False, drop_rate: float = 0.0,
-                 pretrained_tag: str | None = None, weights_file: str | Path | None = None) -> None:
+                 pretrained_tag: str | None = None, weights_file: str | Path | None = None,
+                 weights_format: str | None = None, model_kwargs: dict[str, Any] | None = None,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
         super().__init__()
         self.name = name
+        # e.g. a ViT's img_size, global_pool, drop_path_rate; plain values (they travel in checkpoints)
+        self.model_kwargs = _plain(model_kwargs or {})
         self.weights_source: str | None = None
+        if pretrained and weights_format:
+            raise BackboneWeightsError("model.backbone: pretrained=true (timm's ImageNet weights) and weights_format "
+                                       f"={weights_format} (a foundation model's file) both set; choose one arm")
         if pretrained:
-            self.model, self.weights_source = _pretrained_model(name, pretrained_tag, weights_file, drop_rate=drop_rate)
+            self.model, self.weights_source = _pretrained_model(name, pretrained_tag, weights_file, drop_rate=drop_rate,
+                                                                **self.model_kwargs)
         else:
-            self.model = timm.create_model(name, pretrained=False, num_classes=0, drop_rate=drop_rate)
+            self.model = timm.create_model(name, pretrained=False, num_classes=0, drop_rate=drop_rate,
+                                           **self.model_kwargs)
+        if weights_format:  # a foundation model's file in its own layout (ssl_dr.models.foundation_weights)
+            if weights_file is None:
+                raise BackboneWeightsError(f"model.backbone.weights_format={weights_format} needs "
+                                           "model.backbone.weights_file=<the file>; docs/arms.md says where to get it")
+            load_foundation_weights(self.model, weights_file, weights_format)
+            self.weights_source = str(Path(weights_file).expanduser().resolve())
         self.num_features: int = self.model.num_features
+        # the input statistics the weights were trained with: RETFound and DINOv2 use ImageNet's, where timm's
+        # default for the same ViT may be 0.5 / 0.5; null: timm's pretrained config of the model
+        self.mean = tuple(float(m) for m in mean) if mean is not None else None
+        self.std = tuple(float(s) for s in std) if std is not None else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """Input mean/std the model expects, from timm's pretrained config (not hard-coded)."""
+        """Input mean/std the model expects: ``model.backbone.mean/std`` when set, else timm's pretrained config
+        of the model (not hard-coded)."""
         data_cfg = timm.data.resolve_model_data_config(self.model)
-        return tuple(data_cfg["mean"]), tuple(data_cfg["std"])
+        return (self.mean or tuple(data_cfg["mean"])), (self.std or tuple(data_cfg["std"]))
+
+
+def _plain(value: Any) -> Any:
+    """Hydra's config containers as plain dicts / lists (a checkpoint loads with ``weights_only=True``)."""
+    if hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _pretrained_model(name: str, tag: str | None, weights_file: str | Path | None, **kwargs: Any

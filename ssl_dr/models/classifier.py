@@ -50,7 +50,7 @@ class DRClassifier(L.LightningModule):
     def __init__(self, backbone: Backbone, optimizer: partial | None = None, scheduler: partial | None = None,
                  head_dropout: float = 0.2, freeze_steps: int = 0, inference: dict[str, Any] | None = None,
                  head: str = "classification", lr_scaling: str = "auto", grade_weights: str = "none",
-                 grade_counts: list[int] | None = None) -> None:
+                 grade_counts: list[int] | None = None, layer_decay: float | None = None) -> None:
         super().__init__()
         check_lr_scaling(lr_scaling, "model.classifier.lr_scaling")
         # `inference` (backbone name, image size, preprocessing, mean/std) and `head` travel in the checkpoint
@@ -66,6 +66,7 @@ class DRClassifier(L.LightningModule):
         self.scheduler_factory = scheduler
         self.freeze_steps = freeze_steps
         self.lr_scaling = lr_scaling  # the rule for the learning rate under DDP (ssl_dr.models.optim.lr_scale)
+        self.layer_decay = layer_decay  # per-depth learning rates (ssl_dr.models.optim.layer_decay_groups)
         self.qwk = nn.ModuleDict({s: MulticlassCohenKappa(NUM_GRADES, weights="quadratic") for s in ("val", "test")})
         self.acc = nn.ModuleDict({s: MulticlassAccuracy(NUM_GRADES, average="micro") for s in ("val", "test")})
         self.qwk_kaggle = nn.ModuleDict({s: KaggleKappa() for s in ("val", "test")})
@@ -200,5 +201,5 @@ class DRClassifier(L.LightningModule):
         if self.optimizer_factory is None:
             raise ValueError("DRClassifier was built without an optimizer (inference only)")
         return configure_optimizers(self, self.optimizer_factory, self.scheduler_factory, interval="step",
-                                    lr_scaling=self.lr_scaling)
+                                    lr_scaling=self.lr_scaling, layer_decay=self.layer_decay)
 

@@ -69,8 +69,33 @@ def warmup_cosine(optimizer: Optimizer, warmup_steps: int, total_steps: int, fin
     return LambdaLR(optimizer, WarmupCosineFactor(warmup_steps, total_steps, final_factor))
 
 
+def layer_decay_groups(module: LightningModule, optimizer: partial, layer_decay: float) -> list[dict[str, Any]]:
+    """Parameter groups whose learning rate shrinks with depth: ``lr x layer_decay ** (layers above)`` for the
+    encoder (``module.backbone.model``), the full rate for everything else (the grade head).
+
+    The grouping is timm's ``param_groups_layer_decay`` (its layer ids for ViTs, DenseNets, ...; biases, norms and
+    ``no_weight_decay`` tensors without weight decay, as in RETFound's recipe). timm only *tags* each group with
+    ``lr_scale``, which timm's own schedulers apply; with a torch scheduler the scale must be in the group's
+    ``lr`` itself, before the scheduler records it as the group's base rate, so it is applied here."""
+    from timm.optim import param_groups_layer_decay
+
+    if not 0 < layer_decay <= 1:
+        raise ValueError(f"model.classifier.layer_decay={layer_decay} must be in (0, 1] (RETFound: 0.65)")
+    encoder = module.backbone.model
+    encoder.requires_grad_(True)  # timm leaves out frozen tensors; a frozen start is applied per batch instead
+    base_lr, weight_decay = optimizer.keywords["lr"], optimizer.keywords.get("weight_decay", 0.0)
+    no_decay = encoder.no_weight_decay() if hasattr(encoder, "no_weight_decay") else ()
+    groups = param_groups_layer_decay(encoder, weight_decay=weight_decay, layer_decay=layer_decay,
+                                      no_weight_decay_list=no_decay)
+    for group in groups:
+        group["lr"] = base_lr * group.pop("lr_scale")
+    in_encoder = {id(p) for group in groups for p in group["params"]}
+    rest = [p for p in module.parameters() if id(p) not in in_encoder]
+    return [*groups, {"params": rest, "lr": base_lr, "weight_decay": weight_decay}]
+
+
 def configure_optimizers(module: LightningModule, optimizer: partial, scheduler: partial | None,
-                         interval: str = "epoch", lr_scaling: str = "auto") -> Any:
+                         interval: str = "epoch", lr_scaling: str = "auto", layer_decay: float | None = None) -> Any:
     """All parameters go to the optimiser; frozen ones simply get no gradient (so unfreezing later
     needs no new optimiser). The scheduler steps once per ``interval``: ``epoch`` (the pretexts, whose
     length is in epochs) or ``step`` (the fine-tune, whose budget is in optimiser steps).
@@ -78,10 +103,12 @@ def configure_optimizers(module: LightningModule, optimizer: partial, scheduler:
     The configured learning rates are for one process; under DDP they are multiplied by
     ``lr_scale(lr_scaling, world size, optimiser)`` here, where the optimiser is built (Lightning calls this
     once the trainer, and so its world size, is known), before the scheduler records them as its base.
+    ``layer_decay`` (the ViT recipe): per-depth learning rates (``layer_decay_groups``).
     """
     if interval not in SCHEDULER_INTERVALS:
         raise ValueError(f"scheduler interval {interval!r} is not one of {SCHEDULER_INTERVALS}")
-    opt = optimizer(params=module.parameters())
+    params = module.parameters() if layer_decay is None else layer_decay_groups(module, optimizer, layer_decay)
+    opt = optimizer(params=params)
     world_size = module.trainer.world_size if module._trainer is not None else 1
     factor = lr_scale(lr_scaling, world_size, type(opt).__name__)
     for group in opt.param_groups:

@@ -56,7 +56,8 @@ def check_budget(cfg: DictConfig) -> None:
 
 def freeze_steps(cfg: DictConfig) -> int:
     """Steps with a frozen encoder: ``model.classifier.freeze_steps`` for an encoder that starts from learned
-    weights (pretext, ImageNet), 0 for a random one — freezing random features only fits a head on noise."""
+    weights (pretext, ImageNet, a foundation model), 0 for a random one — freezing random features only fits a
+    head on noise."""
     return int(cfg.model.classifier.get("freeze_steps", 0)) if cfg.init != "random" else 0
 
 

@@ -151,6 +151,8 @@ DEBUG_LIMITS = ("fast_dev_run", "overfit_batches")
 """Trainer debug modes that cut the pretext short: in its store key when on (and only then, so the keys of
 pretexts stored before they existed stay valid)."""
 SPEED_ONLY_PREPROCESS = ("num_workers",)
+VIT_BACKBONE_KEYS = ("weights_format", "model_kwargs", "mean", "std")
+"""``model.backbone`` keys of the ViT arms (null / empty by default)."""
 """``data.preprocess`` keys that change how fast the cache is built, never its pixels: not in the store key."""
 
 
@@ -167,8 +169,10 @@ def pretext_description(cfg: DictConfig, pool: list[Record]) -> dict[str, Any]:
     ImageNet-weights keys count only for a pretrained backbone: a sweep naming
     ``model.backbone.weights_file`` for its imagenet arm must not retrain the other arms' pretexts."""
     backbone = OmegaConf.to_container(cfg.model.backbone, resolve=True)
-    if not backbone.get("pretrained", False):
+    if not backbone.get("pretrained", False) and not backbone.get("weights_format"):
         backbone = {k: v for k, v in backbone.items() if k not in ("weights_file", "pretrained_tag")}
+    # keys added with the ViT backbones count only when set, so pretexts stored before them keep their keys
+    backbone = {k: v for k, v in backbone.items() if not (k in VIT_BACKBONE_KEYS and v in (None, {}))}
     preprocess = {k: v for k, v in OmegaConf.to_container(cfg.data.preprocess, resolve=True).items()
                   if k not in SPEED_ONLY_PREPROCESS}
     return {"pretext": OmegaConf.to_container(cfg.pretext, resolve=True),
@@ -268,7 +272,8 @@ def finetune(cfg: DictConfig, train: list[Record], val: list[Record], test: list
         load_backbone(backbone, init_weights)
     mean, std = backbone.normalization()
     inference = {"backbone": backbone.name, "image_size": cfg.data.image_size, "mean": list(mean), "std": list(std),
-                 "preprocess": OmegaConf.to_container(cfg.data.preprocess, resolve=True)}
+                 "preprocess": OmegaConf.to_container(cfg.data.preprocess, resolve=True),
+                 "model_kwargs": dict(backbone.model_kwargs)}
     grade_counts = np.bincount([r.grade for r in train], minlength=NUM_GRADES).tolist()  # for grade_weights
     module = instantiate(cfg.model.classifier, backbone=backbone, inference=inference,
                          freeze_steps=freeze_steps(cfg), grade_counts=grade_counts)

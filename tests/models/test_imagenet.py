@@ -23,7 +23,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ssl_dr.data.records import DataError
 from ssl_dr.models.backbone import Backbone, BackboneWeightsError
-from ssl_dr.train import check_init, imagenet_source, train
+from ssl_dr.train import check_init, train, weights_source
 from tests.conftest import TINY, compose_cfg
 
 HUB_ID = "timm/densenet121.tv_in1k"
@@ -176,7 +176,7 @@ def test_other_arms_never_read_the_weights_file(tmp_path, no_network):
         check_init(cfg)
         assert instantiate(cfg.model.backbone).weights_source is None
     with pytest.raises(BackboneWeightsError, match="not found"):
-        imagenet_source(compose_cfg(tmp_path, ["arm=imagenet", f"model.backbone.weights_file={missing}"]))
+        weights_source(compose_cfg(tmp_path, ["arm=imagenet", f"model.backbone.weights_file={missing}"]))
 
 
 # --- config -----------------------------------------------------------------------------------------------

@@ -1,0 +1,118 @@
+"""Foundation-model weight files, read in the layout their projects publish them, into a timm ViT.
+
+``model.backbone.weights_format`` names the layout (the file comes from ``model.backbone.weights_file``; nothing
+is downloaded):
+
+- ``retfound_mae``: RETFound (Zhou et al., Nature 2023), an MAE-pretrained ViT-L/16. The encoder's state dict sits
+  under ``model``, beside MAE's ``mask_token`` and ``decoder_*`` (the pixel decoder, discarded after pretraining),
+  and maybe a ``head.*`` of a fine-tuned copy. RETFound fine-tunes with global average pooling and a fresh
+  ``fc_norm``, so the encoder's final ``norm.*`` is unused there (timm's ``global_pool="avg"`` model has none).
+- ``retfound_dinov2``: RETFound's DINOv2 successors: the DINOv2 training checkpoint, weights of the ``teacher``
+  under a ``backbone.`` prefix (its ``dino_head``/``ibot_head`` are discarded), with DINOv2's own names
+  (``mlp.w12``/``mlp.w3``, ``register_tokens``), which timm's ViT filter converts.
+- ``timm``: a state dict as timm writes it (``.safetensors`` or a torch file; also what the DINOv2 and
+  RETFound-Green releases on the Hugging Face hub hold).
+
+Every layout ends in timm's own ``vision_transformer.checkpoint_filter_fn`` (DINOv2 renames, register tokens,
+``pos_embed`` resampled to the model's input grid with ``resample_abs_pos_embed``), then a non-strict load whose
+outcome is checked here: the only keys allowed to be missing are the ones the fine-tune adds (``head.*``,
+``fc_norm.*``); anything else missing, or any key left over, means the file is not this network's, and that is
+one ``BackboneWeightsError`` naming the file, the format and the first keys, before any training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+WEIGHTS_FORMATS = ("retfound_mae", "retfound_dinov2", "timm")
+FRESH_KEYS = ("head.", "fc_norm.")
+"""Keys a foundation file need not hold: the fine-tune trains them from scratch."""
+
+
+class FoundationWeightsError(ValueError):
+    """A weights file that does not hold this ViT in the named layout."""
+
+
+def read_state_dict(path: Path) -> dict[str, Any]:
+    """The top-level mapping of a ``.safetensors`` or torch file (``weights_only``: no code runs on load)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict):
+        raise FoundationWeightsError(f"{path} holds a {type(payload).__name__}, not a state dict")
+    return payload
+
+
+def encoder_state(payload: dict[str, Any], weights_format: str, uses_fc_norm: bool) -> dict[str, torch.Tensor]:
+    """The ViT encoder's tensors of a file in ``weights_format``, before timm's key conversion."""
+    if weights_format == "retfound_mae":
+        state = _section(payload, "model")
+        state = {k: v for k, v in state.items()
+                 if not (k == "mask_token" or k.startswith(("decoder_", "head.")))}
+        if uses_fc_norm:  # average pooling + fc_norm replaces the encoder's final norm (RETFound's fine-tune)
+            state = {k: v for k, v in state.items() if not k.startswith("norm.")}
+        return state
+    if weights_format == "retfound_dinov2":
+        teacher = _section(payload, "teacher")
+        return {k.removeprefix("backbone."): v for k, v in teacher.items() if k.startswith("backbone.")}
+    if weights_format == "timm":
+        state = payload.get("state_dict", payload.get("model", payload))
+        return {k: v for k, v in state.items() if not k.startswith("head.")}
+    raise FoundationWeightsError(f"model.backbone.weights_format={weights_format!r} is not one of "
+                                 f"{', '.join(WEIGHTS_FORMATS)}")
+
+
+def load_foundation_weights(model: nn.Module, path: str | Path, weights_format: str) -> None:
+    """Initialise the timm ViT ``model`` from ``path`` in ``weights_format``; raise one clear error otherwise."""
+    from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+
+    where = f"model.backbone.weights_file={path} (weights_format={weights_format})"
+    path = Path(path).expanduser()
+    if weights_format not in WEIGHTS_FORMATS:
+        raise FoundationWeightsError(f"model.backbone.weights_format={weights_format!r} is not one of "
+                                     f"{', '.join(WEIGHTS_FORMATS)}")
+    if not isinstance(model, VisionTransformer):
+        raise FoundationWeightsError(f"{where}: weights_format is for timm ViTs, not {type(model).__name__}; set "
+                                     "model.backbone.name to a vit_* model (e.g. vit_large_patch16_224)")
+    if not path.is_file():
+        raise FoundationWeightsError(f"{where}: {'a folder, not a file' if path.is_dir() else 'file not found'}; "
+                                     "docs/arms.md says where each foundation model's file comes from")
+    try:
+        payload = read_state_dict(path)
+    except FoundationWeightsError as err:
+        raise FoundationWeightsError(f"{where}: {err}") from None
+    except Exception as err:  # torch / safetensors raise many types for foreign or truncated files
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise FoundationWeightsError(f"{where}: not a readable weights file ({type(err).__name__}: {first})") from None
+    try:
+        state = encoder_state(payload, weights_format, uses_fc_norm=not isinstance(model.fc_norm, nn.Identity))
+        state = checkpoint_filter_fn(state, model)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except FoundationWeightsError as err:
+        raise FoundationWeightsError(f"{where}: {err}") from None
+    except RuntimeError as err:  # size mismatches: another width or patch size
+        lines = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+        raise FoundationWeightsError(f"{where} does not fit {type(model).__name__} of this size "
+                                     f"({len(lines)} size mismatch(es), e.g. {lines[0][:200] if lines else err}); "
+                                     "check model.backbone.name") from None
+    missing = [k for k in missing if not k.startswith(FRESH_KEYS)]
+    if missing or unexpected:
+        parts = [f"{len(missing)} missing (e.g. {', '.join(missing[:3])})" if missing else "",
+                 f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})" if unexpected else ""]
+        raise FoundationWeightsError(f"{where} does not hold this network's encoder: "
+                                     f"{'; '.join(p for p in parts if p)} key(s); check the file, "
+                                     "model.backbone.name and model.backbone.weights_format")
+
+
+def _section(payload: dict[str, Any], key: str) -> dict[str, Any]:
+    section = payload.get(key)
+    if not isinstance(section, dict):
+        found = ", ".join(sorted(str(k) for k in payload)[:5])
+        raise FoundationWeightsError(f"no '{key}' state dict in the file (top-level keys: {found or 'none'})")
+    return section

@@ -1,0 +1,150 @@
+"""Foundation-model arms (``arm=retfound | retfound_dinov2 | dinov2``): each published file layout loads into its
+timm ViT (random weights written in that layout: tests.models.foundation_files), a wrong file is refused in one
+line before any training, each arm fine-tunes end to end on the built-in data, and layer-wise learning-rate decay
+gives each depth its own rate through a torch scheduler."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from ssl_dr.models.backbone import Backbone, save_backbone
+from ssl_dr.models.classifier import DRClassifier
+from ssl_dr.models.foundation_weights import FoundationWeightsError
+from ssl_dr.models.optim import configure_optimizers, warmup_cosine
+from ssl_dr.train import train
+from tests.conftest import TINY
+from tests.models.foundation_files import write_retfound_dinov2, write_retfound_mae, write_timm
+
+SMALL = {  # arm -> (a small ViT of its family, the writer of its layout, an input size fitting its patches)
+    "retfound": ("vit_small_patch16_224", write_retfound_mae, 32),
+    "retfound_dinov2": ("vit_small_patch14_dinov2", write_retfound_dinov2, 28),
+    "dinov2": ("vit_small_patch14_dinov2", write_timm, 28),
+}
+FORMATS = {"retfound": "retfound_mae", "retfound_dinov2": "retfound_dinov2", "dinov2": "timm"}
+
+
+@pytest.mark.parametrize("arm", sorted(SMALL))
+def test_each_layout_loads_every_encoder_tensor(tmp_path, arm):
+    """The encoder's tensors are the file's (the position embedding resampled from the file's grid to the run's
+    input size); the decoder, mask token, DINO head and final norm of an average-pooled model are left out."""
+    name, write, size = SMALL[arm]
+    path = tmp_path / ("weights.safetensors" if arm == "dinov2" else "weights.pth")
+    written = write(path, name)
+    pool = "avg" if arm == "retfound" else "token"
+    backbone = Backbone(name, weights_format=FORMATS[arm], weights_file=path,
+                        model_kwargs={"img_size": size, "global_pool": pool})
+    loaded, source = backbone.model.state_dict(), written.state_dict()
+    for key, value in loaded.items():
+        if key == "pos_embed":
+            assert value.shape[1] < source[key].shape[1]  # the file's 4x4 grid resampled to 2x2
+        elif key.startswith("fc_norm."):
+            assert arm == "retfound"  # trained fresh, as RETFound fine-tunes
+        else:
+            assert torch.equal(value, source[key]), key
+    assert backbone.weights_source == str(path.resolve())
+
+
+def test_a_register_token_dinov2_file_loads(tmp_path):
+    written = write_timm(tmp_path / "reg.safetensors", "vit_small_patch14_reg4_dinov2")
+    backbone = Backbone("vit_small_patch14_reg4_dinov2", weights_format="timm",
+                        weights_file=tmp_path / "reg.safetensors", model_kwargs={"img_size": 28})
+    assert torch.equal(backbone.model.reg_token, written.reg_token)
+
+
+def test_wrong_files_are_refused_naming_the_keys(tmp_path):
+    write_retfound_mae(tmp_path / "mae.pth")
+    densenet = tmp_path / "densenet.pt"
+    save_backbone(Backbone("densenet121"), densenet)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes((tmp_path / "mae.pth").read_bytes()[:5000])
+    vit = partial(Backbone, "vit_small_patch16_224", model_kwargs={"img_size": 32, "global_pool": "avg"})
+
+    with pytest.raises(FoundationWeightsError, match=r"densenet.pt .*does not hold this network's encoder: \d+ "
+                                                     r"missing \(e.g. cls_token.*\d+ unexpected \(e.g. features"):
+        vit(weights_format="timm", weights_file=densenet)
+    with pytest.raises(FoundationWeightsError, match=r"no 'teacher' state dict in the file \(top-level keys: epoch"):
+        vit(weights_format="retfound_dinov2", weights_file=tmp_path / "mae.pth")
+    with pytest.raises(FoundationWeightsError, match=r"truncated.pth .*not a readable weights file"):
+        vit(weights_format="retfound_mae", weights_file=truncated)
+    with pytest.raises(FoundationWeightsError, match=r"does not fit VisionTransformer of this size"):
+        Backbone("vit_base_patch16_224", weights_format="retfound_mae", weights_file=tmp_path / "mae.pth",
+                 model_kwargs={"img_size": 32, "global_pool": "avg"})
+    with pytest.raises(FoundationWeightsError, match=r"for timm ViTs, not DenseNet"):
+        Backbone("densenet121", weights_format="retfound_mae", weights_file=tmp_path / "mae.pth")
+    with pytest.raises(FoundationWeightsError, match=r"file not found"):
+        vit(weights_format="retfound_mae", weights_file=tmp_path / "missing.pth")
+
+
+def test_the_command_refuses_a_densenet_file_in_one_line(tmp_path):
+    densenet = tmp_path / "densenet.pt"
+    save_backbone(Backbone("densenet121"), densenet)
+    done = subprocess.run([sys.executable, "-m", "ssl_dr.train", "experiment=dinov2", *TINY,
+                           f"paths.root_dir={tmp_path}", "model.backbone.name=vit_small_patch14_dinov2",
+                           f"model.backbone.weights_file={densenet}"], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "densenet.pt" in errors[0] and "missing" in errors[0] and "unexpected" in errors[0]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "cache" / "images").exists()  # refused before any data work
+
+
+@pytest.mark.parametrize("arm", sorted(SMALL))
+def test_each_foundation_arm_fine_tunes_end_to_end(tiny_cfg, tmp_path, arm):
+    name, write, size = SMALL[arm]
+    path = tmp_path / ("weights.safetensors" if arm == "dinov2" else "weights.pth")
+    write(path, name)
+    result = train(tiny_cfg(f"experiment={arm}", f"model.backbone.name={name}", f"model.backbone.weights_file={path}",
+                            f"data.image_size={size}"))
+    assert result["arm"] == arm and result["init"] == "foundation"
+    assert result["init/weights"] == str(path.resolve()) and result["finetune/freeze_steps"] == 1
+    assert 0 <= result["test/acc"] <= 1
+    spec = torch.load(Path(result["output_dir"]) / "checkpoints" / "best.ckpt", weights_only=True,
+                      map_location="cpu")["hyper_parameters"]["inference"]
+    assert spec["backbone"] == name and spec["model_kwargs"]["img_size"] == size
+    assert spec["mean"] == pytest.approx([0.485, 0.456, 0.406])  # ImageNet's, not timm's 0.5 for a plain ViT
+    assert json.loads((Path(result["output_dir"]) / "metrics.json").read_text())["init"] == "foundation"
+
+
+def test_a_foundation_file_needs_the_foundation_init(tiny_cfg, tmp_path):
+    with pytest.raises(ValueError, match=r"init=random with model.backbone.weights_format=timm"):
+        train(tiny_cfg("experiment=baseline", "model.backbone.weights_format=timm"))
+    with pytest.raises(ValueError, match=r"weights_format=retfound_mae needs model.backbone.weights_file"):
+        train(tiny_cfg("experiment=retfound", "model.backbone.weights_file=null"))
+
+
+def test_layer_decay_gives_each_depth_its_rate_after_an_optimiser_step(tiny_cfg):
+    """RETFound's recipe through a torch scheduler: after one step, block d of 12 trains at
+    lr x 0.65^(13 - d) x the schedule's factor, the head at lr x that factor (timm only tags groups)."""
+    cfg = tiny_cfg("experiment=retfound", "model.backbone.name=vit_small_patch16_224",
+                   "model.backbone.weights_format=null", "data.image_size=32", "model.classifier.freeze_steps=0")
+    backbone = instantiate(cfg.model.backbone)
+    module = instantiate(cfg.model.classifier, backbone=backbone)
+    assert isinstance(module, DRClassifier) and module.layer_decay == 0.65
+    optimizer = configure_optimizers(module, module.optimizer_factory, partial(warmup_cosine, warmup_steps=0,
+                                                                                total_steps=10), interval="step",
+                                     layer_decay=module.layer_decay)
+    opt, scheduler = optimizer["optimizer"], optimizer["lr_scheduler"]["scheduler"]
+    module.grading.loss(module(torch.randn(2, 3, 32, 32)), torch.tensor([0, 3]), None).backward()
+    opt.step()
+    scheduler.step()
+    factor = scheduler.lr_lambdas[0](1)
+    rate = {id(p): group["lr"] for group in opt.param_groups for p in group["params"]}
+    base = 3.0e-4
+    assert rate[id(module.head[1].weight)] == pytest.approx(base * factor)
+    for depth in (0, 5, 11):
+        block = backbone.model.blocks[depth].attn.qkv.weight
+        assert rate[id(block)] == pytest.approx(base * factor * 0.65 ** (12 - depth))
+    assert rate[id(backbone.model.patch_embed.proj.weight)] == pytest.approx(base * factor * 0.65 ** 13)
+    assert len({round(r, 12) for r in rate.values()}) == 14  # stem, 12 blocks, top (final norm + head)
+    decays = {id(p): group["weight_decay"] for group in opt.param_groups for p in group["params"]}
+    assert decays[id(backbone.model.blocks[0].attn.qkv.weight)] == 0.05
+    assert decays[id(backbone.model.blocks[0].attn.qkv.bias)] == 0.0  # biases, norms, tokens: no decay
