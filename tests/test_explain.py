@@ -92,3 +92,38 @@ def test_grad_cam_follows_the_heads_evidence(head, tmp_path_factory, tmp_path):
     assert len(index) == 2 and (index.pred == index.cam_grade).all()
     columns = ["score"] if head == "regression" else ["prob", "cam_prob"]
     assert set(columns) <= set(index.columns) and index[columns].notna().all().all()
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [
+    ("vit_small_patch16_224", {"img_size": 64, "global_pool": "avg"}),  # RETFound's pooling
+    ("vit_small_patch14_reg4_dinov2", {"img_size": 56, "global_pool": "token"}),  # class token, 4 registers
+])
+def test_grad_cam_of_a_vit_reads_the_patch_tokens_of_its_last_block(name, kwargs):
+    """A ViT's map is Grad-CAM of the last block's ``norm1`` output, its patch tokens laid out on the 4 x 4 grid
+    (class and register tokens left out), computed here by hand through the rest of the network."""
+    from ssl_dr.models.backbone import Backbone
+    from ssl_dr.models.classifier import DRClassifier
+
+    torch.manual_seed(0)
+    model = DRClassifier(Backbone(name, model_kwargs=kwargs)).eval()
+    vit = model.backbone.model
+    layer_name = find_target_layer(model, vit, kwargs["img_size"])
+    assert layer_name == f"backbone.model.blocks.{len(vit.blocks) - 1}.norm1"
+    images = torch.randn(2, 3, kwargs["img_size"], kwargs["img_size"], generator=torch.Generator().manual_seed(1))
+    grades = torch.tensor([1, 3])
+    cams, _, _ = grad_cam(model, dict(model.named_modules())[layer_name], images, grades)
+
+    x = vit.norm_pre(vit._pos_embed(vit.patch_embed(images)))
+    for block in vit.blocks[:-1]:
+        x = block(x)
+    last = vit.blocks[-1]
+    tokens = last.norm1(x).detach().requires_grad_(True)
+    x = x + last.ls1(last.attn(tokens))
+    x = x + last.ls2(last.mlp(last.norm2(x)))
+    logits = model.head(vit.forward_head(vit.norm(x)))
+    gradient, = torch.autograd.grad(logits.gather(1, grades[:, None]).sum(), tokens)
+    patches, weights = tokens[:, vit.num_prefix_tokens:].detach(), gradient[:, vit.num_prefix_tokens:]
+    expected = torch.relu((weights.mean(dim=1, keepdim=True) * patches).sum(dim=2)).reshape(2, 4, 4)
+    expected = expected / expected.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+    assert cams.shape == (2, 4, 4) and cams.max() > 0
+    torch.testing.assert_close(cams, expected)

@@ -14,11 +14,14 @@ grade 0 (one output: every g >= 1 gives the same map, the evidence that raised t
 The layer (``auto``) is the last module whose output is 4-D while timm's ``forward_features`` runs, i.e. the
 feature map just before global pooling: ``backbone.model.features`` for DenseNet121 (its last child is
 ``norm5``, the final BatchNorm + ReLU). Its resolution is the input size / 32 (2 x 2 at 64 px, 7 x 7 at
-224 px).
+224 px). For a ViT it is the last block's first norm (``blocks.<last>.norm1``, as in pytorch-grad-cam): after
+that block a class-token-pooled ViT reads nothing more from the patch tokens, so their gradient there would be
+zero; the patch tokens (class and register tokens left out) are laid out on their grid, input size / patch.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -51,6 +54,8 @@ def find_target_layer(model: nn.Module, backbone: nn.Module, image_size: int, na
             raise InferenceError(f"layer={name!r} is not a module of the model (e.g. backbone.model.features)")
         return name
     prefix = next(n for n, m in modules.items() if m is backbone)
+    if _is_vit(backbone):  # the last block's first norm: where patch tokens still feed the pooled output
+        return f"{prefix}.blocks.{len(backbone.blocks) - 1}.norm1"
     finished: list[str] = []
 
     def recorder(module_name: str) -> Callable[..., None]:
@@ -99,12 +104,30 @@ def grad_cam(model: DRClassifier, layer: nn.Module, images: torch.Tensor, grades
         activated = model.grading.activate(outputs.detach())
         targets = model.grading.decode(activated) if grades is None else grades.to(outputs.device)
         model.grading.evidence(outputs, targets).sum().backward()
-    activation, gradient = store["activation"].detach(), store["gradient"]
+    prefix_tokens = getattr(model.backbone.model, "num_prefix_tokens", 0)
+    activation, gradient = (as_feature_map(store["activation"].detach(), prefix_tokens),
+                            as_feature_map(store["gradient"], prefix_tokens))
     weights = gradient.mean(dim=(2, 3), keepdim=True)
     cams = torch.relu((weights * activation).sum(dim=1))
     peak = cams.amax(dim=(1, 2), keepdim=True)
     cams = torch.where(peak > 0, cams / peak.clamp_min(1e-12), torch.zeros_like(cams))
     return cams, activated, targets
+
+
+def as_feature_map(values: torch.Tensor, prefix_tokens: int) -> torch.Tensor:
+    """``(B, C, h, w)`` as is; a ViT's ``(B, prefix + h*w, C)`` tokens without the class/register tokens, laid
+    out on their square patch grid as ``(B, C, h, w)``."""
+    if values.ndim == 4:
+        return values
+    patches = values[:, prefix_tokens:]
+    side = math.isqrt(patches.shape[1])
+    if side * side != patches.shape[1]:
+        raise InferenceError(f"{patches.shape[1]} patch tokens do not form a square grid")
+    return patches.reshape(len(values), side, side, -1).permute(0, 3, 1, 2)
+
+
+def _is_vit(backbone: nn.Module) -> bool:
+    return hasattr(backbone, "blocks") and hasattr(backbone, "num_prefix_tokens")
 
 
 def overlay(pixels: np.ndarray, cam: np.ndarray, text: str, side: int) -> np.ndarray:
