@@ -1,13 +1,20 @@
-"""Export a fine-tuned grader as TorchScript plus a JSON description of its input pipeline.
+"""Export a fine-tuned grader through a supported route, plus a JSON description of its input pipeline.
 
-``python -m ssl_dr.export ckpt=.../checkpoints/best.ckpt out=grader.pt`` writes ``grader.pt`` and
-``grader.json``.
+``python -m ssl_dr.export ckpt=.../checkpoints/best.ckpt out=grader.pt2`` writes ``grader.pt2`` and ``grader.json``;
+the suffix of ``out`` picks the route:
 
-Why TorchScript (``torch.jit.trace``): the exported file runs with ``torch.jit.load`` alone, with no
-ssl_dr, Lightning or timm installed (C++ via libtorch too), and needs no extra dependency such as ONNX.
-Why the JSON: a model is only correct with the exact preprocessing it was trained with, which the
-tensor graph cannot carry (crop to the fundus, pad, resize, optional Ben Graham, then mean/std). It is
-also stored inside the archive (``extra_files``: ``ssl_dr.json``), so it cannot get lost.
+- ``.pt2``: ``torch.export`` (``torch.export.export`` + ``torch.export.save``). Runs with torch alone
+  (``torch.export.load(path).module()``: no ssl_dr, Lightning or timm), and is what AOTInductor compiles for C++
+  deployment without Python.
+- ``.onnx``: ONNX (``torch.onnx.export(..., dynamo=True)``, built from the same ``torch.export`` graph). Runs
+  without torch at all (onnxruntime, TensorRT, ...). Needs the ``onnx`` extra (onnx, onnxscript, onnxruntime).
+
+Why not TorchScript any more: ``torch.jit`` is deprecated (torch 2.14 warns on every call) in favour of
+``torch.export`` and only maintained; ``out=grader.pt`` (the name it used) stops with a pointer to the two above.
+Why the JSON: a model is only correct with the exact preprocessing it was trained with, which the tensor graph
+cannot carry (crop to the fundus, pad, resize, mask, optional Ben Graham, then mean/std). It is also stored inside
+the file (``.pt2``: the extra file ``ssl_dr.json``; ``.onnx``: the metadata property ``ssl_dr.json``), so it
+cannot get lost.
 
 The model maps ``N x 3 x S x S`` float32 RGB, ``(pixel / 255 - mean) / std``, to the head's raw outputs
 (the checkpoint's ``head``; the JSON's ``output`` says how to decode them):
@@ -18,19 +25,19 @@ The model maps ``N x 3 x S x S`` float32 RGB, ``(pixel / 255 - mean) / std``, to
   validation split, read from the checkpoint) strictly below it.
 
 Decoding stays outside the graph so the file exposes what the network computes (a user can average TTA
-views or re-calibrate) and the thresholds stay readable in the JSON. It is traced in eval mode on the CPU
-and checked against the checkpoint on a random batch of another size before it is written.
+views or re-calibrate) and the thresholds stay readable in the JSON. The graph is captured in eval mode on
+the CPU with a dynamic batch size, and the exported program itself (read back, for ONNX run by onnxruntime)
+is checked against the checkpoint on a random batch of another size before the command reports success.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +50,15 @@ from ssl_dr.data.records import GRADE_NAMES
 from ssl_dr.inference import InferenceError, InferenceSpec, arg, load_classifier, read_spec, run_cli, side_file
 from ssl_dr.models.heads import GradeHead
 
-FORMAT = "ssl_dr.torchscript/1"
+# suffix of out= -> format name written to the JSON
+FORMATS = {".pt2": "ssl_dr.torch_export/1", ".onnx": "ssl_dr.onnx/1"}
+# how to run each (written to the JSON's "load")
+LOADERS = {".pt2": "torch.export.load(model_file).module()(x): torch only; the graph was captured in eval mode "
+                   "(the loaded module refuses .eval())",
+           ".onnx": "onnxruntime.InferenceSession(model_file).run(['outputs'], {'image': x})[0]: no torch needed"}
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 EXTRA_FILE = "ssl_dr.json"
+INPUT_NAME, OUTPUT_NAME = "image", "outputs"
 TOLERANCE = 1e-4
 
 
@@ -53,40 +67,75 @@ class ExportArgs:
     """``python -m ssl_dr.export`` arguments."""
 
     ckpt: Path = arg(help="DRClassifier checkpoint (a run's checkpoints/best.ckpt)")
-    out: Path = arg(help="TorchScript file to write (its description goes to the same name with .json)")
+    out: Path = arg(help="file to write: .pt2 (torch.export) or .onnx (ONNX); its description goes to the same "
+                         "name with .json")
+
+    def __post_init__(self) -> None:  # before the checkpoint is read: a wrong name fails in a second
+        suffix = self.out.suffix.lower()
+        if suffix not in FORMATS:
+            old = " (TorchScript export is gone: torch.jit is deprecated)" if suffix in (".pt", ".pth", ".jit") else ""
+            raise InferenceError(f"out={self.out}: name the file .pt2 (torch.export) or .onnx (ONNX){old}")
+        missing = [name for name in ONNX_PACKAGES if find_spec(name) is None]
+        if suffix == ".onnx" and missing:
+            raise InferenceError(f"out={self.out}: ONNX export needs {', '.join(missing)}: "
+                                 "pip install \"ssl_dr[onnx]\" (or name the file .pt2 for torch.export)")
 
 
-def trace(model: nn.Module, image_size: int) -> torch.jit.ScriptModule:
-    """Trace backbone + head (eval mode, CPU) and check the trace on a batch of a different size."""
-    net = nn.Sequential(model.backbone, model.head).eval().cpu()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad(), _quiet_jit():
-        traced = torch.jit.trace(net, torch.randn(2, 3, image_size, image_size, generator=generator))
-        check = torch.randn(3, 3, image_size, image_size, generator=generator)
-        expected, got = net(check), traced(check)
-    if not torch.allclose(expected, got, atol=TOLERANCE, rtol=TOLERANCE):
-        raise InferenceError(f"the traced model differs from the checkpoint (max |diff| "
-                             f"{(expected - got).abs().max():.2e}); this backbone cannot be traced")
-    return traced
+def grader_network(model: nn.Module) -> nn.Module:
+    """Backbone + head in eval mode on the CPU: what the exported file computes."""
+    return nn.Sequential(model.backbone, model.head).eval().cpu()
 
 
-@contextmanager
-def _quiet_jit() -> Iterator[None]:
-    """Recent torch (2.14 here) flags ``torch.jit`` as deprecated (FutureWarning) in favour of ``torch.export``.
-    It still works, and TorchScript is what the issue asks for (loadable from Python or libtorch/C++ with
-    no model code), so the warning would only be noise for the user."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
-        yield
+def export_program(net: nn.Module, image_size: int) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``net`` with the batch dimension dynamic (traced at 2: a size of 1 would be
+    specialised)."""
+    example = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    batch = torch.export.Dim("batch", min=1)
+    with torch.no_grad():
+        return torch.export.export(net, (example,), dynamic_shapes=({0: batch},))
 
 
-def description(spec: InferenceSpec, grading: GradeHead, ckpt: Path, model_file: str) -> dict[str, Any]:
+def write_pt2(net: nn.Module, image_size: int, out: Path, info: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Write the ``torch.export`` program with ``info`` inside; return the program as read back from ``out``."""
+    torch.export.save(export_program(net, image_size), out, extra_files={EXTRA_FILE: info})
+    return torch.export.load(out).module()
+
+
+def write_onnx(net: nn.Module, image_size: int, out: Path, info: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Write the ONNX model (from the same ``torch.export`` graph) with ``info`` as metadata; return a function
+    that runs ``out`` with onnxruntime."""
+    import onnxruntime
+
+    program = export_program(net, image_size)
+    with torch.no_grad():
+        onnx_program = torch.onnx.export(program, dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                         verbose=False)
+    onnx_program.model.metadata_props[EXTRA_FILE] = info
+    onnx_program.save(str(out))
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
+
+
+def check(net: nn.Module, exported: Callable[[torch.Tensor], torch.Tensor], image_size: int) -> None:
+    """The exported program against the checkpoint's network, on a batch of a size it was not traced at."""
+    batch = torch.randn(3, 3, image_size, image_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, got = net(batch), exported(batch)
+    if got.shape != expected.shape or not torch.allclose(expected, got, atol=TOLERANCE, rtol=TOLERANCE):
+        diff = (expected - got).abs().max().item() if got.shape == expected.shape else float("nan")
+        raise InferenceError(f"the exported model differs from the checkpoint (shape {tuple(got.shape)} vs "
+                             f"{tuple(expected.shape)}, max |diff| {diff:.2e}); this backbone cannot be exported")
+
+
+def description(spec: InferenceSpec, grading: GradeHead, ckpt: Path, out: Path) -> dict[str, Any]:
     """Everything a user of the exported file needs to feed it and read its output."""
     size = spec.image_size
     return {
-        "format": FORMAT,
-        "model_file": model_file,
-        "input": {"shape": ["N", 3, size, size], "dtype": "float32", "layout": "NCHW", "channels": "RGB",
+        "format": FORMATS[out.suffix.lower()],
+        "model_file": out.name,
+        "load": LOADERS[out.suffix.lower()],
+        "input": {"name": INPUT_NAME, "shape": ["N", 3, size, size], "dtype": "float32", "layout": "NCHW",
+                  "channels": "RGB",
                   "value": "(uint8 pixel / 255 - mean) / std, per channel"},
         "image_size": size, "mean": list(spec.mean), "std": list(spec.std),
         "preprocess": {
@@ -102,13 +151,14 @@ def description(spec: InferenceSpec, grading: GradeHead, ckpt: Path, model_file:
                       "Ben Graham (only if ben_graham): 4*img - 4*GaussianBlur(img, sigma) + 128 with sigma = "
                       "ben_graham_sigma_fraction * image_size, black outside a centred disc of "
                       "ben_graham_radius_fraction * image_size / 2 and where the input was dark"],
-            "reference": "ssl_dr.data.fundus_preprocess.preprocess(read_rgb(path), image_size, ben_graham, mask)",
+            "reference": "ssl_dr.data.fundus_preprocess.preprocess(ssl_dr.data.decode.read_rgb(path), "
+                         "image_size, ben_graham, mask)",
             "mask": spec.mask, "mask_margin": fp.MASK_MARGIN,
             "crop_to_fundus": True, "dark_threshold": fp.DARK_THRESHOLD, "min_bright_fraction": fp.MIN_BRIGHT_FRACTION,
             "ben_graham": spec.ben_graham, "ben_graham_sigma_fraction": fp.SIGMA_FRACTION,
             "ben_graham_radius_fraction": fp.RADIUS_FRACTION},
         "head": grading.name,
-        "output": {"shape": ["N", grading.num_outputs], **grading.decoding(),
+        "output": {"name": OUTPUT_NAME, "shape": ["N", grading.num_outputs], **grading.decoding(),
                    "tta": "none applied (average the views' probabilities, or the regression score, then decode)"},
         "grades": dict(enumerate(GRADE_NAMES)),
         "backbone": spec.backbone,
@@ -137,18 +187,46 @@ def _commit() -> str | None:
     return f"{commit}+dirty" if dirty else commit
 
 
+def _version() -> str | None:
+    try:
+        return metadata.version("ssl_dr")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _commit() -> str | None:
+    """The git commit of the ssl_dr source, when it is a checkout (``+dirty`` with uncommitted changes)."""
+    source = Path(ssl_dr.__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}+dirty" if dirty else commit
+
+
+WRITERS = {".pt2": write_pt2, ".onnx": write_onnx}
+
+
 def export(args: ExportArgs) -> Path:
-    """Write ``args.out`` (TorchScript) and its ``.json`` description; return the JSON's path."""
+    """Write ``args.out`` (``.pt2`` or ``.onnx``) and its ``.json`` description; return the JSON's path."""
     spec = read_spec(args.ckpt)
     model = load_classifier(args.ckpt, spec)
-    traced = trace(model, spec.image_size)
-    info = json.dumps(description(spec, model.grading, args.ckpt, args.out.name), indent=2)
+    net = grader_network(model)
+    info = json.dumps(description(spec, model.grading, args.ckpt, args.out), indent=2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with _quiet_jit():
-        torch.jit.save(traced, str(args.out), _extra_files={EXTRA_FILE: info})
+    suffix = args.out.suffix.lower()
+    try:
+        check(net, WRITERS[suffix](net, spec.image_size, args.out, info), spec.image_size)
+    except InferenceError:
+        args.out.unlink(missing_ok=True)  # never leave a file that predicts something else
+        raise
     json_path = side_file(args.out, ".json")
     json_path.write_text(info + "\n")
-    print(f"[ssl_dr] TorchScript grader (N x 3 x {spec.image_size} x {spec.image_size} -> N x "
+    route = "torch.export" if suffix == ".pt2" else "ONNX"
+    print(f"[ssl_dr] {route} grader (N x 3 x {spec.image_size} x {spec.image_size} -> N x "
           f"{model.grading.num_outputs}, {model.grading.name} head) -> {args.out}; preprocessing and decoding: "
           f"{json_path}")
     return json_path

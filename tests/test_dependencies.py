@@ -23,13 +23,19 @@ NAME = canonicalize_name(PROJECT["name"])
 DISTRIBUTION = {"cv2": "opencv-python-headless", "yaml": "pyyaml", "sklearn": "scikit-learn", "PIL": "pillow",
                 "hydra": "hydra-core"}
 LAUNCHER_EXTRAS = ("slurm", "multigpu", "search")
+# modules only an optional feature imports -> the extra that declares them (imported inside functions only, so
+# that the commands still start without them and can name the extra)
+OPTIONAL = {"onnxruntime": "onnx"}
 
 
-def imported_modules() -> dict[str, list[str]]:
-    """Third-party top-level module -> the ssl_dr files importing it (lazy imports inside functions too)."""
-    found: dict[str, list[str]] = {}
+def imported_modules() -> dict[str, list[tuple[str, bool]]]:
+    """Third-party top-level module -> (ssl_dr file importing it, whether inside a function) for every import."""
+    found: dict[str, list[tuple[str, bool]]] = {}
     for path in sorted((REPO / "ssl_dr").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        lazy = {id(node) for function in ast.walk(tree) if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef)
+                for node in ast.walk(function)}
+        for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -38,7 +44,7 @@ def imported_modules() -> dict[str, list[str]]:
                 continue
             for top in {name.split(".")[0] for name in names}:
                 if top not in sys.stdlib_module_names and top != "ssl_dr":
-                    found.setdefault(top, []).append(str(path.relative_to(REPO)))
+                    found.setdefault(top, []).append((str(path.relative_to(REPO)), id(node) in lazy))
     return found
 
 
@@ -83,9 +89,18 @@ def test_every_imported_module_is_a_declared_dependency():
     declared = {canonicalize_name(Requirement(r).name) for r in PROJECT["dependencies"]}
     imported = imported_modules()
     assert {"torch", "tqdm", "yaml", "cv2"} <= set(imported)  # the scan sees the package
-    undeclared = {module: files for module, files in imported.items()
-                  if canonicalize_name(DISTRIBUTION.get(module, module)) not in declared}
+    undeclared = {module: sorted({file for file, _ in uses}) for module, uses in imported.items()
+                  if module not in OPTIONAL and canonicalize_name(DISTRIBUTION.get(module, module)) not in declared}
     assert not undeclared, f"imported but not in pyproject's dependencies: {undeclared}"
+
+
+def test_optional_modules_are_declared_by_their_extra_and_imported_lazily():
+    imported = imported_modules()
+    for module, extra_name in OPTIONAL.items():
+        declared = {canonicalize_name(r.name) for r in extra(extra_name)}
+        assert canonicalize_name(DISTRIBUTION.get(module, module)) in declared, (module, extra_name)
+        eager = [file for file, lazy in imported.get(module, []) if not lazy]
+        assert not eager, f"{module} (extra {extra_name}) is imported at module level in {eager}"
 
 
 def test_the_import_name_table_agrees_with_the_installed_distributions():

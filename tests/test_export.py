@@ -1,27 +1,53 @@
-"""``ssl_dr.export``: the TorchScript file predicts what the checkpoint predicts, with torch alone."""
+"""``ssl_dr.export``: the ``.pt2`` (torch.export) and ``.onnx`` files predict what the checkpoint predicts, on
+images preprocessed as their JSON says, with torch alone (``.pt2``) or without torch (``.onnx``)."""
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from ssl_dr.export import EXTRA_FILE
+import ssl_dr.export as export_module
+from ssl_dr.data.decode import read_rgb
+from ssl_dr.data.fundus_preprocess import preprocess
+from ssl_dr.data.records import GRADE_NAMES
+from ssl_dr.export import EXTRA_FILE, ONNX_PACKAGES
 from ssl_dr.export import main as export_main
+from ssl_dr.predict import PROB_COLUMNS
+from ssl_dr.predict import main as predict_main
 from tests.test_predict import SUBPROCESS_ENV, TinyRun, one_thread, pipeline_tensors, tiny_run
 
-# Loads the export in a fresh interpreter and proves that neither ssl_dr nor timm was needed.
-LOADER = textwrap.dedent("""
+IMAGES = 20
+CLEAN = ("ssl_dr", "timm", "lightning")  # modules the exported files must not need
+
+# Each loader runs the export in a fresh interpreter and proves what it did not import.
+PT2_LOADER = textwrap.dedent("""
     import sys, torch
-    model = torch.jit.load(sys.argv[1], map_location="cpu").eval()
+    model = torch.export.load(sys.argv[1]).module()
     with torch.no_grad():
         torch.save(model(torch.load(sys.argv[2])), sys.argv[3])
     assert not any(m.split(".")[0] in ("ssl_dr", "timm", "lightning") for m in sys.modules), "needs ssl_dr code"
+""")
+ONNX_LOADER = textwrap.dedent("""
+    import json, sys
+    import numpy as np, onnxruntime
+    session = onnxruntime.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+    (name,), (output,) = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
+    np.save(sys.argv[3], session.run([output], {name: np.load(sys.argv[2])})[0])
+    meta = session.get_modelmeta().custom_metadata_map
+    json.dump({"input": name, "output": output, "ssl_dr.json": meta["ssl_dr.json"]}, open(sys.argv[4], "w"))
+    assert not any(m.split(".")[0] in ("torch", "ssl_dr", "timm", "lightning") for m in sys.modules), "needs torch"
 """)
 
 
@@ -31,46 +57,98 @@ def run(tmp_path_factory) -> Iterator[TinyRun]:
         yield tiny_run(tmp_path_factory)
 
 
-@pytest.mark.filterwarnings(r"ignore:.*torch\.jit:FutureWarning")
-def test_export_matches_checkpoint_and_loads_with_torch_only(run, tmp_path):
-    out = tmp_path / "export" / "grader.pt"
-    export_main([f"ckpt={run.ckpt}", f"out={out}"])
-    info = json.loads((tmp_path / "export" / "grader.json").read_text())
+@pytest.fixture(scope="module")
+def predicted(run, tmp_path_factory) -> tuple[list[Path], pd.DataFrame]:
+    """The checkpoint's predictions on 20 images, by ``python -m ssl_dr.predict`` (grades and probabilities)."""
+    folder = tmp_path_factory.mktemp("export-images")
+    paths = [Path(shutil.copy(path, folder / path.name)) for path in run.images[:IMAGES]]
+    out = folder.parent / f"{folder.name}-predictions.csv"
+    with one_thread():
+        predict_main([f"ckpt={run.ckpt}", f"images={folder}", f"out={out}", "device=cpu", "probs=true"])
+    return paths, pd.read_csv(out, dtype={"id_code": str})
+
+
+def json_recipe(info: dict[str, Any], paths: list[Path]) -> torch.Tensor:
+    """The network's input built only from what the JSON says (docs/inference.md's example)."""
+    pre = info["preprocess"]
+    mean, std = (torch.tensor(info[key])[:, None, None] for key in ("mean", "std"))
+    pixels = [preprocess(read_rgb(path), info["image_size"], pre["ben_graham"], pre["mask"]) for path in paths]
+    return torch.stack([(torch.from_numpy(p).permute(2, 0, 1).float() / 255 - mean) / std for p in pixels])
+
+
+def assert_same_predictions(raw: torch.Tensor, table: pd.DataFrame, paths: list[Path]) -> None:
+    assert list(table.id_code) == [p.stem for p in paths]
+    np.testing.assert_allclose(raw.softmax(dim=1).numpy(), table[PROB_COLUMNS].to_numpy(), atol=1e-5)
+    np.testing.assert_array_equal(raw.argmax(dim=1).numpy(), table.diagnosis.to_numpy())
+
+
+def check_description(info: dict[str, Any], run: TinyRun, out: Path, fmt: str) -> None:
     size = run.spec.image_size
+    assert info["format"] == fmt and info["model_file"] == out.name and info["load"]
     assert info["image_size"] == size and info["input"]["shape"] == ["N", 3, size, size]
     assert info["mean"] == list(run.spec.mean) and info["std"] == list(run.spec.std)
     assert info["preprocess"]["ben_graham"] is run.spec.ben_graham and info["preprocess"]["crop_to_fundus"]
     assert info["preprocess"]["mask"] == run.spec.mask == "rotation_invariant"  # the training default
     assert info["head"] == "classification" and info["output"]["shape"] == ["N", 5]
-    assert info["output"]["meaning"].startswith("logits") and len(info["grades"]) == 5
+    assert info["output"]["meaning"].startswith("logits")
+    assert info["grades"] == {str(grade): name for grade, name in enumerate(GRADE_NAMES)}  # the records' scale
 
-    images = pipeline_tensors(run, run.images[:6], tmp_path / "cache")
+
+def test_pt2_export_predicts_what_the_checkpoint_predicts_with_torch_only(run, predicted, tmp_path):
+    paths, table = predicted
+    out = tmp_path / "export" / "grader.pt2"
+    export_main([f"ckpt={run.ckpt}", f"out={out}"])
+    info = json.loads((tmp_path / "export" / "grader.json").read_text())
+    check_description(info, run, out, "ssl_dr.torch_export/1")
+
+    images = json_recipe(info, paths)
+    torch.testing.assert_close(images, pipeline_tensors(run, paths, tmp_path / "cache"), atol=1e-5, rtol=0)
     torch.save(images, tmp_path / "images.pt")
-    subprocess.run([sys.executable, "-c", LOADER, str(out), str(tmp_path / "images.pt"), str(tmp_path / "out.pt")],
+    subprocess.run([sys.executable, "-c", PT2_LOADER, str(out), str(tmp_path / "images.pt"), str(tmp_path / "out.pt")],
                    check=True, timeout=120, env=SUBPROCESS_ENV)
     exported = torch.load(tmp_path / "out.pt")
+    assert exported.shape == (IMAGES, 5)  # traced at 2, run at 20: the batch size is dynamic
+    assert_same_predictions(exported, table, paths)
     with torch.no_grad():
-        expected = run.model(images)
-    torch.testing.assert_close(exported, expected, atol=1e-5, rtol=1e-5)
-    assert torch.equal(exported.argmax(dim=1), expected.argmax(dim=1))
+        torch.testing.assert_close(exported, run.model(images), atol=1e-5, rtol=1e-5)
 
     extra = {EXTRA_FILE: ""}
-    torch.jit.load(str(out), _extra_files=extra)
-    assert json.loads(extra[EXTRA_FILE]) == info  # the description also travels inside the archive
+    torch.export.load(out, extra_files=extra)
+    assert json.loads(extra[EXTRA_FILE]) == info  # the description also travels inside the file
 
 
-@pytest.mark.filterwarnings(r"ignore:.*torch\.jit:FutureWarning")
+@pytest.mark.e2e  # ~12 s (the ONNX conversion): the e2e tier
+def test_onnx_export_predicts_what_the_checkpoint_predicts_without_torch(run, predicted, tmp_path):
+    for package in ONNX_PACKAGES:
+        pytest.importorskip(package)
+    paths, table = predicted
+    out = tmp_path / "grader.onnx"
+    with one_thread():
+        export_main([f"ckpt={run.ckpt}", f"out={out}"])
+    info = json.loads((tmp_path / "grader.json").read_text())
+    check_description(info, run, out, "ssl_dr.onnx/1")
+
+    np.save(tmp_path / "images.npy", json_recipe(info, paths).numpy())
+    files = [str(out), *(str(tmp_path / name) for name in ("images.npy", "out.npy", "meta.json"))]
+    subprocess.run([sys.executable, "-c", ONNX_LOADER, *files], check=True, timeout=120, env=SUBPROCESS_ENV)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert (meta["input"], meta["output"]) == (info["input"]["name"], info["output"]["name"]) == ("image", "outputs")
+    assert json.loads(meta["ssl_dr.json"]) == info
+    assert_same_predictions(torch.from_numpy(np.load(tmp_path / "out.npy")), table, paths)
+
+
+@pytest.mark.e2e  # ~12 s each (a tiny training run per head): the e2e tier
 @pytest.mark.parametrize("head", ["ordinal", "regression"])
 def test_export_of_other_heads_gives_raw_outputs_and_the_decoding_in_the_json(head, tmp_path_factory, tmp_path):
     """The JSON's decoding rule applied to the exported outputs gives the checkpoint's grades; the regression
     thresholds in it are the checkpoint's tuned buffer."""
     with one_thread():
         other = tiny_run(tmp_path_factory, head)
-        out = tmp_path / f"{head}.pt"
+        out = tmp_path / f"{head}.pt2"
         export_main([f"ckpt={other.ckpt}", f"out={out}"])
         info = json.loads(out.with_suffix(".json").read_text())
-        images = pipeline_tensors(other, other.images[:6], tmp_path / "cache")
-        exported = torch.jit.load(str(out)).eval()
+        images = pipeline_tensors(other, other.images[:IMAGES], tmp_path / "cache")
+        exported = torch.export.load(out).module()
         with torch.no_grad():
             raw, expected = exported(images), other.model(images)
     torch.testing.assert_close(raw, expected, atol=1e-5, rtol=1e-5)
@@ -84,3 +162,37 @@ def test_export_of_other_heads_gives_raw_outputs_and_the_decoding_in_the_json(he
         assert info["output"]["thresholds"] == stored.tolist() and info["output"]["probabilities"] is None
         thresholds = torch.tensor(info["output"]["thresholds"])
         assert torch.equal((raw[:, :1] > thresholds).sum(dim=1), grades)  # "thresholds strictly below"
+
+
+@pytest.mark.parametrize("name, message", [
+    ("grader.pt", r"name the file \.pt2 \(torch\.export\) or \.onnx \(ONNX\) \(TorchScript export is gone"),
+    ("grader", r"name the file \.pt2"),
+])
+def test_a_file_name_without_a_supported_suffix_is_refused_before_the_checkpoint_is_read(name, message, tmp_path,
+                                                                                         capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        export_main([f"ckpt={tmp_path / 'missing.ckpt'}", f"out={tmp_path / name}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(message, err), err
+
+
+def test_onnx_without_its_packages_names_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(export_module, "find_spec", lambda name: None if name == "onnxscript" else object())
+    with pytest.raises(SystemExit):
+        export_main([f"ckpt={tmp_path / 'missing.ckpt'}", f"out={tmp_path / 'grader.onnx'}"])
+    assert 'needs onnxscript: pip install "ssl_dr[onnx]"' in capsys.readouterr().err
+
+
+def test_an_export_that_disagrees_with_the_checkpoint_is_not_left_on_disk(run, tmp_path, capsys, monkeypatch):
+    """The check runs on the file as written and read back; a file that fails it is removed."""
+    def wrong(net, image_size, out, info):
+        out.write_bytes(b"half-written")
+        return lambda x: net(x) + 1.0
+
+    monkeypatch.setitem(export_module.WRITERS, ".pt2", wrong)
+    out = tmp_path / "grader.pt2"
+    with pytest.raises(SystemExit):
+        export_main([f"ckpt={run.ckpt}", f"out={out}"])
+    assert "the exported model differs from the checkpoint" in capsys.readouterr().err
+    assert not out.exists() and not out.with_suffix(".json").exists()

@@ -1,6 +1,6 @@
-"""The locked environment: requirements/cpu.lock pins every requirement of pyproject.toml (test tools and
-launcher plugins included) to one version inside its range, names no index or host of the machine that made
-it, and is what the README's quick start, CI and the Docker image install."""
+"""The locked environment: requirements/cpu.lock pins every requirement of pyproject.toml (test tools,
+launcher plugins and the ONNX export's packages included) to one version inside its range, names no index or
+host of the machine that made it, and is what the README's quick start, CI and the Docker image install."""
 
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ def _pins() -> dict[str, str]:
 
 
 def _requirements() -> list[Requirement]:
-    """The core dependencies, the test tools and every launcher plugin (``launchers`` names the other extras)."""
-    return [*map(Requirement, PROJECT["dependencies"]), *extra("test"), *extra("launchers")]
+    """The core dependencies, the test tools, every launcher plugin (``launchers`` names the other extras) and the
+    ONNX export's packages."""
+    return [*map(Requirement, PROJECT["dependencies"]), *extra("test"), *extra("launchers"), *extra("onnx")]
 
 
 def test_every_requirement_is_pinned_inside_its_range():
@@ -52,8 +53,9 @@ def test_the_header_says_how_to_regenerate_it():
     command = re.search(r"#\s+(pip-compile .*)", header).group(1)
     # the launcher extras one by one: given the self-referencing `launchers`, pip-compile pins this checkout
     # itself as `ssl-dr @ file:///<path of the machine that ran it>`
-    for option in ("--extra=test", *(f"--extra={name}" for name in LAUNCHER_EXTRAS), "--no-emit-index-url",
-                   "--no-emit-find-links", "--output-file=requirements/cpu.lock", "pyproject.toml"):
+    extras = ("test", *LAUNCHER_EXTRAS, "onnx")
+    for option in (*(f"--extra={name}" for name in extras), "--no-emit-index-url", "--no-emit-find-links",
+                   "--output-file=requirements/cpu.lock", "pyproject.toml"):
         assert option in command, option
     assert "--extra=launchers" not in command
 
