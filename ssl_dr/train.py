@@ -60,7 +60,7 @@ USER_ERRORS = (DataError, BackboneWeightsError, FoundationWeightsError, NonFinit
                RankZeroGoneError)
 """Errors of the user's data or settings: one ``error: ...`` line and exit status 2, no traceback."""
 # arms named after the pretext they use (conf/arm/<name>.yaml chooses conf/pretext/<name>.yaml)
-PRETEXT_ARMS = ("rotation", "jigsaw", "simclr")
+PRETEXT_ARMS = ("rotation", "jigsaw", "simclr", "mae")
 CONFIG_DIR = config_dir()
 
 

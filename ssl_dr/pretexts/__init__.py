@@ -1,5 +1,6 @@
 """Self-supervised pretext tasks over unlabelled fundus images, one module each on a shared base
-(``base.PretextModule``): ``rotation`` (RotNet), ``jigsaw`` (tile permutations), ``simclr`` (contrastive).
+(``base.PretextModule``): ``rotation`` (RotNet), ``jigsaw`` (tile permutations), ``simclr`` (contrastive),
+``mae`` (masked autoencoding, on a ViT backbone).
 ``conf/pretext/<name>.yaml`` chooses one; the grader reuses only the backbone weights it leaves.
 """
 

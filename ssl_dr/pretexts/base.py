@@ -31,6 +31,15 @@ class PretextStep(NamedTuple):
     inputs: torch.Tensor | None = None  # (N, C, H, W): what the network saw, one per row of ``scores`` (W&B grid)
 
 
+class PretextExamples(NamedTuple):
+    """What the W&B example grid shows of one batch (``PretextModule.examples``)."""
+
+    tiles: torch.Tensor  # (N, C, H, W), normalised like the network's inputs; view-major: a row per view
+    captions: list[str]  # one per tile
+    right: list[bool]  # one per tile: drawn green (right) or red
+    summary: str  # the grid's caption: what the tiles are, and the score
+
+
 def mlp_head(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
     """A small two-layer head: the point is to shape the shared backbone, which the grader reuses."""
     return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_features))
@@ -81,6 +90,19 @@ class PretextModule(L.LightningModule, ABC):
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         self._shared_step(batch, batch_idx, "val", self.val_acc)
+
+    def examples(self, batch: torch.Tensor) -> PretextExamples:
+        """The network's inputs for ``batch`` (as ``step`` builds them, batch index 0), each captioned
+        ``right answer -> predicted``; the module must be in eval mode, under ``torch.no_grad``."""
+        out = self.step(batch, 0)
+        if out.inputs is None:
+            raise TypeError(f"{type(self).__name__}.step must return its inputs (PretextStep.inputs), or override "
+                            "examples(), for the W&B example grid")
+        guesses, truths = out.scores.argmax(dim=1).tolist(), out.targets.tolist()
+        right = [g == t for g, t in zip(guesses, truths, strict=True)]
+        return PretextExamples(out.inputs, [f"{self.answer_name(t)} -> {self.answer_name(g)}"
+                                            for t, g in zip(truths, guesses, strict=True)], right,
+                               f"right answer -> predicted ({sum(right)}/{len(right)} right)")
 
     def answer_name(self, candidate: int) -> str:
         """A candidate answer as a picture's caption says it (the W&B example grid)."""

@@ -125,26 +125,19 @@ def _grad_cam_overlays(module: Any, dataset: FundusDataset, positions: list[int]
 
 def pretext_grid(module: Any, dataset: FundusDataset, size: int, mean: Sequence[float], std: Sequence[float]
                  ) -> tuple[np.ndarray, str]:
-    """One RGB picture of the first ``size`` held-out images as the pretext's ``step`` feeds them to the
-    network (a column per image, a row per view: the 4 rotations, the puzzle, the 2 SimCLR views), each
-    captioned ``right -> predicted``; and a caption for the whole grid."""
+    """One RGB picture of the first ``size`` held-out images as the pretext feeds them to the network
+    (``module.examples``: a column per image, a row per view: the 4 rotations, the puzzle, the 2 SimCLR views,
+    MAE's masked input and its reconstruction), each tile captioned; and a caption for the whole grid."""
     size = min(size, len(dataset))
     batch = torch.stack([dataset[i] for i in range(size)]).to(next(module.parameters()).device)
     module.eval()
     with torch.no_grad():
-        out = module.step(batch, 0)
-    if out.inputs is None:
-        raise TypeError(f"{type(module).__name__}.step must return its inputs (PretextStep.inputs) for the W&B grid")
-    pixels = out.inputs.float().cpu() * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
+        shown = module.examples(batch)
+    pixels = shown.tiles.float().cpu() * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
     tiles = (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    guesses, truths = out.scores.argmax(dim=1).tolist(), out.targets.tolist()
-    captioned_tiles = [captioned(thumbnail(tile).copy(), f"{module.answer_name(t)} -> {module.answer_name(g)}",
-                                 RIGHT if g == t else WRONG)
-                       for tile, t, g in zip(tiles, truths, guesses, strict=True)]
-    right = sum(g == t for g, t in zip(guesses, truths, strict=True))
-    grid = _grid(captioned_tiles, columns=size)
-    return grid, (f"{size} held-out images as the pretext sees them; right answer -> predicted "
-                  f"({right}/{len(truths)} right)")
+    captioned_tiles = [captioned(thumbnail(tile).copy(), text, RIGHT if right else WRONG)
+                       for tile, text, right in zip(tiles, shown.captions, shown.right, strict=True)]
+    return _grid(captioned_tiles, columns=size), f"{size} held-out images as the pretext sees them; {shown.summary}"
 
 
 def _grid(tiles: list[np.ndarray], columns: int, gap: int = 2) -> np.ndarray:

@@ -96,6 +96,7 @@ def test_failing_job_does_not_stop_the_sweep(tmp_path):
 @pytest.mark.parametrize(("overrides", "expected"), [
     ([], "rotation,baseline"),
     (["arms=[rotation,jigsaw,simclr,imagenet,baseline]"], "rotation,jigsaw,simclr,imagenet,baseline"),
+    (["arms=[rotation,mae,retfound,dinov2,baseline]"], "rotation,mae,retfound,dinov2,baseline"),
     (["arms=[baseline]"], "baseline")])
 def test_paper_sweeps_the_listed_arms(overrides, expected):
     from hydra import compose, initialize_config_dir
