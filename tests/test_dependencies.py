@@ -139,8 +139,8 @@ def test_the_slurm_extra_does_not_pull_sqlalchemy_through_its_dependencies():
     assert "sqlalchemy" in searched  # the same walk does find it where it is pulled in
 
 
-def test_readme_and_ci_name_only_extras_that_exist():
-    texts = [(REPO / "README.md").read_text(), (REPO / ".ci" / "run").read_text(),
+def test_readme_ci_docs_and_image_name_only_extras_that_exist():
+    texts = [(REPO / "README.md").read_text(), (REPO / ".ci" / "run").read_text(), (REPO / "Dockerfile").read_text(),
              *(p.read_text() for p in (REPO / "docs").glob("*.md"))]
     used = {name.strip() for text in texts for group in re.findall(r"\.\[([\w,\s-]+)\]", text)
             for name in group.split(",")}

@@ -1,13 +1,11 @@
 """Scale-out: every trainer and launcher config composes with the real config; the scale callback changes
-the model as configured; parallel jobs get a GPU each; DDP inside a local multirun is refused; the Docker
-image installs this package with the README's entry point."""
+the model as configured; parallel jobs get a GPU each; DDP inside a local multirun is refused. (The Docker
+image: tests/test_docker.py.)"""
 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -348,33 +346,7 @@ def test_guard_refuses_ddp_with_the_local_gpus_launcher():
         guard("experiment=paper", "trainer=ddp", "hydra/launcher=local_gpus")
 
 
-# --- Docker image ----------------------------------------------------------------------------------------
-
-def dockerfile_instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
-    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
-
-
-def test_dockerfile_installs_this_package_with_the_readme_entry_point():
-    steps = dockerfile_instructions()
-    name = re.search(r'^name = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
-    base = [args for op, args in steps if op == "FROM"][-1]
-    assert re.fullmatch(r"pytorch/pytorch:[\d.]+-cuda12\.\d+-cudnn9-runtime", base.split()[0]), base
-    runs = " && ".join(args for op, args in steps if op == "RUN")
-    # editable: train.py finds conf/ next to the package source, which a wheel install would not ship
-    assert re.search(r"pip install [^&]*-e \.", runs)
-    assert f"pip show {name}" in runs and "ssl_dr.train --cfg job" in runs  # checked while building
-    entry = json.loads([args for op, args in steps if op == "ENTRYPOINT"][-1])
-    module = re.search(r"python -m ([\w.]+)", (ROOT / "README.md").read_text()).group(1)
-    assert entry == ["python", "-m", module] == ["python", "-m", "ssl_dr.train"]
-    user = [args for op, args in steps if op == "USER"][-1]
-    assert user.split(":")[0] not in ("root", "0")
-    ignored = {line.strip().strip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()}
-    assert {"outputs", "data", "cache", ".git", "wandb"} <= ignored
-
-
 def test_config_dir_is_found_from_the_source_tree():
-    """Why the image installs editable: the configs are not inside the package."""
+    """A checkout reads conf/ beside the package (an installed wheel reads ssl_dr/conf: tests/test_wheel.py and
+    tests/test_docker.py)."""
     assert Path(CONFIG_DIR) == ROOT / "conf" and not (ROOT / "ssl_dr" / "conf").exists()
