@@ -196,3 +196,24 @@ def test_an_export_that_disagrees_with_the_checkpoint_is_not_left_on_disk(run, t
         export_main([f"ckpt={run.ckpt}", f"out={out}"])
     assert "the exported model differs from the checkpoint" in capsys.readouterr().err
     assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+@pytest.mark.e2e  # ~25 s (an MAE pretext and a ViT fine-tune, then the export): the e2e tier
+def test_a_vit_grader_exports_and_predicts_what_its_checkpoint_predicts(tiny_cfg, tmp_path):
+    """The ViT arms (issue 22): a ViT grader's .pt2 rebuilds its input from grader.json alone (ImageNet or timm
+    statistics, the run's size) and gives the checkpoint's outputs on 20 images."""
+    from ssl_dr.inference import load_classifier, read_spec
+    from ssl_dr.train import train
+
+    with one_thread():
+        result = train(tiny_cfg("experiment=mae"))
+        ckpt = Path(result["output_dir"]) / "checkpoints" / "best.ckpt"
+        out = tmp_path / "vit" / "grader.pt2"
+        export_main([f"ckpt={ckpt}", f"out={out}"])
+    info = json.loads((tmp_path / "vit" / "grader.json").read_text())
+    images = json_recipe(info, sorted(tmp_path.glob("data/*/*_images/*.png"))[:IMAGES])
+    assert info["image_size"] == 32 and images.shape == (IMAGES, 3, 32, 32)
+    exported = torch.export.load(out).module()(images)
+    with torch.no_grad():
+        expected = load_classifier(ckpt, read_spec(ckpt))(images)
+    torch.testing.assert_close(exported, expected, atol=1e-5, rtol=1e-5)
