@@ -1,5 +1,6 @@
-"""The layout stays readable: no import cycle between ``ssl_dr`` modules, no module over 400 lines, the
-launch side and the report free of torch (they run while Hydra composes, or on a laptop without a GPU)."""
+"""The layout stays readable: no import cycle between ``ssl_dr`` modules, no layer importing a higher one, no
+module over 400 lines, the launch side and the report free of torch (they run while Hydra composes, or on a
+laptop without a GPU)."""
 
 from __future__ import annotations
 
@@ -112,12 +113,43 @@ def test_no_import_cycle_between_ssl_dr_modules():
     assert cycles(graph) == []
 
 
+LAYERS = ("config_dir", "data", "models", "pretexts", "inference", "launch", "training", "reporting", "commands")
+"""``ssl_dr``'s layers, lowest first (docs/architecture.md): a module may import its own layer and those below."""
+
+
+def layer(module: str) -> str:
+    """A module's layer: its package under ``ssl_dr``; the top-level modules are the commands (``config_dir``,
+    where the configs are, is the one below everything)."""
+    parts = module.split(".")
+    if len(parts) > 1 and parts[1] in LAYERS:
+        return parts[1]
+    return "commands"
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{module} ({layer(module)}) imports {target} ({layer(target)})"
+                  for module, targets in graph.items() for target in targets
+                  if LAYERS.index(layer(target)) > LAYERS.index(layer(module)))
+
+
+def test_no_layer_imports_a_higher_one():
+    assert len({layer(m) for m in _modules()}) == len(LAYERS)  # every layer has modules: the names are right
+    assert upward_imports(import_graph()) == []
+
+
+def test_the_layer_rule_catches_an_upward_import():
+    assert upward_imports({"ssl_dr.models.classifier": {"ssl_dr.training.ranks"},
+                           "ssl_dr.training.phases": {"ssl_dr.models.classifier"}}) == [
+        "ssl_dr.models.classifier (models) imports ssl_dr.training.ranks (training)"]
+
+
 def test_no_module_over_400_lines():
     long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert long == {}, f"split these along their seams: {long}"
 
 
-@pytest.mark.parametrize("module", ["ssl_dr.report", "ssl_dr.launch.resolvers", "ssl_dr.launch.sweep_report",
+@pytest.mark.parametrize("module", ["ssl_dr.report", "ssl_dr.reporting.report", "ssl_dr.reporting.sweep_end",
+                                    "ssl_dr.launch.resolvers", "ssl_dr.launch.sweep_progress",
                                     "ssl_dr.launch.gpu_slots", "ssl_dr.launch.guards", "ssl_dr.launch.objective"])
 def test_launch_side_and_report_import_without_torch(module):
     code = f"import sys, {module}; print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))"

@@ -16,8 +16,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 from scipy import stats
 
-from ssl_dr.report import main, write_report
+from ssl_dr.report import main
 from ssl_dr.reporting.jobs import collect
+from ssl_dr.reporting.report import write_report
 
 # test QWK per (arm, fraction): folds 0, 1, 2
 QWK = {

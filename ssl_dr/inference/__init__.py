@@ -23,8 +23,9 @@ so a mistyped argument fails in about two seconds instead of ten.
 
 from __future__ import annotations
 
-from ssl_dr.inference.arguments import InferenceError, InputArgs, arg, parse_args, run_cli, usage
+from ssl_dr.inference.arguments import InputArgs, arg, parse_args, run_cli, usage
 from ssl_dr.inference.checkpoint import InferenceSpec, load_classifier, read_spec, resolve_device
+from ssl_dr.inference.errors import InferenceError
 from ssl_dr.inference.images import DECODE_CHUNK, Decoded, Skipped, decode_one, decoded_images, list_images, side_file
 from ssl_dr.inference.tta import TTA_MODES, eval_transform, predict_activated, tensor_batches, tta_views
 

@@ -24,12 +24,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 from ssl_dr.data.records import DataError
+from ssl_dr.inference.errors import InferenceError
 
 T = TypeVar("T")
-
-
-class InferenceError(ValueError):
-    """A bad argument, checkpoint or input set: shown as ``error: <message>`` without a traceback."""
 
 
 

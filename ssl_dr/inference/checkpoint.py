@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from ssl_dr.models.classifier import DRClassifier
 
-from ssl_dr.inference.arguments import InferenceError
+from ssl_dr.inference.errors import InferenceError
 
 
 @dataclass(frozen=True)

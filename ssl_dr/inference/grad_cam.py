@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ssl_dr.inference.arguments import InferenceError
+from ssl_dr.inference.errors import InferenceError
 
 if TYPE_CHECKING:
     from ssl_dr.models.classifier import DRClassifier

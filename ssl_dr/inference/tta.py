@@ -14,8 +14,8 @@ if TYPE_CHECKING:
 
     from ssl_dr.models.classifier import DRClassifier
 
-from ssl_dr.inference.arguments import InferenceError
 from ssl_dr.inference.checkpoint import InferenceSpec
+from ssl_dr.inference.errors import InferenceError
 from ssl_dr.inference.images import Decoded
 
 TTA_MODES = ("none", "flip", "rot4", "flip_rot4")

@@ -35,10 +35,10 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassCohenKappa
 
 from ssl_dr.data.records import NUM_GRADES
 from ssl_dr.models.backbone import Backbone
+from ssl_dr.models.gather import gather_from_ranks
 from ssl_dr.models.heads import DEFAULT_THRESHOLDS, RegressionHead, build_head, cut, grade_weights_for, tune_thresholds
 from ssl_dr.models.metrics import KaggleKappa, ReferableAUROC, confusion_summary, grades_predicted
 from ssl_dr.models.optim import check_lr_scaling, configure_optimizers
-from ssl_dr.training.ranks import gather_from_ranks
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import lightning as L
 import pandas as pd
 from lightning.pytorch.callbacks import Callback
 
-from ssl_dr.training.ranks import gather_from_ranks
+from ssl_dr.models.gather import gather_from_ranks
 
 PREDICTIONS_NAME = "test_predictions.csv"
 

@@ -15,11 +15,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, TypeVar
-
-import torch
-
-T = TypeVar("T")
+from typing import Any
 
 # Environment variables that carry the global rank before Lightning sets DDP up: torchrun, SLURM (srun), and
 # Lightning's own relaunch of the script (NODE_RANK/LOCAL_RANK in the processes it starts).
@@ -29,20 +25,6 @@ RANK_VARIABLES = ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK")
 def is_launch_rank_zero() -> bool:
     """True in the process that owns the run (rank 0, or a run without DDP); usable before ``trainer.fit``."""
     return all(int(os.environ.get(var) or 0) == 0 for var in RANK_VARIABLES)
-
-
-def gather_from_ranks(local: T) -> list[T]:
-    """Every DDP rank's ``local``, in rank order, on every rank (``[local]`` outside DDP).
-
-    ``all_gather_object`` rather than ``LightningModule.all_gather``: validation and test shards may differ
-    in length by one image (``ssl_dr.data.datamodule._evaluation_sampler``), and tensor gathers need equal
-    shapes.
-    """
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return [local]
-    parts: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(parts, local)
-    return parts
 
 
 def _launch_id() -> str:

@@ -14,7 +14,7 @@ import pytest
 from ssl_dr.data.datamodule import GPU_WORKERS_CAP, FundusDataModule, loader_settings, resolve_num_workers
 from ssl_dr.data.records import DataError, Record
 from ssl_dr.data.transforms import AugmentConfig, build_transform
-from tests.launch.test_scale_configs import compose_train
+from tests.launch.configs import compose_train
 
 
 def test_auto_on_a_gpu_uses_the_cpus_of_each_process_less_one_capped():

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from ssl_dr.report import write_report
+from ssl_dr.reporting.report import write_report
 from ssl_dr.reporting.stats import (
     corrected_resampled_t_interval,
     job_facts,

@@ -1,4 +1,5 @@
-"""Hydra callback: when a multirun ends, write the report into its folder and log it to W&B.
+"""Hydra callback: when a multirun ends, write the report into its folder (``ssl_dr.reporting.report``) and log it
+to W&B.
 
 Registered in ``conf/hydra/default.yaml``, so every sweep (``experiment=paper`` or any ``-m``) ends with
 ``report.md``/``report.csv``/``qwk_vs_fraction.png`` without a second command.
@@ -15,8 +16,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_dr.launch.objective import BASIC_SWEEPER
-from ssl_dr.report import ReportFiles, write_report
 from ssl_dr.reporting.jobs import ReportError
+from ssl_dr.reporting.report import ReportFiles, write_report
 
 log = logging.getLogger(__name__)
 

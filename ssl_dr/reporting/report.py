@@ -1,0 +1,145 @@
+"""Sweep folder -> the paper's table (MIN / AVG / MAX test QWK over folds and seeds) + a QWK-vs-fraction plot.
+
+Why a module of its own: a sweep where a job crashed or was deleted must never turn quietly into a 4-fold
+average printed next to 5-fold ones. Every expected job (arm x label fraction x fold x seed x split seed, from
+``multirun.yaml`` and the job configs; ``ssl_dr.reporting.jobs`` reads them) without a result is named at the top
+of the report, and the CLI exits 1. Beside QWK each arm x fraction shows its spread over folds and over seeds,
+and what makes it trustworthy: how many runs collapsed to one grade (``test_predictions.csv``), the labels read
+(train + validation; a ``val_protocol=fixed`` run reads more than its fraction, and the report says so at the
+top) and the training budget (optimiser steps, the step of the chosen checkpoint). Arms are compared with the
+``baseline`` arm run by run (same split seed, fold and seed: paired) with the corrected repeated k-fold t
+interval (Bouckaert & Frank; Nadeau & Bengio's correction over k folds x r repetitions), because the folds'
+training sets overlap (see ``ssl_dr.reporting.stats``); the naive t interval stands beside it, labelled.
+
+``write_report`` writes ``report.md``, ``report.csv``, ``report_paired.csv`` and ``qwk_vs_fraction.png`` into the
+sweep folder; two thin callers run it: ``python -m ssl_dr.report <sweep_dir>`` and, when a multirun ends, the
+Hydra callback ``ssl_dr.reporting.sweep_end``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ssl_dr.reporting import stats as report_stats
+from ssl_dr.reporting.environments import environment_lines
+from ssl_dr.reporting.jobs import Gap, SweepResults, collect
+
+PAPER_ROTATION_AVG: dict[float, float] = {0.05: 0.294, 0.10: 0.432, 0.25: 0.575, 0.50: 0.680, 1.00: 0.725}
+"""Published numbers of the paper this project reproduces: AVG test QWK over its 5 folds of the rotation-pretext
+DenseNet121, per label fraction (the "AVG" row of its results table). Drawn as the dashed reference line."""
+
+ARM_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+@dataclass
+class ReportFiles:
+    """What ``write_report`` wrote (``paired_csv`` is None when there is no baseline to pair with)."""
+
+    markdown: Path
+    csv: Path
+    paired_csv: Path | None
+    plot: Path
+    table: pd.DataFrame
+    paired: pd.DataFrame
+    gaps: list[Gap]
+    jobs: pd.DataFrame | None = None
+    """The finished jobs: job folder, arm, fraction, fold, seeds, test QWK and their fine-tune's W&B run id."""
+
+    @property
+    def complete(self) -> bool:
+        return not self.gaps
+
+
+# ---------------------------------------------------------------- markdown and plot
+
+
+def to_markdown(results: SweepResults, table: pd.DataFrame, paired: pd.DataFrame) -> str:
+    """The report: warnings first (labels read beyond the fraction, incomplete jobs, collapsed runs), then the
+    QWK table, labels read and training budget, and the paired differences."""
+    lines = [f"# Sweep report: {results.sweep_dir.name}", "", f"Sweep folder: `{results.sweep_dir}`  ",
+             f"Expected jobs ({results.expected_from}): {_expected_jobs(results, len(table))}", "",
+             *report_stats.fixed_val_warning(results.jobs)]
+    # where the numbers were measured, and a warning when one sweep's jobs ran on different stacks
+    environments = environment_lines(results.sweep_dir / job for job in results.finished.job)
+    lines += [*environments, ""] if environments else []
+    if results.gaps:
+        lines += [f"## Incomplete: {len(results.gaps)} expected job(s) have no result", "",
+                  "The numbers below use only the runs that finished (see the runs column).", "",
+                  *(f"- {gap}" for gap in results.gaps), ""]
+    if collapsed := report_stats.collapsed_lines(results.finished):
+        lines += [f"## Collapsed: {len(collapsed)} finished job(s) predict a single grade for the whole test fold", "",
+                  "Such a run learnt one grade (as a rule the majority): its QWK shows failed training, not the arm.",
+                  "", *collapsed, ""]
+    lines += [*report_stats.qwk_md(table), "", *report_stats.budget_md(table), ""]
+    for baseline in paired.baseline.unique():
+        lines += [*report_stats.paired_md(paired[paired.baseline == baseline], results.num_folds), ""]
+    return "\n".join(lines)
+
+
+def _expected_jobs(results: SweepResults, cells: int) -> str:
+    """``2 arms x 5 fractions x 5 folds x 3 seed(s) (42, 43, 44) x 1 split seed(s) (42) = 150``."""
+    seeds = ", ".join(map(str, results.seeds))
+    split_seeds = ", ".join(map(str, results.split_seeds))
+    return (f"{len(results.arms)} arms x {len(results.fractions)} fractions x {len(results.folds)} folds x "
+            f"{len(results.seeds)} seed(s) ({seeds}) x {len(results.split_seeds)} split seed(s) ({split_seeds}) "
+            f"= {cells * results.runs_per_cell}")
+
+
+def plot(table: pd.DataFrame, path: Path, title: str, paper_reference: bool = True) -> None:
+    """Test QWK vs label fraction (log x): per arm the mean over runs (folds x seeds) and a min-max band; the
+    paper dashed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    handles, labels = [], []
+    arms = list(dict.fromkeys(table.arm))
+    for i, (arm, rows) in enumerate(table.groupby("arm", sort=False)):
+        # a marker of its own per arm: five arms' bands overlap, and the plot may be printed in grey
+        (line,) = ax.plot(rows.label_fraction, rows.qwk_avg, marker=ARM_MARKERS[i % len(ARM_MARKERS)])
+        band = ax.fill_between(rows.label_fraction, rows.qwk_min, rows.qwk_max, color=line.get_color(),
+                               alpha=0.2 if len(arms) <= 2 else 0.1)
+        handles.append((band, line))
+        labels.append(f"{arm} (mean over runs, band: min-max)")
+    ticks = set(table.label_fraction)
+    if paper_reference:
+        (ref,) = ax.plot(list(PAPER_ROTATION_AVG), list(PAPER_ROTATION_AVG.values()), "k--", marker="x", alpha=0.7)
+        handles.append(ref)
+        labels.append("paper (rotation, AVG)")
+        ticks |= set(PAPER_ROTATION_AVG)
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(ticks), [report_stats.pct(t) for t in sorted(ticks)])
+    ax.set_xticks([], minor=True)
+    ax.set_xlabel("labelled fraction of the training images (log scale)")
+    ax.set_ylabel("test QWK (quadratic weighted kappa)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(handles, labels, loc="lower right", fontsize="small" if len(arms) > 2 else None)
+    fig.savefig(path, dpi=120)
+
+
+def write_report(sweep_dir: Path, paper_reference: bool = True) -> ReportFiles:
+    """Collect a sweep and write report.md, report.csv, report_paired.csv and qwk_vs_fraction.png into it."""
+    sweep_dir = Path(sweep_dir)
+    results = collect(sweep_dir)
+    table = report_stats.summarise(results.finished, results.arms, results.fractions, results.runs_per_cell)
+    paired = report_stats.paired_differences(results.finished, results.arms, results.fractions, results.num_folds)
+    files = ReportFiles(sweep_dir / "report.md", sweep_dir / "report.csv",
+                        sweep_dir / "report_paired.csv" if len(paired) else None, sweep_dir / "qwk_vs_fraction.png",
+                        table, paired, results.gaps,
+                        results.finished[["job", "arm", "label_fraction", "fold", "seed", "split_seed", "test_qwk",
+                                          "wandb_run_id"]].reset_index(drop=True))
+    table.to_csv(files.csv, index=False)
+    (sweep_dir / "report_paired.csv").unlink(missing_ok=True)  # no stale pairs from an earlier report
+    if files.paired_csv:
+        paired.to_csv(files.paired_csv, index=False)
+    files.markdown.write_text(to_markdown(results, table, paired) + "\n")
+    status = f"INCOMPLETE: {len(results.gaps)} expected job(s) without result" if results.gaps else "complete"
+    plot(table, files.plot, f"Test QWK vs label fraction: {'/'.join(sweep_dir.resolve().parts[-3:])}\n({status})",
+         paper_reference)
+    return files
