@@ -87,11 +87,15 @@ def layer_decay_groups(module: LightningModule, optimizer: partial, layer_decay:
     no_decay = encoder.no_weight_decay() if hasattr(encoder, "no_weight_decay") else ()
     groups = param_groups_layer_decay(encoder, weight_decay=weight_decay, layer_decay=layer_decay,
                                       no_weight_decay_list=no_decay)
-    for group in groups:
+    depths = [round(math.log(group["lr_scale"]) / math.log(layer_decay)) if layer_decay < 1 else 0
+              for group in groups]
+    for group, depth in zip(groups, depths, strict=True):
         group["lr"] = base_lr * group.pop("lr_scale")
+        # named for the learning-rate monitor (lr-AdamW/layer03 instead of pg7): layer 0 is the input stem
+        group["name"] = f"layer{max(depths) - depth:02d}" + ("" if group["weight_decay"] else "-no_decay")
     in_encoder = {id(p) for group in groups for p in group["params"]}
     rest = [p for p in module.parameters() if id(p) not in in_encoder]
-    return [*groups, {"params": rest, "lr": base_lr, "weight_decay": weight_decay}]
+    return [*groups, {"params": rest, "lr": base_lr, "weight_decay": weight_decay, "name": "head"}]
 
 
 def configure_optimizers(module: LightningModule, optimizer: partial, scheduler: partial | None,

@@ -145,6 +145,8 @@ def test_layer_decay_gives_each_depth_its_rate_after_an_optimiser_step(tiny_cfg)
         assert rate[id(block)] == pytest.approx(base * factor * 0.65 ** (12 - depth))
     assert rate[id(backbone.model.patch_embed.proj.weight)] == pytest.approx(base * factor * 0.65 ** 13)
     assert len({round(r, 12) for r in rate.values()}) == 14  # stem, 12 blocks, top (final norm + head)
+    names = [group["name"] for group in opt.param_groups]  # what the learning-rate monitor logs them as
+    assert len(set(names)) == len(names) and names[-1] == "head" and "layer00" in names and "layer12" in names
     decays = {id(p): group["weight_decay"] for group in opt.param_groups for p in group["params"]}
     assert decays[id(backbone.model.blocks[0].attn.qkv.weight)] == 0.05
     assert decays[id(backbone.model.blocks[0].attn.qkv.bias)] == 0.0  # biases, norms, tokens: no decay
