@@ -86,7 +86,7 @@ def test_a_run_shows_its_test_predictions_with_grad_cam_and_the_pretext_grid(tin
     assert "3 held-out images as the pretext sees them" in logged_grid["pretext/examples/caption"]
 
 
-def test_media_can_be_turned_off(tiny_cfg, wandb_offline):
+def test_media_can_be_turned_off_and_no_artifact_is_logged_by_default(tiny_cfg, wandb_offline):
     overrides = [o for o in TINY if not o.startswith("logger=")]
     out = Path(train(tiny_cfg("experiment=rotation", *overrides, "logger=default", "media.predictions=0",
                               "media.pretext_grid=0"))["output_dir"])
@@ -94,6 +94,8 @@ def test_media_can_be_turned_off(tiny_cfg, wandb_offline):
     assert not any("pretext/examples/path" in row for row in wandb_records.history(runs["pretext"]))
     assert not any(a.type == "run_table" and any(e.path == "test/predictions.table.json" for e in a.manifest.contents)
                    for a in wandb_records.artifacts(runs["finetune"]))
+    for run in runs.values():  # wandb_artifacts is off unless asked for
+        assert not [a for a in wandb_records.artifacts(run) if a.type != "run_table"]
 
 
 @pytest.mark.parametrize(("arm", "rows"), [("rotation", 4), ("jigsaw", 1), ("simclr", 2), ("mae", 2)])
@@ -142,14 +144,6 @@ def test_artifacts_hold_the_pretext_backbone_and_the_tested_grader(tiny_cfg, wan
     summary = wandb_records.summary(runs["finetune"])
     assert summary["pretext/wandb_run_id"] == f"pretext-{key}" and runs["pretext"].name.endswith(f"-pretext-{key}")
     assert summary["pretext/artifact"] == f"pretext-rotation:{key}"
-
-
-def test_no_artifact_by_default(tiny_cfg, wandb_offline):
-    overrides = [o for o in TINY if not o.startswith("logger=")]
-    out = Path(train(tiny_cfg("experiment=rotation", *overrides, "logger=default", "media.predictions=0",
-                              "media.pretext_grid=0"))["output_dir"])
-    for run in _runs(out).values():
-        assert not [a for a in wandb_records.artifacts(run) if a.type != "run_table"]
 
 
 class _OnlineRun:
