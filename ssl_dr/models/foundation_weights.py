@@ -102,6 +102,12 @@ def load_foundation_weights(model: nn.Module, path: str | Path, weights_format: 
                                      f"({len(lines)} size mismatch(es), e.g. {lines[0][:200] if lines else err}); "
                                      "check model.backbone.name") from None
     missing = [k for k in missing if not k.startswith(FRESH_KEYS)]
+    if not missing and unexpected and all(k.startswith("norm.") for k in unexpected):
+        # the file keeps its final norm, which timm's average-pooled ViT replaces by a fresh fc_norm
+        raise FoundationWeightsError(f"{where}: the file's final norm ({', '.join(unexpected)}) has no place in an "
+                                     "average-pooled ViT with fc_norm; keep it with "
+                                     "+model.backbone.model_kwargs.fc_norm=false (as RETFound-Green pools), or pool "
+                                     "on the class token (model.backbone.model_kwargs.global_pool=token)")
     if missing or unexpected:
         parts = [f"{len(missing)} missing (e.g. {', '.join(missing[:3])})" if missing else "",
                  f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})" if unexpected else ""]

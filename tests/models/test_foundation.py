@@ -59,6 +59,22 @@ def test_a_register_token_dinov2_file_loads(tmp_path):
     assert torch.equal(backbone.model.reg_token, written.reg_token)
 
 
+def test_retfound_green_pools_by_averaging_after_its_own_final_norm(tmp_path, tiny_cfg):
+    """RETFound-Green (a timm reg4 DINOv2 ViT-S/14 file, pooled by averaging after its final norm, statistics 0.5)
+    loads as docs/arms.md says; average pooling with a fresh fc_norm names the fix instead."""
+    written = write_timm(tmp_path / "green.safetensors", "vit_small_patch14_reg4_dinov2")
+    cfg = tiny_cfg("experiment=dinov2", "model.backbone.name=vit_small_patch14_reg4_dinov2",
+                   f"model.backbone.weights_file={tmp_path / 'green.safetensors'}", "data.image_size=28",
+                   "model.backbone.model_kwargs.global_pool=avg", "+model.backbone.model_kwargs.fc_norm=false",
+                   "model.backbone.mean=[0.5,0.5,0.5]", "model.backbone.std=[0.5,0.5,0.5]")
+    backbone = instantiate(cfg.model.backbone)
+    assert torch.equal(backbone.model.norm.weight, written.norm.weight) and backbone.model.global_pool == "avg"
+    assert backbone.normalization() == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    with pytest.raises(FoundationWeightsError, match=r"final norm .* keep it with \+model.backbone.model_kwargs"):
+        Backbone("vit_small_patch14_reg4_dinov2", weights_format="timm", weights_file=tmp_path / "green.safetensors",
+                 model_kwargs={"img_size": 28, "global_pool": "avg"})
+
+
 def test_wrong_files_are_refused_naming_the_keys(tmp_path):
     write_retfound_mae(tmp_path / "mae.pth")
     densenet = tmp_path / "densenet.pt"
