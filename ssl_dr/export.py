@@ -187,26 +187,6 @@ def _commit() -> str | None:
     return f"{commit}+dirty" if dirty else commit
 
 
-def _version() -> str | None:
-    try:
-        return metadata.version("ssl_dr")
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _commit() -> str | None:
-    """The git commit of the ssl_dr source, when it is a checkout (``+dirty`` with uncommitted changes)."""
-    source = Path(ssl_dr.__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{commit}+dirty" if dirty else commit
-
-
 WRITERS = {".pt2": write_pt2, ".onnx": write_onnx}
 
 
