@@ -53,8 +53,10 @@ def find_target_layer(model: nn.Module, backbone: nn.Module, image_size: int, na
         if name not in modules:
             raise InferenceError(f"layer={name!r} is not a module of the model (e.g. backbone.model.features)")
         return name
+    from ssl_dr.models.backbone import is_vit  # here: timm loads only once a checkpoint passed its checks
+
     prefix = next(n for n, m in modules.items() if m is backbone)
-    if _is_vit(backbone):  # the last block's first norm: where patch tokens still feed the pooled output
+    if is_vit(backbone):  # the last block's first norm: where patch tokens still feed the pooled output
         return f"{prefix}.blocks.{len(backbone.blocks) - 1}.norm1"
     finished: list[str] = []
 
@@ -124,10 +126,6 @@ def as_feature_map(values: torch.Tensor, prefix_tokens: int) -> torch.Tensor:
     if side * side != patches.shape[1]:
         raise InferenceError(f"{patches.shape[1]} patch tokens do not form a square grid")
     return patches.reshape(len(values), side, side, -1).permute(0, 3, 1, 2)
-
-
-def _is_vit(backbone: nn.Module) -> bool:
-    return hasattr(backbone, "blocks") and hasattr(backbone, "num_prefix_tokens")
 
 
 def overlay(pixels: np.ndarray, cam: np.ndarray, text: str, side: int) -> np.ndarray:

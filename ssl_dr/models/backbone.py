@@ -83,6 +83,11 @@ class Backbone(nn.Module):
         return (self.mean or tuple(data_cfg["mean"])), (self.std or tuple(data_cfg["std"]))
 
 
+def is_vit(model: nn.Module) -> bool:
+    """A timm Vision Transformer (or a model built like one: patch embedding, blocks, class/register tokens)."""
+    return all(hasattr(model, name) for name in ("patch_embed", "blocks", "num_prefix_tokens"))
+
+
 def _plain(value: Any) -> Any:
     """Hydra's config containers as plain dicts / lists (a checkpoint loads with ``weights_only=True``)."""
     if hasattr(value, "items"):

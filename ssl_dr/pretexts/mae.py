@@ -25,7 +25,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from ssl_dr.data.records import DataError
-from ssl_dr.models.backbone import Backbone
+from ssl_dr.models.backbone import Backbone, is_vit
 from ssl_dr.pretexts.base import PretextExamples, PretextModule, PretextStep
 
 
@@ -61,7 +61,7 @@ class MAEPretext(PretextModule):
                  norm_pix_loss: bool = True, lr_scaling: str = "auto") -> None:
         super().__init__(backbone, optimizer, scheduler, lr_scaling)
         vit = backbone.model
-        if not (hasattr(vit, "blocks") and hasattr(vit, "patch_embed") and hasattr(vit, "num_prefix_tokens")):
+        if not is_vit(vit):
             raise DataError(f"pretext=mae needs a ViT backbone (model.backbone.name=vit_*; arm=mae sets one), not "
                             f"{backbone.name}")
         if not 0 < mask_ratio < 1:
@@ -108,18 +108,25 @@ class MAEPretext(PretextModule):
         return predictions, targets, keep, hidden
 
     def step(self, batch: torch.Tensor, batch_idx: int) -> PretextStep:
-        predictions, targets, _, hidden = self._reconstruct(batch, batch_idx)
+        return self._scored(*self._reconstruct(batch, batch_idx))
+
+    @staticmethod
+    def _scored(predictions: torch.Tensor, targets: torch.Tensor, _keep: torch.Tensor, hidden: torch.Tensor
+                ) -> PretextStep:
+        """Loss and retrieval scores of one reconstruction, on its hidden patches only."""
         index = hidden[..., None].expand(-1, -1, targets.shape[-1])
         wanted, got = targets.gather(1, index), predictions.gather(1, index)  # (B, M, pixels): hidden patches only
         loss = F.mse_loss(got, wanted)
         scores = -torch.cdist(got, wanted)  # (B, M, M): each reconstruction against every hidden patch
-        per_image = torch.arange(wanted.shape[1], device=batch.device)
-        return PretextStep(loss, scores.flatten(0, 1), per_image.repeat(len(batch)))
+        per_image = torch.arange(wanted.shape[1], device=targets.device)
+        return PretextStep(loss, scores.flatten(0, 1), per_image.repeat(len(targets)))
 
     def examples(self, batch: torch.Tensor) -> PretextExamples:
         """Two rows: each image with its hidden patches blacked out, then the image rebuilt (visible patches as
         given, hidden ones as decoded, un-normalised with each patch's own statistics, as MAE shows them)."""
-        predictions, targets, keep, hidden = self._reconstruct(batch, 0)
+        reconstruction = self._reconstruct(batch, 0)
+        predictions, _, keep, hidden = reconstruction
+        step = self._scored(*reconstruction)  # the same masks and predictions as the pictures
         pixels = self.patchify(batch)
         if self.norm_pix_loss:
             predictions = (predictions * (pixels.var(dim=-1, keepdim=True) + 1e-6).sqrt()
@@ -129,7 +136,6 @@ class MAEPretext(PretextModule):
         index = hidden[..., None].expand(-1, -1, pixels.shape[-1])
         rebuilt = shown.scatter(1, index, predictions.gather(1, index))
         side = batch.shape[-1]
-        step = self.step(batch, 0)
         hits = (step.scores.argmax(dim=1) == step.targets).view(len(batch), -1).float().mean(dim=1)
         masked_share = hidden.shape[1] / self.num_patches
         return PretextExamples(torch.cat([self.unpatchify(shown, side), self.unpatchify(rebuilt, side)]),
