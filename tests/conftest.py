@@ -5,12 +5,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, open_dict
+# One CPU thread per pytest-xdist worker, for the worker and every command it starts (set before torch is
+# imported: torch sizes its thread pool from it). Two workers of one thread each ran the e2e and slow tiers
+# in 512 s on 2 cores where one process of two threads took 1005 s: most of a test is single-threaded (imports,
+# data, Hydra, checkpoints) and tiny models gain little from a second thread. Two workers of two threads each
+# oversubscribed the cores and took longer than the serial run. A test that needs more threads sets
+# OMP_NUM_THREADS in its command's environment itself (the DDP test does).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
-from ssl_dr.train import CONFIG_DIR
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+from omegaconf import DictConfig, open_dict  # noqa: E402
+
+from ssl_dr.train import CONFIG_DIR  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 """The checkout's root (benchmarks/, conf/), wherever a test file sits below tests/."""
