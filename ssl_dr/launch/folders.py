@@ -26,6 +26,9 @@ METRICS_NAME = "metrics.json"
 ENVIRONMENT_NAME = "environment.json"  # what the run ran on (ssl_dr.training.environment)
 SWEEP_CONFIG = "multirun.yaml"  # written by Hydra's sweepers into every sweep folder
 SWEEP_REPORT = "report.md"  # ssl_dr.report's markdown, written when a sweep ends
+SWEEP_SIZE = ".sweep_size.json"
+"""How many jobs the sweep launches (``{"jobs": N or null, "started": time}``), written by
+``ssl_dr.launch.sweep_progress`` when the sweep (or its resume) starts."""
 RESUMES_DIR = ".resumes"
 """``<sweep>/.resumes/<stamp>``: the sweep that the resume started at ``<stamp>`` continues. Every job of
 that resume resolves ``hydra.sweep.dir`` again (with the launcher's cached stamp but its own overrides), and
@@ -77,10 +80,25 @@ def _sweep_command(sweep: Path) -> list[str] | None:
     return list(((saved.get("hydra") or {}).get("overrides") or {}).get("task") or [])
 
 
+def _sweep_jobs(sweep: Path) -> int | None:
+    """The number of jobs the sweep launches, where its size file says (None for older sweeps or searches
+    without a fixed size)."""
+    try:
+        jobs = json.loads((sweep / SWEEP_SIZE).read_text()).get("jobs")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return jobs if isinstance(jobs, int) else None
+
+
 def sweep_finished(sweep: Path) -> bool:
-    """A sweep ended (its report exists) and none of its jobs is without ``metrics.json`` (none failed)."""
+    """A sweep ended (its report exists), none of its jobs is without ``metrics.json`` (none failed), and every
+    job it launches has run. The last check matters for a report written by hand (``python -m ssl_dr.report``)
+    in the middle of a sweep: killed between two jobs, the sweep has a report and only finished job folders,
+    yet most of its jobs never started, and ``resume=last`` must still find it."""
     jobs = [d for d in sweep.iterdir() if d.is_dir() and ((d / ".hydra").is_dir() or (d / METRICS_NAME).exists())]
-    return (sweep / SWEEP_REPORT).is_file() and all((d / METRICS_NAME).is_file() for d in jobs)
+    size = _sweep_jobs(sweep)
+    return ((sweep / SWEEP_REPORT).is_file() and all((d / METRICS_NAME).is_file() for d in jobs)
+            and (size is None or len(jobs) >= size))
 
 
 def _sweep_to_resume(resume: str, sweeps_dir: Path, current: list[str]) -> Path:

@@ -5,7 +5,7 @@
 Why a log line and not a live bar: each job already draws Lightning's progress bar, and parallel launchers
 (``hydra/launcher=local_gpus``) run jobs in other processes; a line per job reads the same in the console, in
 the job's ``train.log`` and in a SLURM log. It is worked out from the sweep folder alone, so it holds in any
-process: the size of the sweep (written at ``on_multirun_start`` to ``SIZE_FILE``: Hydra's basic sweeper's own
+process: the size of the sweep (written at ``on_multirun_start`` to ``SWEEP_SIZE``: Hydra's basic sweeper's own
 expansion of the sweep, or an Optuna search's ``n_trials``), the jobs that have a ``metrics.json``, and the time
 since this invocation started (the estimate counts only jobs finished since then, so a resumed sweep's kept jobs
 do not make it optimistic).
@@ -26,12 +26,11 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from ssl_dr.launch.folders import SWEEP_SIZE
 from ssl_dr.launch.objective import BASIC_SWEEPER
 
 log = logging.getLogger(__name__)
 
-SIZE_FILE = ".sweep_size.json"
-"""In the sweep folder: how many jobs the sweep launches, and when this invocation started."""
 BAR_WIDTH = 20
 
 
@@ -66,13 +65,13 @@ class SweepProgress(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / SIZE_FILE).write_text(json.dumps({"jobs": sweep_size(config), "started": time.time()}))
+        (sweep_dir / SWEEP_SIZE).write_text(json.dumps({"jobs": sweep_size(config), "started": time.time()}))
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
             return
         sweep_dir = Path(config.hydra.sweep.dir)
-        size_file = sweep_dir / SIZE_FILE
+        size_file = sweep_dir / SWEEP_SIZE
         if not size_file.is_file():  # a single run, or a launcher that skipped on_multirun_start
             return
         size = json.loads(size_file.read_text())

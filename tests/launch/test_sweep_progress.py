@@ -15,7 +15,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import open_dict
 
-from ssl_dr.launch.sweep_progress import SIZE_FILE, SweepProgress, progress_line, sweep_size
+from ssl_dr.launch.folders import SWEEP_SIZE
+from ssl_dr.launch.sweep_progress import SweepProgress, progress_line, sweep_size
 from ssl_dr.train import CONFIG_DIR
 
 
@@ -63,7 +64,7 @@ def test_each_job_logs_where_the_sweep_stands(tmp_path, caplog):
         cfg.hydra.mode = RunMode.MULTIRUN
     callback = SweepProgress()
     callback.on_multirun_start(cfg)
-    assert json.loads((tmp_path / SIZE_FILE).read_text())["jobs"] == 4
+    assert json.loads((tmp_path / SWEEP_SIZE).read_text())["jobs"] == 4
     kept = tmp_path / "0" / "metrics.json"  # finished before this invocation (a resumed sweep keeps it)
     kept.parent.mkdir()
     kept.write_text("{}")

@@ -3,6 +3,7 @@ finished jobs as they are and runs the rest; ``ssl_dr.launch.folders`` chooses t
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ssl_dr.launch.folders import RESUMES_DIR, SWEEP_REPORT, config_subdir, sweep_dir, sweep_finished
+from ssl_dr.launch.folders import (
+    RESUMES_DIR,
+    SWEEP_REPORT,
+    SWEEP_SIZE,
+    config_subdir,
+    sweep_dir,
+    sweep_finished,
+)
 from tests.conftest import TINY
 
 SWEEP = ("experiment=baseline", "data.fold=0,1,2,3", "sweep_name=resumed")
@@ -55,6 +63,20 @@ def test_resume_last_picks_the_newest_unfinished_sweep_of_the_same_command(tmp_p
     # a fresh sweep, and a single run (its resume is hydra.run.dir's business), get a new stamped folder
     assert sweep_dir(None, str(tmp_path), "s", command, "RunMode.MULTIRUN") == f"{tmp_path}/s"
     assert sweep_dir("last", str(tmp_path), "s", command, "RunMode.RUN") == f"{tmp_path}/s"
+
+
+def test_a_report_written_by_hand_mid_sweep_does_not_end_it(tmp_path):
+    """``python -m ssl_dr.report`` on a running sweep writes its report.md; killed between two jobs, the sweep
+    then has a report and only finished job folders, but 2 of its 4 jobs never started: resume=last finds it."""
+    command = ["data.fold=0,1,2,3", "experiment=baseline"]
+    folder = _fake_sweep(tmp_path, "a", command, {"0": True, "1": True}, report=True)
+    (folder / SWEEP_SIZE).write_text(json.dumps({"jobs": 4, "started": 0.0}))
+    assert not sweep_finished(folder)
+    assert sweep_dir("last", str(tmp_path), "now", [*command, "resume=last"], "RunMode.MULTIRUN") == str(folder)
+    for job in ("2", "3"):
+        (folder / job / ".hydra").mkdir(parents=True)
+        (folder / job / "metrics.json").write_text("{}")
+    assert sweep_finished(folder)
 
 
 def test_a_sweep_with_a_failed_job_is_unfinished_even_with_its_report(tmp_path):
