@@ -108,11 +108,11 @@ class MAEPretext(PretextModule):
         return predictions, targets, keep, hidden
 
     def step(self, batch: torch.Tensor, batch_idx: int) -> PretextStep:
-        return self._scored(*self._reconstruct(batch, batch_idx))
+        predictions, targets, _, hidden = self._reconstruct(batch, batch_idx)
+        return self._scored(predictions, targets, hidden)
 
     @staticmethod
-    def _scored(predictions: torch.Tensor, targets: torch.Tensor, _keep: torch.Tensor, hidden: torch.Tensor
-                ) -> PretextStep:
+    def _scored(predictions: torch.Tensor, targets: torch.Tensor, hidden: torch.Tensor) -> PretextStep:
         """Loss and retrieval scores of one reconstruction, on its hidden patches only."""
         index = hidden[..., None].expand(-1, -1, targets.shape[-1])
         wanted, got = targets.gather(1, index), predictions.gather(1, index)  # (B, M, pixels): hidden patches only
@@ -124,9 +124,8 @@ class MAEPretext(PretextModule):
     def examples(self, batch: torch.Tensor) -> PretextExamples:
         """Two rows: each image with its hidden patches blacked out, then the image rebuilt (visible patches as
         given, hidden ones as decoded, un-normalised with each patch's own statistics, as MAE shows them)."""
-        reconstruction = self._reconstruct(batch, 0)
-        predictions, _, keep, hidden = reconstruction
-        step = self._scored(*reconstruction)  # the same masks and predictions as the pictures
+        predictions, targets, keep, hidden = self._reconstruct(batch, 0)
+        step = self._scored(predictions, targets, hidden)  # the same masks and predictions as the pictures
         pixels = self.patchify(batch)
         if self.norm_pix_loss:
             predictions = (predictions * (pixels.var(dim=-1, keepdim=True) + 1e-6).sqrt()
