@@ -33,7 +33,6 @@ is checked against the checkpoint on a random batch of another size before the c
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -44,11 +43,11 @@ from typing import Any
 import torch
 from torch import nn
 
-import ssl_dr
 from ssl_dr.data import fundus_preprocess as fp
 from ssl_dr.data.records import GRADE_NAMES
 from ssl_dr.inference import InferenceError, InferenceSpec, arg, load_classifier, read_spec, run_cli, side_file
 from ssl_dr.models.heads import GradeHead
+from ssl_dr.training.environment import SOURCE_DIR, code_version
 
 # suffix of out= -> format name written to the JSON
 FORMATS = {".pt2": "ssl_dr.torch_export/1", ".onnx": "ssl_dr.onnx/1"}
@@ -175,16 +174,13 @@ def _version() -> str | None:
 
 
 def _commit() -> str | None:
-    """The git commit of the ssl_dr source, when it is a checkout (``+dirty`` with uncommitted changes)."""
-    source = Path(ssl_dr.__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
+    """The git commit of the ssl_dr source (``+dirty`` with uncommitted changes), from the same probe that
+    writes a run's ``environment.json``, so an export and the run that trained it name the code alike;
+    None when the source is not a git checkout (an installed wheel)."""
+    code = code_version(SOURCE_DIR)
+    if code["reason"] is not None:
         return None
-    return f"{commit}+dirty" if dirty else commit
+    return f"{code['commit']}+dirty" if code["dirty"] else code["commit"]
 
 
 WRITERS = {".pt2": write_pt2, ".onnx": write_onnx}

@@ -177,6 +177,18 @@ def test_a_file_name_without_a_supported_suffix_is_refused_before_the_checkpoint
     assert err.count("\n") == 1 and re.search(message, err), err
 
 
+@pytest.mark.parametrize("code, named", [
+    ({"commit": "a" * 40, "dirty": False, "reason": None}, "a" * 40),
+    ({"commit": "a" * 40, "dirty": True, "reason": None}, "a" * 40 + "+dirty"),
+    ({"commit": "unknown", "dirty": None, "reason": "git is not installed"}, None),
+])
+def test_the_export_names_the_commit_that_the_run_environment_names(code, named, monkeypatch):
+    """One git probe for runs and exports: an export's ssl_dr_commit is environment.json's commit, marked
+    dirty alike, and None (not the word "unknown") where the source is not a checkout."""
+    monkeypatch.setattr(export_module, "code_version", lambda source: code)
+    assert export_module._commit() == named
+
+
 def test_onnx_without_its_packages_names_the_extra(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(export_module, "find_spec", lambda name: None if name == "onnxscript" else object())
     with pytest.raises(SystemExit):
