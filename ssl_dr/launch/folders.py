@@ -80,14 +80,27 @@ def _sweep_command(sweep: Path) -> list[str] | None:
     return list(((saved.get("hydra") or {}).get("overrides") or {}).get("task") or [])
 
 
+def read_sweep_size(sweep: Path) -> dict[str, Any] | None:
+    """The sweep's ``SWEEP_SIZE`` record (``jobs``: int or None, ``started``: a time), or None where it is
+    missing or unreadable (a sweep from before the file existed, a file cut short by a full disk). Both readers
+    (``sweep_finished`` here and the progress line) go through this one, so a damaged file never ends a sweep
+    early in one place and crashes a job in the other."""
+    try:
+        record = json.loads((sweep / SWEEP_SIZE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("started"), (int, float)):
+        return None
+    jobs = record.get("jobs")
+    return {"jobs": jobs if isinstance(jobs, int) and not isinstance(jobs, bool) else None,
+            "started": float(record["started"])}
+
+
 def _sweep_jobs(sweep: Path) -> int | None:
     """The number of jobs the sweep launches, where its size file says (None for older sweeps or searches
     without a fixed size)."""
-    try:
-        jobs = json.loads((sweep / SWEEP_SIZE).read_text()).get("jobs")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return jobs if isinstance(jobs, int) else None
+    record = read_sweep_size(sweep)
+    return None if record is None else record["jobs"]
 
 
 def sweep_finished(sweep: Path) -> bool:

@@ -26,7 +26,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from ssl_dr.launch.folders import SWEEP_SIZE
+from ssl_dr.launch.folders import METRICS_NAME, SWEEP_SIZE, read_sweep_size
 from ssl_dr.launch.objective import BASIC_SWEEPER
 
 log = logging.getLogger(__name__)
@@ -71,11 +71,10 @@ class SweepProgress(Callback):
         if config.hydra.mode != RunMode.MULTIRUN:
             return
         sweep_dir = Path(config.hydra.sweep.dir)
-        size_file = sweep_dir / SWEEP_SIZE
-        if not size_file.is_file():  # a single run, or a launcher that skipped on_multirun_start
+        size = read_sweep_size(sweep_dir)
+        if size is None:  # a single run, a launcher that skipped on_multirun_start, or a damaged file
             return
-        size = json.loads(size_file.read_text())
-        finished = [path.stat().st_mtime for path in sweep_dir.glob("*/metrics.json")]
+        finished = [path.stat().st_mtime for path in sweep_dir.glob(f"*/{METRICS_NAME}")]
         log.info("%s", progress_line(int(config.hydra.job.num) + 1, size["jobs"], len(finished),
                                      sum(m >= size["started"] for m in finished), time.time() - size["started"],
                                      " ".join(config.hydra.overrides.task)))

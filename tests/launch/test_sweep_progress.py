@@ -15,7 +15,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import open_dict
 
-from ssl_dr.launch.folders import SWEEP_SIZE
+from ssl_dr.launch.folders import SWEEP_SIZE, read_sweep_size
 from ssl_dr.launch.sweep_progress import SweepProgress, progress_line, sweep_size
 from ssl_dr.train import CONFIG_DIR
 
@@ -78,3 +78,19 @@ def test_each_job_logs_where_the_sweep_stands(tmp_path, caplog):
         callback.on_job_start(cfg)
     assert "sweep job 3/4 [##########----------] 2 done;" in caplog.text
     assert "left: seed=2 data.fold=0" in caplog.text
+
+
+@pytest.mark.parametrize("damaged", ['{"jobs": 4, "sta', "[]", '{"jobs": 4}', ""])
+def test_a_damaged_size_file_skips_the_line_instead_of_failing_the_job(damaged, tmp_path, caplog):
+    """A size file cut short (a full disk, a kill mid-write) must not fail every job of the sweep: the line
+    is left out, the job runs, and resume=last still treats the sweep's size as unknown (folders)."""
+    cfg = _hydra_cfg("experiment=rotation", "seed=1,2")
+    with open_dict(cfg):
+        cfg.hydra.sweep.dir = str(tmp_path)
+        cfg.hydra.mode = RunMode.MULTIRUN
+        cfg.hydra.job.num = 0
+    (tmp_path / SWEEP_SIZE).write_text(damaged)
+    with caplog.at_level(logging.INFO, logger="ssl_dr.launch.sweep_progress"):
+        SweepProgress().on_job_start(cfg)
+    assert "sweep job" not in caplog.text
+    assert read_sweep_size(tmp_path) is None
