@@ -47,7 +47,7 @@ from ssl_dr.data import fundus_preprocess as fp
 from ssl_dr.data.records import GRADE_NAMES
 from ssl_dr.inference import InferenceError, InferenceSpec, arg, load_classifier, read_spec, run_cli, side_file
 from ssl_dr.models.heads import GradeHead
-from ssl_dr.training.environment import SOURCE_DIR, code_version
+from ssl_dr.training.environment import loaded_code
 
 # suffix of out= -> format name written to the JSON
 FORMATS = {".pt2": "ssl_dr.torch_export/1", ".onnx": "ssl_dr.onnx/1"}
@@ -177,7 +177,7 @@ def _commit() -> str | None:
     """The git commit of the ssl_dr source (``+dirty`` with uncommitted changes), from the same probe that
     writes a run's ``environment.json``, so an export and the run that trained it name the code alike;
     None when the source is not a git checkout (an installed wheel)."""
-    code = code_version(SOURCE_DIR)
+    code = loaded_code()
     if code["reason"] is not None:
         return None
     return f"{code['commit']}+dirty" if code["dirty"] else code["commit"]

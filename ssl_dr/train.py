@@ -45,7 +45,7 @@ from ssl_dr.models.foundation_weights import FoundationWeightsError
 from ssl_dr.models.heads import check_grade_weights, check_head
 from ssl_dr.training.budget import check_budget, freeze_steps
 from ssl_dr.training.callbacks import NonFiniteLossError
-from ssl_dr.training.environment import describe_environment
+from ssl_dr.training.environment import describe_environment, loaded_code
 from ssl_dr.training.phases import finetune, pretext_weights
 from ssl_dr.training.ranks import RankZeroGoneError, RankZeroHeartbeat, is_launch_rank_zero
 from ssl_dr.training.wandb_publish import media_config
@@ -115,6 +115,7 @@ def weights_source(cfg: DictConfig) -> str | None:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment job and return its final metrics (also written to ``metrics.json``)."""
+    loaded_code()  # the commit this process imported, taken now: a sweep's later jobs must not ask git again
     check_init(cfg)
     check_head(cfg.model.head)  # in seconds, not after the image cache and the pretext
     check_grade_weights(cfg.model.classifier.get("grade_weights", "none"))

@@ -185,7 +185,7 @@ def test_a_file_name_without_a_supported_suffix_is_refused_before_the_checkpoint
 def test_the_export_names_the_commit_that_the_run_environment_names(code, named, monkeypatch):
     """One git probe for runs and exports: an export's ssl_dr_commit is environment.json's commit, marked
     dirty alike, and None (not the word "unknown") where the source is not a checkout."""
-    monkeypatch.setattr(export_module, "code_version", lambda source: code)
+    monkeypatch.setattr(export_module, "loaded_code", lambda: code)
     assert export_module._commit() == named
 
 

@@ -13,6 +13,7 @@ Describing never fails a run: a missing package is ``None``, a folder outside gi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -47,7 +48,7 @@ def describe_environment(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]
     env: dict[str, Any] = {
         "python": {"version": platform.python_version(), "implementation": platform.python_implementation()},
         "packages": package_versions(),
-        "code": code_version(SOURCE_DIR),
+        "code": loaded_code(),
         "platform": platform.platform(),
         "cpu": cpu_description(),
         "torch": torch_settings(),
@@ -73,6 +74,15 @@ def _version(distribution: str) -> str | None:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
         return None
+
+
+@functools.cache
+def loaded_code() -> dict[str, Any]:
+    """``code_version`` of the ssl_dr source as it was when this process first asked (``ssl_dr.train`` asks as
+    a job starts), which is the code the process imported. Hydra's basic launcher runs every job of a sweep in
+    one process: asking git again as each job ends named commits made while the sweep ran, code the process
+    never loaded (a sweep's report then warned of mixed environments that were one)."""
+    return code_version(SOURCE_DIR)
 
 
 def code_version(source_dir: Path) -> dict[str, Any]:

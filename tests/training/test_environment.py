@@ -108,6 +108,29 @@ def test_commit_of_a_clean_and_a_dirty_checkout(checkout):
     assert code_version(checkout) == {"commit": commit, "dirty": True, "reason": None}
 
 
+@pytest.fixture
+def fresh_loaded_code():
+    """``loaded_code`` asks git once per process: each test here starts and leaves it unasked."""
+    environment.loaded_code.cache_clear()
+    yield environment.loaded_code
+    environment.loaded_code.cache_clear()
+
+
+def test_a_run_names_the_commit_its_process_loaded_not_one_made_while_the_sweep_ran(checkout, monkeypatch,
+                                                                                    fresh_loaded_code):
+    """Hydra's basic launcher runs a whole sweep in one process. A commit made while it runs (the session
+    that measured issue 22's sweep did) changes no code the process has imported, so later jobs must still
+    name the first commit, not the new one; otherwise the report warns of environments that never differed."""
+    monkeypatch.setattr(environment, "SOURCE_DIR", checkout)
+    loaded = fresh_loaded_code()  # train() asks as the sweep's first job starts
+    assert loaded == {"commit": _git(checkout, "rev-parse", "HEAD"), "dirty": False, "reason": None}
+    (checkout / "__init__.py").write_text("x = 2\n")
+    _git(checkout.parent, "commit", "-qam", "made while the sweep ran")
+    assert code_version(checkout)["commit"] != loaded["commit"]  # git now names the new commit ...
+    assert fresh_loaded_code() == loaded  # ... the process still names the code it runs
+    assert describe_environment()["code"] == loaded
+
+
 def test_outside_a_checkout_the_commit_is_unknown_with_the_reason(tmp_path, checkout):
     wheel = tmp_path / "site-packages" / "pkg"
     wheel.mkdir(parents=True)
