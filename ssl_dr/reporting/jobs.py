@@ -26,7 +26,11 @@ from ssl_dr.launch.resolvers import register_resolvers
 from ssl_dr.reporting import stats as report_stats
 from ssl_dr.reporting.stats import describe
 
-FINISHED, FAILED = "finished", "failed"
+FINISHED, FAILED, UNFINISHED = "finished", "failed", "unfinished"
+FAILURE_MARKS = ("job failed:", "[ERROR]")
+"""What ``ssl_dr.train`` writes to a job's log when the job fails inside a sweep (logged at ERROR level);
+a job folder without ``metrics.json`` and without either mark is UNFINISHED: still running (a report made
+while the sweep runs) or killed mid-job, and ``resume=last`` continues it."""
 # ssl_dr.training.predictions.PREDICTIONS_NAME, not imported: that pulls in Lightning
 PREDICTIONS = "test_predictions.csv"
 # what identifies a job (its name in metrics.json) -> the config key / sweep override key that sets it
@@ -45,7 +49,7 @@ class ReportError(ValueError):
 class Gap:
     """An expected job (arm x fraction x fold x seed x split seed) without a finished result."""
 
-    kind: str  # MISSING (no job folder) | FAILED (job folder without a usable metrics.json)
+    kind: str  # MISSING (no job folder) | FAILED (an error logged, or an unusable metrics.json) | UNFINISHED
     arm: str
     label_fraction: float
     fold: int
@@ -145,10 +149,10 @@ def _read_identity(job_dir: Path, metrics: dict | None) -> dict:
                           "it reported as missing") from None
 
 
-def _last_log_line(job_dir: Path) -> str | None:
+def _job_log(job_dir: Path) -> list[str]:
+    """The non-blank lines of the job's log (``train.log``, else its newest ``*.log``)."""
     logs = sorted(job_dir.glob("*.log"), key=lambda p: (p.name == "train.log", p.stat().st_mtime))
-    lines = [line.strip() for line in logs[-1].read_text(errors="replace").splitlines() if line.strip()] if logs else []
-    return lines[-1][:300] if lines else None
+    return [line.strip() for line in logs[-1].read_text(errors="replace").splitlines() if line.strip()] if logs else []
 
 
 def _read_job(job_dir: Path) -> dict:
@@ -159,7 +163,13 @@ def _read_job(job_dir: Path) -> dict:
     if unreadable:
         row["reason"] = unreadable
     elif metrics is None:
-        row["reason"] = _last_log_line(job_dir) or "no metrics.json and no log: crashed early or still running"
+        lines = _job_log(job_dir)
+        if any(mark in line for line in lines for mark in FAILURE_MARKS):
+            row["reason"] = lines[-1][:300]
+        else:
+            last = f"; its log ends: {lines[-1][:200]}" if lines else ""
+            row.update(status=UNFINISHED, reason="no metrics.json and no error logged: still running, or stopped "
+                                                 f"mid-job (resume=last continues it){last}")
     elif not math.isfinite(metrics["test/qwk"]):
         row["reason"] = f"test/qwk is {metrics['test/qwk']} in metrics.json"
     else:
@@ -255,7 +265,7 @@ def _gaps(jobs: pd.DataFrame, expected: dict[str, list]) -> list[Gap]:
         if job is None:
             gaps.append(Gap("MISSING", *key, "no job folder"))
         elif job.status != FINISHED:
-            gaps.append(Gap("FAILED", *key, f"job {job.job}: {job.reason}"))
+            gaps.append(Gap(job.status.upper(), *key, f"job {job.job}: {job.reason}"))
     return gaps
 
 

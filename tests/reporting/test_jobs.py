@@ -92,9 +92,31 @@ def test_failed_job_is_named_by_its_config_seed_and_split_seed(tmp_path):
     sweep = seed_sweep(tmp_path)
     job = job_dir(sweep, "baseline", 1.0, 0, seed=43)
     (job / "metrics.json").unlink()
-    (job / "train.log").write_text("RuntimeError: boom\n")
+    (job / "train.log").write_text("[2026-12-07 09:34:39,678][__main__][ERROR] - job failed: RuntimeError: boom\n"
+                                   "Traceback (most recent call last):\nRuntimeError: boom\n")
     assert [str(gap) for gap in collect(sweep).gaps] == [
         f"FAILED: arm=baseline fraction=1 fold=0 seed=43 split_seed=42 (job {job.name}: RuntimeError: boom)"]
+
+
+@pytest.mark.parametrize("log", [
+    "[2026-12-07 09:34:39,678][ssl_dr.models.classifier][INFO] - validation at step 20: every image graded 0\n",
+    None,  # killed before its log was written
+])
+def test_a_job_without_result_or_logged_error_is_unfinished_not_failed(log, tmp_path):
+    """A report made while the sweep runs (the README says it is safe) once called the running job FAILED,
+    quoting an INFO line: without metrics.json and without an error in its log, a job is still running or
+    was stopped mid-job, and the report says so."""
+    sweep = seed_sweep(tmp_path)
+    job = job_dir(sweep, "baseline", 1.0, 0, seed=43)
+    (job / "metrics.json").unlink()
+    if log is not None:
+        (job / "train.log").write_text(log)
+    [gap] = collect(sweep).gaps
+    assert gap.kind == "UNFINISHED"
+    assert str(gap).startswith(f"UNFINISHED: arm=baseline fraction=1 fold=0 seed=43 split_seed=42 (job {job.name}: "
+                               "no metrics.json and no error logged: still running, or stopped mid-job "
+                               "(resume=last continues it)")
+    assert ("its log ends: [2026-12-07 09:34:39,678][ssl_dr.models.classifier][INFO]" in str(gap)) == (log is not None)
 
 
 def test_job_without_config_reads_seed_from_metrics_json_or_is_refused(tmp_path):
