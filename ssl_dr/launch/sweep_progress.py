@@ -7,13 +7,8 @@ Why a log line and not a live bar: each job already draws Lightning's progress b
 the job's ``train.log`` and in a SLURM log. It is worked out from the sweep folder alone, so it holds in any
 process: the size of the sweep (written at ``on_multirun_start`` to ``SWEEP_SIZE``: Hydra's basic sweeper's own
 expansion of the sweep, or an Optuna search's ``n_trials``), the jobs that have a ``metrics.json``, and the time
-since this invocation started.
-
-The time left is the jobs left times the pace of the later half of the jobs finished since this invocation
-started (``seconds_per_job``), not elapsed time over all jobs done: the first jobs of a seed also train its
-pretexts (minutes each), and a mean over them tripled the estimate early in a sweep (4:13 left when about 1:20
-was). Only jobs finished since this invocation count, so a resumed sweep's kept jobs do not make it
-optimistic.
+since this invocation started (the estimate counts only jobs finished since then, so a resumed sweep's kept jobs
+do not make it optimistic).
 """
 
 from __future__ import annotations
@@ -51,32 +46,16 @@ def sweep_size(config: DictConfig) -> int | None:
     return int(trials) if trials is not None else None
 
 
-def seconds_per_job(started: float, finished: list[float]) -> float | None:
-    """Seconds per job over the later half of the jobs finished (``metrics.json`` times) since ``started``:
-    the time from the finish just before that half to the last finish, over the jobs in it; None before any
-    job finished. The later half, so the seed's first jobs, which also trained its pretexts, stop setting
-    the pace after a few jobs; a span of finishes, so jobs that a parallel launcher finishes together count
-    at the rate the sweep really advances."""
-    times = sorted(t for t in finished if t >= started)
-    if not times:
-        return None
-    half = len(times) // 2
-    begin = times[half - 1] if half else started
-    return (times[-1] - begin) / (len(times) - half)
-
-
-def progress_line(job: int, total: int | None, done: int, elapsed: float, per_job: float | None,
-                  overrides: str) -> str:
-    """The line for job ``job`` (1-based): bar and counts, elapsed time and, given ``per_job`` seconds
-    (``seconds_per_job``), an estimate of what is left."""
+def progress_line(job: int, total: int | None, done: int, done_here: int, elapsed: float, overrides: str) -> str:
+    """The line for job ``job`` (1-based): bar and counts, elapsed time and an estimate of what is left."""
     if total is None:
         head = f"sweep job {job}: {done} done"
     else:
         filled = round(BAR_WIDTH * done / total) if total else BAR_WIDTH
         head = f"sweep job {job}/{total} [{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {done} done"
     timing = f"{timedelta(seconds=round(elapsed))} elapsed"
-    if total is not None and per_job is not None:
-        timing += f", about {timedelta(seconds=round(per_job * max(total - done, 0)))} left"
+    if total is not None and done_here:
+        timing += f", about {timedelta(seconds=round(elapsed / done_here * max(total - done, 0)))} left"
     return f"{head}; {timing}: {overrides or '(no overrides)'}"
 
 
@@ -97,5 +76,5 @@ class SweepProgress(Callback):
             return
         finished = [path.stat().st_mtime for path in sweep_dir.glob(f"*/{METRICS_NAME}")]
         log.info("%s", progress_line(int(config.hydra.job.num) + 1, size["jobs"], len(finished),
-                                     time.time() - size["started"],
-                                     seconds_per_job(size["started"], finished), " ".join(config.hydra.overrides.task)))
+                                     sum(m >= size["started"] for m in finished), time.time() - size["started"],
+                                     " ".join(config.hydra.overrides.task)))
