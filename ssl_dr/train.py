@@ -36,7 +36,7 @@ from ssl_dr.data.splits import (
     stored_folds,
     write_split,
 )
-from ssl_dr.launch.folders import ENVIRONMENT_NAME, METRICS_NAME, finished_job
+from ssl_dr.launch.folders import ENVIRONMENT_NAME, JOB_FAILED, METRICS_NAME, finished_job
 from ssl_dr.launch.guards import ScaleSettingsError, check_multirun_strategy, check_sync_batchnorm
 from ssl_dr.launch.objective import BASIC_SWEEPER, ObjectiveError, check_objective
 from ssl_dr.launch.resolvers import register_resolvers
@@ -251,9 +251,9 @@ def main(cfg: DictConfig) -> float:
         user_error = _user_error(err)
         if _in_multirun():
             if user_error is not None:
-                log.error("job failed: %s", user_error)
+                log.error("%s %s", JOB_FAILED, user_error)
             else:
-                log.exception("job failed: %s: %s", type(err).__name__, err)
+                log.exception("%s %s: %s", JOB_FAILED, type(err).__name__, err)
             if searching:  # a failed trial for the sweeper (a NaN return breaks Optuna 2.x's bookkeeping)
                 raise
             return math.nan

@@ -26,6 +26,9 @@ METRICS_NAME = "metrics.json"
 ENVIRONMENT_NAME = "environment.json"  # what the run ran on (ssl_dr.training.environment)
 SWEEP_CONFIG = "multirun.yaml"  # written by Hydra's sweepers into every sweep folder
 SWEEP_REPORT = "report.md"  # ssl_dr.report's markdown, written when a sweep ends
+JOB_FAILED = "job failed:"
+"""How ``ssl_dr.train`` starts the log line of a job that failed inside a sweep; the report reads it back to
+tell a failed job from one still running (``ssl_dr.reporting.jobs``)."""
 SWEEP_SIZE = ".sweep_size.json"
 """How many jobs the sweep launches (``{"jobs": N or null, "started": time}``), written by
 ``ssl_dr.launch.sweep_progress`` when the sweep (or its resume) starts."""
@@ -96,22 +99,16 @@ def read_sweep_size(sweep: Path) -> dict[str, Any] | None:
             "started": float(record["started"])}
 
 
-def _sweep_jobs(sweep: Path) -> int | None:
-    """The number of jobs the sweep launches, where its size file says (None for older sweeps or searches
-    without a fixed size)."""
-    record = read_sweep_size(sweep)
-    return None if record is None else record["jobs"]
-
-
 def sweep_finished(sweep: Path) -> bool:
     """A sweep ended (its report exists), none of its jobs is without ``metrics.json`` (none failed), and every
     job it launches has run. The last check matters for a report written by hand (``python -m ssl_dr.report``)
     in the middle of a sweep: killed between two jobs, the sweep has a report and only finished job folders,
     yet most of its jobs never started, and ``resume=last`` must still find it."""
     jobs = [d for d in sweep.iterdir() if d.is_dir() and ((d / ".hydra").is_dir() or (d / METRICS_NAME).exists())]
-    size = _sweep_jobs(sweep)
+    size = read_sweep_size(sweep)  # None, or jobs None: an older sweep or a search without a fixed size
+    launched = None if size is None else size["jobs"]
     return ((sweep / SWEEP_REPORT).is_file() and all((d / METRICS_NAME).is_file() for d in jobs)
-            and (size is None or len(jobs) >= size))
+            and (launched is None or len(jobs) >= launched))
 
 
 def _sweep_to_resume(resume: str, sweeps_dir: Path, current: list[str]) -> Path:

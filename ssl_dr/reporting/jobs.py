@@ -22,12 +22,13 @@ import pandas as pd
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from ssl_dr.launch.folders import JOB_FAILED
 from ssl_dr.launch.resolvers import register_resolvers
 from ssl_dr.reporting import stats as report_stats
 from ssl_dr.reporting.stats import describe
 
 FINISHED, FAILED, UNFINISHED = "finished", "failed", "unfinished"
-FAILURE_MARKS = ("job failed:", "[ERROR]")
+FAILURE_MARKS = (JOB_FAILED, "[ERROR]")
 """What ``ssl_dr.train`` writes to a job's log when the job fails inside a sweep (logged at ERROR level);
 a job folder without ``metrics.json`` and without either mark is UNFINISHED: still running (a report made
 while the sweep runs) or killed mid-job, and ``resume=last`` continues it."""

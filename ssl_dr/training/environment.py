@@ -48,7 +48,7 @@ def describe_environment(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]
     env: dict[str, Any] = {
         "python": {"version": platform.python_version(), "implementation": platform.python_implementation()},
         "packages": package_versions(),
-        "code": loaded_code(),
+        "code": dict(loaded_code()),  # a copy: the cached record serves every later job of the process
         "platform": platform.platform(),
         "cpu": cpu_description(),
         "torch": torch_settings(),
