@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
@@ -9,6 +10,8 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, RichProgressBar
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -34,13 +37,25 @@ class RngStateCallback(Callback):
     """Checkpoints carry the global RNG states, so training continues with the same random stream.
 
     A resumed run ends with the same metrics as an uninterrupted one because every random draw of training
-    comes from torch's global generator (augmentation seeds included, see ``FundusDataset``) and this
-    callback stores and restores that generator (and numpy's and Python's) in checkpoints."""
+    comes from torch's global generators (augmentation seeds included, see ``FundusDataset``; on a GPU, timm's
+    drop path and anything else drawn on the device use the CUDA generators) and this callback stores and
+    restores them (and numpy's and Python's) in checkpoints.
+
+    CUDA states are saved only once CUDA is initialised: before that nothing has drawn from them (they are as
+    seeded, and the resumed run seeds them alike), and reading them would create CUDA contexts in a CPU run.
+    Restoring: a CPU checkpoint on a GPU leaves the CUDA generators as seeded; a GPU checkpoint on a machine
+    without CUDA restores the rest and logs the CUDA states it skips; with another device count, device ``i``
+    gets the saved state ``i`` for the devices both have, and a warning names the counts. Under DDP the
+    checkpoint holds rank 0's states, which every rank restores (as for the CPU generator).
+    """
 
     def state_dict(self) -> dict[str, Any]:
         name, keys, pos, has_gauss, gauss = np.random.get_state()
-        return {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
-                "numpy_rest": [name, int(pos), int(has_gauss), float(gauss)], "python": random.getstate()}
+        state = {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
+                 "numpy_rest": [name, int(pos), int(has_gauss), float(gauss)], "python": random.getstate()}
+        if torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         torch.set_rng_state(state_dict["torch"])
@@ -48,6 +63,19 @@ class RngStateCallback(Callback):
         np.random.set_state((name, state_dict["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, gauss))
         version, internal, gauss_next = state_dict["python"]
         random.setstate((version, tuple(internal), gauss_next))
+        saved = state_dict.get("cuda") or []
+        if not saved:
+            return
+        if not torch.cuda.is_available():
+            log.info("The checkpoint carries the CUDA RNG states of %d device(s); without CUDA here they are "
+                     "skipped (CPU, numpy and Python states restored).", len(saved))
+            return
+        devices = torch.cuda.device_count()
+        if devices != len(saved):
+            log.warning("The checkpoint carries the CUDA RNG states of %d device(s), this machine has %d: devices "
+                        "0-%d get theirs, any others keep their seeded state.", len(saved), devices,
+                        min(devices, len(saved)) - 1)
+        torch.cuda.set_rng_state_all(saved[:devices])
 
 
 class StepBudgetProgressBar(RichProgressBar):
