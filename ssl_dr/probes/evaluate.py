@@ -1,0 +1,54 @@
+"""One probe on one split, end to end: frozen features of the split's images -> linear probe or k-NN -> the
+fine-tune's ``val/*`` and ``test/*`` metric keys and its ``test_predictions.csv``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ssl_dr.data.records import Record
+from ssl_dr.probes.knn import DEFAULT_K, DEFAULT_TEMPERATURE, knn_probabilities
+from ssl_dr.probes.linear import DEFAULT_C_GRID, DEFAULT_MAX_ITER, fit_linear_probe
+from ssl_dr.probes.scores import PREDICTIONS_NAME, probe_scores, write_predictions
+from ssl_dr.probes.store import FeatureSet
+
+PROTOCOLS = ("linear", "knn")
+
+
+def evaluate_probe(protocol: str, features: FeatureSet, train: Sequence[Record], val: Sequence[Record],
+                   test: Sequence[Record], out_dir: str | Path | None = None, c_grid: Sequence[float] = DEFAULT_C_GRID,
+                   max_iter: int = DEFAULT_MAX_ITER, k: int = DEFAULT_K,
+                   temperature: float = DEFAULT_TEMPERATURE) -> dict[str, Any]:
+    """Fit ``protocol`` (``linear``: C chosen on ``val``; ``knn``: ``train`` votes) and score val and test.
+
+    Returns ``probe_scores`` of both slices, ``val/qwk_best`` (the chosen validation QWK, as the fine-tune reports
+    it), ``probe/protocol``, ``probe/features`` (the feature entry's key), ``probe/seconds``, and ``probe/C`` with
+    ``probe/val_qwk_by_C`` (linear) or ``probe/k`` and ``probe/temperature`` (knn). With ``out_dir``, writes
+    ``out_dir/test_predictions.csv``.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"probe protocol={protocol!r} must be one of {', '.join(PROTOCOLS)}")
+    started = time.time()
+    train_x, val_x, test_x = (features.rows(part) for part in (train, val, test))
+    train_y, val_y, test_y = (np.array([r.grade for r in part], dtype=np.int64) for part in (train, val, test))
+    record: dict[str, Any] = {"probe/protocol": protocol, "probe/features": features.key}
+    if protocol == "linear":
+        probe = fit_linear_probe(train_x, train_y, val_x, val_y, test_x, c_grid=c_grid, max_iter=max_iter)
+        val_probs, test_probs = probe.val_probs, probe.test_probs
+        record["probe/C"] = probe.C
+        record["probe/val_qwk_by_C"] = {f"{c:g}": q for c, q in probe.val_qwk.items()}
+    else:
+        val_probs, test_probs = (knn_probabilities(train_x, train_y, x, k=k, temperature=temperature)
+                                 for x in (val_x, test_x))
+        record.update({"probe/k": min(k, len(train)), "probe/temperature": temperature})
+    record.update(probe_scores("val", val_y, val_probs))
+    record["val/qwk_best"] = record["val/qwk"]
+    record.update(probe_scores("test", test_y, test_probs))
+    if out_dir is not None:
+        write_predictions(Path(out_dir) / PREDICTIONS_NAME, test, test_probs)
+    record["probe/seconds"] = round(time.time() - started, 2)
+    return record
