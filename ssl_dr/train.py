@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 
 from ssl_dr.config_dir import config_dir
 from ssl_dr.data.cache import build_cache
+from ssl_dr.data.external import load_external
 from ssl_dr.data.records import NUM_GRADES, DataError, Record
 from ssl_dr.data.splits import (
     SplitConfig,
@@ -46,6 +47,7 @@ from ssl_dr.models.heads import check_grade_weights, check_head
 from ssl_dr.training.budget import check_budget, freeze_steps
 from ssl_dr.training.callbacks import NonFiniteLossError
 from ssl_dr.training.environment import describe_environment, loaded_code
+from ssl_dr.training.external import grade_external
 from ssl_dr.training.phases import finetune, pretext_weights
 from ssl_dr.training.ranks import RankZeroGoneError, RankZeroHeartbeat, is_launch_rank_zero
 from ssl_dr.training.wandb_publish import media_config
@@ -136,6 +138,7 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     source = instantiate(cfg.data.source)
     source.prepare()
     records = source.load()
+    external = load_external(cfg, records)  # external validation (test_data=): refused or cached before training
     split_cfg = SplitConfig(num_folds=cfg.data.num_folds, fold=cfg.data.fold, split_seed=cfg.data.split_seed,
                             val_fraction=cfg.data.val_fraction, label_fraction=cfg.data.label_fraction,
                             val_protocol=cfg.data.val_protocol)
@@ -166,6 +169,8 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)  # same fine-tune randomness whether the pretext ran or not
     scores = finetune(cfg, *(records_with_role(records, table, role) for role in ("train", "val", "test")),
                       cache=cache, init_weights=init_weights, out_dir=out_dir, run_record=record)
+    if is_launch_rank_zero():  # external validation (test_data=): the checkpoint chosen on validation grades it
+        scores.update(grade_external(cfg, external, out_dir / "checkpoints" / "best.ckpt", out_dir))
     metrics = {**record, **scores}  # the W&B run's summary holds this same record
     log.info(f"tested the checkpoint of step {scores.get('best/step')} "
              f"(val/qwk {scores.get('val/qwk_best', math.nan):.4f}): "
