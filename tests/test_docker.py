@@ -13,9 +13,11 @@ import shlex
 import shutil
 import subprocess
 import sys
-import venv
 from pathlib import Path, PurePosixPath
 
+import pytest
+
+from tests.child_env import borrowed_site_dirs, make_child_env, missing_build_tool
 from tests.conftest import REPO
 
 DOCKERFILE = REPO / "Dockerfile"
@@ -90,10 +92,12 @@ def test_the_package_installs_from_exactly_the_copied_files_and_the_config_check
     extras = re.search(r"\"?\.(\[[\w,]+\])\"?", package_install()).group(1)
 
     # the install step without downloads, into a fresh environment: the dependencies and the build backend come
-    # from this one (system site-packages; no pip of its own, whose bundled old setuptools would shadow them),
-    # --ignore-installed so that pip does not take this checkout's editable ssl_dr for the package
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(tmp_path / "env")
-    python = str(tmp_path / "env" / "bin" / "python")
+    # from the interpreter running pytest (tests/child_env.py; no pip of its own, whose bundled old setuptools would
+    # shadow them), --ignore-installed so that pip does not take this checkout's editable ssl_dr for the package
+    missing = missing_build_tool()
+    if missing:
+        pytest.skip(missing)
+    python = str(make_child_env(tmp_path / "env"))
     installed = subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps",
                                 "--no-build-isolation", "--ignore-installed", f"{app}{extras}"],
                                capture_output=True, text=True, timeout=300)
@@ -114,6 +118,25 @@ def test_the_package_installs_from_exactly_the_copied_files_and_the_config_check
     checked = subprocess.run([python, *command[1:]], cwd=work, capture_output=True, text=True, timeout=300, env=env)
     assert checked.returncode == 0, checked.stderr[-3000:]
     assert "sweep_name: paper" in checked.stdout and "precision: bf16-mixed" in checked.stdout
+
+
+def test_the_install_environment_borrows_the_packages_of_the_interpreter_running_pytest(tmp_path):
+    """Not the base interpreter's (``system_site_packages``): inside a venv, the README's or CI's, those are an old
+    setuptools without bdist_wheel, no torch and no Hydra. The child's own site-packages comes first, and the
+    borrowed folders' .pth files do not run (this checkout's editable ssl_dr stays out)."""
+    import hydra
+    import setuptools
+
+    python = make_child_env(tmp_path / "env")
+    probe = ("import importlib.util, sys, hydra, setuptools; print(hydra.__file__); print(setuptools.__file__); "
+             "print(importlib.util.find_spec('ssl_dr')); print(*sys.path, sep='\\n')")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([python, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    hydra_file, setuptools_file, ssl_dr_spec, *path = out.stdout.splitlines()
+    assert (hydra_file, setuptools_file, ssl_dr_spec) == (hydra.__file__, setuptools.__file__, "None")
+    own = next(i for i, d in enumerate(path) if d.startswith(str(tmp_path / "env")) and d.endswith("site-packages"))
+    assert all(path.index(d) > own for d in borrowed_site_dirs()), path
 
 
 def test_copies_name_only_files_of_the_checkout_that_the_context_keeps(tmp_path):

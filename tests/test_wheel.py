@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import venv
 import zipfile
 from pathlib import Path
 
 import pytest
+
+from tests.child_env import make_child_env, missing_build_tool
 
 pytestmark = pytest.mark.e2e  # end to end: the `e2e` tier (.ci/run), not the default run
 
@@ -18,6 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_wheel_carries_its_configs_and_composes_them_from_another_folder(tmp_path):
+    missing = missing_build_tool()
+    if missing:
+        pytest.skip(missing)
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", str(ROOT), "--no-deps", "--no-build-isolation",
                             "-w", str(tmp_path / "dist")], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-3000:]
@@ -26,10 +30,10 @@ def test_the_wheel_carries_its_configs_and_composes_them_from_another_folder(tmp
     shipped = {f"ssl_dr/conf/{p.relative_to(ROOT / 'conf')}" for p in (ROOT / "conf").rglob("*.yaml")}
     assert shipped and shipped <= names, sorted(shipped - names)
 
-    # a fresh environment (the heavy dependencies come from this one; nothing is downloaded); --ignore-installed:
-    # pip would otherwise see this checkout's editable ssl_dr through the system site-packages and install nothing
-    venv.EnvBuilder(system_site_packages=True, with_pip=True).create(tmp_path / "env")
-    python = tmp_path / "env" / "bin" / "python"
+    # a fresh environment (the heavy dependencies come from the interpreter running pytest, tests/child_env.py;
+    # nothing is downloaded); --ignore-installed: pip would otherwise see this checkout's editable ssl_dr's
+    # metadata on the borrowed path and install nothing
+    python = make_child_env(tmp_path / "env", with_pip=True)
     installed = subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", str(wheel)],
                                capture_output=True, text=True, timeout=300)
     assert installed.returncode == 0, installed.stderr[-3000:]
