@@ -174,12 +174,20 @@ def test_paired_difference_corrected_and_naive_ci_by_hand(tmp_path, num_folds):
     paired = pd.read_csv(sweep / "report_paired.csv")
     assert list(paired.columns) == ["arm", "baseline", "label_fraction", "pairs", "folds", "num_folds",
                                     "repetitions", "seeds", "split_seeds", "diff_mean", "ci_low", "ci_high",
-                                    "naive_ci_low", "naive_ci_high"]
+                                    "naive_ci_low", "naive_ci_high", "partitions", "shared_partition",
+                                    "strict_ci_low", "strict_ci_high"]
+    # one seed per partition: the repeated k-fold t's assumption holds, no stricter interval is needed
+    assert (paired.partitions == 1).all() and not paired.shared_partition.any() and paired.strict_ci_low.isna().all()
     assert len(paired) == 2 and set(paired.arm) == {"rotation"} and set(paired.baseline) == {"baseline"}
     markdown = (sweep / "report.md").read_text()
     assert "## Paired difference: arm minus baseline, same split seed, fold and seed" in markdown
     assert f"k = {num_folds} (data.num_folds)" in markdown and "heuristic correction, not an exact one" in markdown
     assert "test = one fold and training = the other k - 1 folds" in markdown
+    # the interval's assumptions beside it: new partitions, and n_test/n_train of the fold sizes
+    assert "It assumes (1) that every repetition is a new random partition into k folds" in markdown
+    assert (f"so n_test/n_train = 1/(k - 1), with k = {num_folds} (data.num_folds): the ratio of the fold sizes, "
+            "not of the labelled images a label fraction's job trains on") in markdown
+    assert "is not met" not in markdown and "(stricter)" not in markdown
     assert "| 95% CI (corrected) | 95% CI naive (pairs treated as independent) |" in markdown
     for fraction, label in ((0.05, "5%"), (0.1, "10%")):
         diffs = [r - b for r, b in zip(QWK["rotation", fraction], QWK["baseline", fraction], strict=True)]

@@ -4,9 +4,11 @@ Why apart from ``ssl_dr.report``: the command writes the files; this is the read
 enforces. A job is identified by arm x label fraction x fold x seed x split seed: ``seed`` (initialisation,
 augmentation, the pretext) and ``data.split_seed`` (the k-fold partition) are sweep axes like the others, so
 ``experiment=paper_cpu seed=42,43,44`` repeats the whole table. Only two jobs equal in all five keys are
-refused (one cell cannot hold two results). Every expected job (the cartesian product of the values swept in
-``multirun.yaml`` and those the job configs name) without a finished result becomes a ``Gap``, named at the
-top of the report: a crashed or deleted job must never turn quietly into an average over fewer runs.
+refused (one cell cannot hold two results). Every expected job (arm x fraction x fold x repetition, from the
+values swept in ``multirun.yaml`` and those the job configs name) without a finished result becomes a ``Gap``,
+named at the top of the report: a crashed or deleted job must never turn quietly into an average over fewer
+runs. A repetition is a (seed, split seed) pair: every combination of the two, or, where the jobs' configs
+set ``data.split_seed: ${seed}`` (experiment=paper / paper_cpu), one partition per seed.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
 
@@ -38,6 +40,8 @@ PREDICTIONS = "test_predictions.csv"
 CONFIG_KEYS = {"arm": "arm", "label_fraction": "data.label_fraction", "fold": "data.fold", "seed": "seed",
                "split_seed": "data.split_seed"}
 IDENTITY = tuple(CONFIG_KEYS)
+# a job config's data.split_seed when the experiment ties the partition to the seed (one repetition = both)
+SPLIT_FOLLOWS_SEED = "${seed}"
 # overrides that choose the arm by a name (the `arm` and `experiment` config groups): name -> arm via job configs
 ARM_CHOOSERS = ("arm", "experiment")
 
@@ -66,8 +70,9 @@ class Gap:
 @dataclass
 class SweepResults:
     """Per-job rows (``job``, the IDENTITY keys, ``num_folds, choices, status, test_qwk, reason`` and the
-    ``report_stats.job_facts``), the expected value sets (the report covers their cartesian product), the
-    expected jobs without a result and the sweep's k (None when no job config names it)."""
+    ``report_stats.job_facts``), the expected value sets and repetitions (the report covers arms x fractions x
+    folds x repetitions), the expected jobs without a result and the sweep's k (None when no job config names
+    it)."""
 
     sweep_dir: Path
     jobs: pd.DataFrame
@@ -79,6 +84,8 @@ class SweepResults:
     gaps: list[Gap]
     expected_from: str
     num_folds: int | None = None
+    repetitions: list[tuple[int, int]] = field(default_factory=list)
+    """(seed, split seed) of each expected repetition (one whole k-fold cross-validation)."""
 
     @property
     def finished(self) -> pd.DataFrame:
@@ -86,8 +93,8 @@ class SweepResults:
 
     @property
     def runs_per_cell(self) -> int:
-        """Jobs expected per arm x fraction: one per fold, seed and split seed."""
-        return len(self.folds) * len(self.seeds) * len(self.split_seeds)
+        """Jobs expected per arm x fraction: one per fold and repetition."""
+        return len(self.folds) * len(self.repetitions)
 
 
 # ---------------------------------------------------------------- one job folder
@@ -126,28 +133,36 @@ def _read_metrics(path: Path) -> tuple[dict | None, str | None]:
 def _read_identity(job_dir: Path, metrics: dict | None) -> dict:
     """The IDENTITY keys of a job from its Hydra config (there even if it crashed), else from metrics.json;
     ``choices``: its overrides of ARM_CHOOSERS (``{"experiment": "rotation"}``); ``num_folds``: the k of its k-fold
-    split (``data.num_folds``; None without a config), which sizes the corrected interval."""
+    split (``data.num_folds``; None without a config), which sizes the corrected interval; ``split_follows_seed``:
+    its config sets ``data.split_seed: ${seed}`` (its partition changes with its seed)."""
     path, overrides = job_dir / ".hydra" / "config.yaml", job_dir / ".hydra" / "overrides.yaml"
     try:
         if path.is_file():
             cfg = OmegaConf.load(path)
             values = {name: OmegaConf.select(cfg, key) for name, key in CONFIG_KEYS.items()}
             num_folds = OmegaConf.select(cfg, "data.num_folds")
+            follows = _split_follows_seed(cfg)
         else:
-            values, num_folds = {name: metrics.get(name) for name in CONFIG_KEYS}, None
+            values, num_folds, follows = {name: metrics.get(name) for name in CONFIG_KEYS}, None, False
         if None in values.values():
             raise KeyError(f"needs {', '.join(CONFIG_KEYS.values())}")
         lines = OmegaConf.to_container(OmegaConf.load(overrides)) if overrides.is_file() else []
         pairs = [line.split("=", 1) for line in lines if "=" in line]
         return {"arm": str(values["arm"]), "label_fraction": _fraction(values["label_fraction"]),
                 **{name: int(values[name]) for name in ("fold", "seed", "split_seed")},
-                "num_folds": None if num_folds is None else int(num_folds),
+                "num_folds": None if num_folds is None else int(num_folds), "split_follows_seed": follows,
                 "choices": {key.lstrip("+~"): value for key, value in pairs if key.lstrip("+~") in ARM_CHOOSERS}}
     except Exception as err:  # yaml / omegaconf / conversion errors all mean: not a readable ssl_dr job
         source = path if path.is_file() else job_dir / "metrics.json"
         raise ReportError(f"{source}: cannot read the job's arm, fraction, fold, seed and split seed "
                           f"({type(err).__name__}: {err}); is this an ssl_dr sweep? Delete the job folder to have "
                           "it reported as missing") from None
+
+
+def _split_follows_seed(cfg: DictConfig) -> bool:
+    """Whether a saved (unresolved) config sets ``data.split_seed: ${seed}``."""
+    data = cfg.get("data")
+    return isinstance(data, DictConfig) and OmegaConf.to_container(data).get("split_seed") == SPLIT_FOLLOWS_SEED
 
 
 def _job_log(job_dir: Path) -> list[str]:
@@ -181,18 +196,20 @@ def _read_job(job_dir: Path) -> dict:
 # ---------------------------------------------------------------- what the sweep expected
 
 
-def _swept_values(sweep_dir: Path) -> tuple[dict[str, list[str]], str]:
-    """Override key -> values, from multirun.yaml's ``hydra.sweeper.params`` and command-line overrides."""
+def _swept_values(sweep_dir: Path) -> tuple[dict[str, list[str]], str, bool]:
+    """Override key -> values, from multirun.yaml's ``hydra.sweeper.params`` and command-line overrides; and
+    whether multirun.yaml's config ties ``data.split_seed`` to ``seed`` (kept even when overridden)."""
     path = sweep_dir / "multirun.yaml"
     if not path.is_file():
-        return {}, "job configs only: no multirun.yaml"
+        return {}, "job configs only: no multirun.yaml", False
     try:
         cfg = OmegaConf.load(path)
+        follows = _split_follows_seed(cfg)
         params = _sweeper_params(OmegaConf.select(cfg, "hydra.sweeper.params") or OmegaConf.create({}))
         overrides = [f"{key}={value}" for key, value in params.items()]
         overrides += OmegaConf.to_container(OmegaConf.select(cfg, "hydra.overrides.task") or OmegaConf.create([]))
     except Exception as err:  # an unreadable multirun.yaml only narrows what is expected
-        return {}, f"job configs only (multirun.yaml unreadable: {type(err).__name__})"
+        return {}, f"job configs only (multirun.yaml unreadable: {type(err).__name__})", False
     swept: dict[str, list[str]] = {}
     parser = OverridesParser.create()
     for text in overrides:  # later overrides win, as in Hydra (command line over sweeper params)
@@ -203,7 +220,7 @@ def _swept_values(sweep_dir: Path) -> tuple[dict[str, list[str]], str]:
         except Exception:  # non-discrete sweeps (interval, glob) expect nothing specific
             continue
         swept[override.key_or_group] = values
-    return swept, "multirun.yaml sweep + job configs"
+    return swept, "multirun.yaml sweep + job configs", follows
 
 
 def _sweeper_params(params: DictConfig) -> dict:
@@ -223,17 +240,23 @@ def _converted(values: list[str], convert: Callable[[str], object]) -> set:
         return set()
 
 
-def _expected(jobs: pd.DataFrame, swept: dict[str, list[str]]) -> dict[str, list]:
+def _expected(jobs: pd.DataFrame, swept: dict[str, list[str]], follows: bool) -> dict[str, list]:
     """IDENTITY key -> expected values: swept values UNION values seen in the job configs. A swept ``arm=<name>``
     or ``experiment=<name>`` counts as the arm its jobs' configs name; with no job left to tell, as the arm
-    ``<name>``."""
+    ``<name>``. ``repetition``: the expected (seed, split seed) pairs: those seen, and every seed x split seed,
+    or, when the split seed follows the seed (``follows`` from multirun.yaml, or any job config says so) and is
+    not set on the command line, one per seed."""
     to_arm = {(key, name): job.arm for job in jobs.itertuples() for key, name in job.choices.items()}
     expected = {"arm": set(jobs.arm) | {to_arm.get((key, name), name) for key in ARM_CHOOSERS
                                         for name in swept.get(key, [])}}
     numbers = {"label_fraction": _fraction, "fold": int, "seed": int, "split_seed": int}
     for name, convert in numbers.items():
         expected[name] = set(jobs[name]) | _converted(swept.get(CONFIG_KEYS[name], []), convert)
-    return {name: sorted(expected[name]) for name in IDENTITY}
+    tied = CONFIG_KEYS["split_seed"] not in swept and (follows or bool(jobs.split_follows_seed.any()))
+    repetitions = set(zip(jobs.seed, jobs.split_seed, strict=True)) | (
+        {(seed, seed) for seed in expected["seed"]} if tied else set(product(expected["seed"], expected["split_seed"])))
+    expected["split_seed"] |= {split_seed for _, split_seed in repetitions}
+    return {**{name: sorted(expected[name]) for name in IDENTITY}, "repetition": sorted(repetitions)}
 
 
 def _check_unique(jobs: pd.DataFrame, sweep_dir: Path) -> None:
@@ -261,7 +284,9 @@ def _num_folds(jobs: pd.DataFrame, sweep_dir: Path) -> int | None:
 def _gaps(jobs: pd.DataFrame, expected: dict[str, list]) -> list[Gap]:
     by_key = {tuple(getattr(job, name) for name in IDENTITY): job for job in jobs.itertuples()}
     gaps = []
-    for key in product(*(expected[name] for name in IDENTITY)):
+    for *cell, (seed, split_seed) in product(expected["arm"], expected["label_fraction"], expected["fold"],
+                                             expected["repetition"]):
+        key = (*cell, seed, split_seed)
         job = by_key.get(key)
         if job is None:
             gaps.append(Gap("MISSING", *key, "no job folder"))
@@ -276,7 +301,8 @@ def collect(sweep_dir: Path) -> SweepResults:
     jobs = pd.DataFrame([_read_job(job_dir) for job_dir in _job_dirs(sweep_dir)])
     _check_unique(jobs, sweep_dir)
     num_folds = _num_folds(jobs, sweep_dir)
-    swept, expected_from = _swept_values(sweep_dir)
-    expected = _expected(jobs, swept)
+    swept, expected_from, follows = _swept_values(sweep_dir)
+    expected = _expected(jobs, swept, follows)
     return SweepResults(sweep_dir, jobs, expected["arm"], expected["label_fraction"], expected["fold"],
-                        expected["seed"], expected["split_seed"], _gaps(jobs, expected), expected_from, num_folds)
+                        expected["seed"], expected["split_seed"], _gaps(jobs, expected), expected_from, num_folds,
+                        expected["repetition"])

@@ -9,7 +9,9 @@ and what makes it trustworthy: how many runs collapsed to one grade (``test_pred
 top) and the training budget (optimiser steps, the step of the chosen checkpoint). Arms are compared with the
 ``baseline`` arm run by run (same split seed, fold and seed: paired) with the corrected repeated k-fold t
 interval (Bouckaert & Frank; Nadeau & Bengio's correction over k folds x r repetitions), because the folds'
-training sets overlap (see ``ssl_dr.reporting.stats``); the naive t interval stands beside it, labelled.
+training sets overlap (see ``ssl_dr.reporting.stats``), its assumptions stated beside it; where seeds share a
+partition (one split seed) the report says that assumption is not met and adds the stricter interval over the
+fold means. The naive t interval stands beside them, labelled.
 
 ``write_report`` writes ``report.md``, ``report.csv``, ``report_paired.csv`` and ``qwk_vs_fraction.png`` into the
 sweep folder; two thin callers run it: ``python -m ssl_dr.report <sweep_dir>`` and, when a multirun ends, the
@@ -80,12 +82,16 @@ def to_markdown(results: SweepResults, table: pd.DataFrame, paired: pd.DataFrame
 
 
 def _expected_jobs(results: SweepResults, cells: int) -> str:
-    """``2 arms x 5 fractions x 5 folds x 3 seed(s) (42, 43, 44) x 1 split seed(s) (42) = 150``."""
-    seeds = ", ".join(map(str, results.seeds))
-    split_seeds = ", ".join(map(str, results.split_seeds))
+    """``2 arms x 5 fractions x 5 folds x 3 seed(s) (42, 43, 44) x 1 split seed(s) (42) = 150``; where the split
+    seed follows the seed: ``... x 5 folds x 3 repetition(s) (seed/split seed: 42/42, 43/43, 44/44) = 150``."""
+    if len(results.repetitions) == len(results.seeds) * len(results.split_seeds):  # every seed x split seed
+        repetitions = (f"{len(results.seeds)} seed(s) ({', '.join(map(str, results.seeds))}) x "
+                       f"{len(results.split_seeds)} split seed(s) ({', '.join(map(str, results.split_seeds))})")
+    else:
+        pairs = ", ".join(f"{seed}/{split_seed}" for seed, split_seed in results.repetitions)
+        repetitions = f"{len(results.repetitions)} repetition(s) (seed/split seed: {pairs})"
     return (f"{len(results.arms)} arms x {len(results.fractions)} fractions x {len(results.folds)} folds x "
-            f"{len(results.seeds)} seed(s) ({seeds}) x {len(results.split_seeds)} split seed(s) ({split_seeds}) "
-            f"= {cells * results.runs_per_cell}")
+            f"{repetitions} = {cells * results.runs_per_cell}")
 
 
 def plot(table: pd.DataFrame, path: Path, title: str, paper_reference: bool = True) -> None:

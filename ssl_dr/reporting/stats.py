@@ -6,22 +6,15 @@ Why apart from the report module: that one finds a sweep's jobs, their gaps and 
 numbers, functions of a job's metrics (and its ``test_predictions.csv``) or of the job table, each checked
 against a hand computation in ``tests/test_report.py``.
 
-The paired interval. The k folds of one cross-validation are not independent samples: any two training sets
-share (k-2)/(k-1) of their images (75 % at k=5), so the fold-to-fold spread of a difference understates its
-real variability and the plain t interval over folds is too narrow. Repeating the cross-validation r times
-(other ``seed``s, other ``data.split_seed`` partitions) re-uses the same images, so the same holds across the
-repetitions. The headline interval is therefore the corrected repeated k-fold t of Bouckaert & Frank (2004,
-"Evaluating the replicability of significance tests for comparing learning algorithms"): the corrected
-resampled t of Nadeau & Bengio (2003, "Inference for the generalization error") over all n = k x r paired
-differences (pairs: same split seed, fold and seed). The variance of their mean is (1/n + n_test/n_train) * s^2
-instead of s^2 / n, s the sample standard deviation of the n differences, with t on n-1 degrees of freedom.
-For k-fold cross-validation, where the test set is one fold and the training set the other k-1 folds,
-n_test/n_train = 1/(k-1). With r = 1, n = k and it is Nadeau & Bengio's interval over the folds. The
-correction term does not shrink with r: more seeds narrow the interval only through 1/n and a better s. It
-is a heuristic correction, not an exact one: it is derived for random train/test splits, the label fraction
-trains on a subset of the k-1 folds, and by default the rotation pretext sees every image, the held-out
-fold's included. The naive interval (the n pairs treated as independent) is kept beside it for comparison,
-never as the headline.
+The paired interval (derivation, assumptions and numbers: docs/protocol.md, "Seeds and the paired interval").
+The folds' training sets overlap, so the plain t over folds is too narrow; the headline is the corrected
+repeated k-fold t of Bouckaert & Frank (2004), Nadeau & Bengio's (2003) correction over all n = k x r paired
+differences: variance of the mean (1/n + n_test/n_train) s^2, t on n-1 degrees of freedom, n_test/n_train =
+1/(k-1) of the fold sizes (not of the labelled images a fraction trains on). A repetition is one (seed, split
+seed), so pairs by split seed, fold and seed are pairs by repetition and fold. It assumes each repetition is a
+new random partition; seeds swept on one split seed share their test folds, and for those rows the report
+adds ``partition_interval`` (the seeds averaged per fold, the same correction over the fold means). A
+heuristic, not exact; the naive interval is shown only beside it.
 """
 
 from __future__ import annotations
@@ -40,6 +33,7 @@ BASELINE = "baseline"
 # one repetition of the k-fold cross-validation; an arm's run and the baseline's that saw the same split
 REPETITION = ["split_seed", "seed"]
 PAIR_KEYS = ["split_seed", "fold", "seed"]
+PARTITION = ["split_seed", "fold"]  # one test fold of one k-fold partition
 # runs_*: jobs (fold x seed x split seed); repetitions: distinct (split seed, seed); qwk_std over all runs;
 # qwk_sd_folds / qwk_sd_seeds: the spread over folds and over seeds (defined in ``_spreads``)
 TABLE_COLUMNS = ["arm", "label_fraction", "runs_present", "runs_expected", "repetitions", "qwk_min", "qwk_avg",
@@ -47,9 +41,11 @@ TABLE_COLUMNS = ["arm", "label_fraction", "runs_present", "runs_expected", "repe
                  "collapse_checked",
                  "labels_train", "labels_val", "labels_read", "labels_available", "val_protocol", "train_steps",
                  "train_epochs", "best_step"]
-# ci_*: the corrected repeated k-fold t interval (the headline); naive_ci_*: pairs treated as independent
+# ci_*: the corrected repeated k-fold t interval (the headline); naive_ci_*: pairs treated as independent;
+# shared_partition: a test fold holds several seeds' pairs, and then strict_ci_*: ``partition_interval`` (else NaN)
 PAIRED_COLUMNS = ["arm", "baseline", "label_fraction", "pairs", "folds", "num_folds", "repetitions", "seeds",
-                  "split_seeds", "diff_mean", "ci_low", "ci_high", "naive_ci_low", "naive_ci_high"]
+                  "split_seeds", "diff_mean", "ci_low", "ci_high", "naive_ci_low", "naive_ci_high", "partitions",
+                  "shared_partition", "strict_ci_low", "strict_ci_high"]
 # per-job fact -> metrics.json keys it is read from, first found wins (num_*: runs older than labels/*); the
 # table holds their mean over a cell's runs. auroc_referable: the screening metric beside QWK (NaN where a test
 # fold holds one side of grade >= 2 only, or in runs older than it; auroc_runs counts the runs it averages)
@@ -100,6 +96,20 @@ def naive_t_interval(diffs: Iterable[float], confidence: float = CONFIDENCE) -> 
     """The plain t interval over the differences (treated as independent): too narrow for cross-validation,
     shown only beside the corrected one."""
     return corrected_resampled_t_interval(diffs, 0.0, confidence)
+
+
+def shares_partitions(diffs: pd.Series) -> bool:
+    """Whether some test fold of some partition (split seed, fold) holds the differences of several seeds:
+    then the repetitions are not the new random partitions the repeated k-fold t assumes."""
+    return bool(diffs.groupby(level=PARTITION).size().gt(1).any())
+
+
+def partition_interval(diffs: pd.Series, test_train_ratio: float | None,
+                       confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """The stricter reading of differences indexed by PAIR_KEYS whose seeds share partitions: their mean over
+    the seeds of each (split seed, fold), then the corrected t over those means (n = folds x partitions; with one
+    partition Nadeau & Bengio's corrected k-fold t over the k fold means, r = 1)."""
+    return corrected_resampled_t_interval(diffs.groupby(level=PARTITION).mean(), test_train_ratio, confidence)
 
 
 # ---------------------------------------------------------------- what one job says
@@ -198,10 +208,11 @@ def summarise(finished: pd.DataFrame, arms: list[str], fractions: list[float], r
 def paired_differences(finished: pd.DataFrame, arms: list[str], fractions: list[float], num_folds: int | None,
                        baseline: str = BASELINE) -> pd.DataFrame:
     """Per non-baseline arm and fraction: arm minus ``baseline`` test QWK over the runs both finished, paired by
-    split seed, fold and seed (the same test fold, the same randomness); the folds, repetitions, seeds and
-    split seeds the pairs cover; the mean difference, the corrected repeated k-fold t interval over all pairs
-    (``ci_*``, the headline; needs the sweep's k, ``num_folds``) and the naive one (``naive_ci_*``). Empty when
-    ``baseline`` is not among ``arms``."""
+    split seed, fold and seed (repetition and fold: the same test fold, the same randomness); the folds,
+    repetitions, seeds and split seeds the pairs cover; the mean difference, the corrected repeated k-fold t
+    interval over all pairs (``ci_*``, the headline; needs the sweep's k, ``num_folds``), the naive one
+    (``naive_ci_*``), the partitions (split seeds) and, where seeds share them, ``partition_interval``
+    (``strict_ci_*``). Empty when ``baseline`` is not among ``arms``."""
     ratio = kfold_test_train_ratio(num_folds)
     done = finished.set_index(PAIR_KEYS)
     rows = []
@@ -209,9 +220,12 @@ def paired_differences(finished: pd.DataFrame, arms: list[str], fractions: list[
         qwk = [done[(done.arm == name) & (done.label_fraction == fraction)].test_qwk for name in (arm, baseline)]
         diffs = (qwk[0] - qwk[1]).dropna()
         pairs = diffs.index.to_frame(index=False)
+        shared = shares_partitions(diffs)
         rows.append([arm, baseline, fraction, len(diffs), _joined(pairs.fold), num_folds,
                      len(pairs[REPETITION].drop_duplicates()), _joined(pairs.seed), _joined(pairs.split_seed),
-                     *corrected_resampled_t_interval(diffs, ratio), *naive_t_interval(diffs)[1:]])
+                     *corrected_resampled_t_interval(diffs, ratio), *naive_t_interval(diffs)[1:],
+                     pairs.split_seed.nunique(), shared,
+                     *(partition_interval(diffs, ratio)[1:] if shared else (math.nan, math.nan))])
     return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
 
 
@@ -304,36 +318,60 @@ def _interval(low: float, high: float, pairs: int, unknown: str) -> str:
 
 
 def paired_md(paired: pd.DataFrame, num_folds: int | None) -> list[str]:
-    """The paired differences of the arms with one baseline: what the two intervals are, then the table."""
+    """The paired differences of the arms with one baseline: what the intervals are and assume, a warning
+    and the stricter column where seeds share a partition (``shares_partitions``), then the table."""
+    shared = bool(paired.shared_partition.any())
+    no_strict = "k unknown" if num_folds is None else "n=1: no interval"
     rows = []
     for r in paired.itertuples():
         if r.pairs == 0:
-            rows.append([r.arm, pct(r.label_fraction), "0", "-", "-", "-", "no run finished in both arms", "-"])
+            rows.append([r.arm, pct(r.label_fraction), "0", "-", "-", "-", "no run finished in both arms",
+                         *["-"] * shared, "-"])
             continue
+        strict = [_interval(r.strict_ci_low, r.strict_ci_high, 2, no_strict) if r.shared_partition
+                  else "= corrected (re-partitioned)"] if shared else []
         repetitions = f"{r.repetitions} (seed {r.seeds}; split seed {r.split_seeds})"
         rows.append([r.arm, pct(r.label_fraction), str(r.pairs), r.folds, repetitions, f"{r.diff_mean:+.3f}",
-                     _interval(r.ci_low, r.ci_high, r.pairs, "k unknown"),
+                     _interval(r.ci_low, r.ci_high, r.pairs, "k unknown"), *strict,
                      _interval(r.naive_ci_low, r.naive_ci_high, r.pairs, "-")])
     header = ["arm", "labels", "pairs", "folds", "repetitions", "mean diff", f"{CONFIDENCE:.0%} CI (corrected)",
+              *[f"{CONFIDENCE:.0%} CI, seeds averaged per fold (stricter)"] * shared,
               f"{CONFIDENCE:.0%} CI naive (pairs treated as independent)"]
     return [f"## Paired difference: arm minus {paired.baseline.iloc[0]}, same split seed, fold and seed", "",
-            *_paired_note(num_folds), "", *_md_table(header, rows)]
+            *_paired_note(num_folds), *(_shared_note(paired) if shared else []), "", *_md_table(header, rows)]
 
 
 def _paired_note(num_folds: int | None) -> list[str]:
-    """What the two interval columns are, and the assumption behind the corrected one."""
+    """What the interval columns are, and the assumptions behind the corrected one."""
     k = f"k = {num_folds} (data.num_folds)" if num_folds else "k unknown (no data.num_folds in the job configs)"
     overlap = f" ({(num_folds - 2) / (num_folds - 1):.0%} at k = {num_folds})" if num_folds else ""
     return [f"**{CONFIDENCE:.0%} CI (corrected)**, the headline: corrected repeated k-fold t (Bouckaert & Frank, "
             "2004), the corrected resampled t of Nadeau & Bengio (2003) over all n = k x r pairs (k folds, r "
-            "repetitions = seed x split seed): standard error sqrt(1/n + n_test/n_train) * s, s the sample SD of "
-            "the n differences, t on n - 1 degrees of freedom, n = pairs; with r = 1 it is Nadeau & Bengio's "
-            "interval over the folds. It assumes k-fold cross-validation, test = one fold and training = the "
-            f"other k - 1 folds, so n_test/n_train = 1/(k - 1), with {k}; this widens the interval for the overlap "
-            f"of the folds' training sets{overlap}, and more seeds do not remove that term (they re-use the same "
-            "images). It is a heuristic correction, not an exact one.  ",
+            "repetitions = distinct seed x split seed, the repetitions column): standard error sqrt(1/n + "
+            "n_test/n_train) * s, s the sample SD of the n differences, t on n - 1 degrees of freedom, n = pairs; "
+            "with r = 1 it is Nadeau & Bengio's interval over the folds. It assumes (1) that every repetition is a "
+            "new random partition into k folds (its own data.split_seed: experiment=paper and paper_cpu set "
+            "data.split_seed to the seed), and (2) k-fold cross-validation, test = one fold and training = the "
+            f"other k - 1 folds, so n_test/n_train = 1/(k - 1), with {k}: the ratio of the fold sizes, not of "
+            "the labelled images a label fraction's job trains on (at fraction f that ratio is about "
+            "1/(f (k - 1)), 5 at 5 % of 5 folds, and the interval would be wider). The term widens the interval "
+            f"for the overlap of the folds' training sets{overlap}, and more seeds do not remove it (they re-use "
+            "the same images). It is a heuristic correction, not an exact one.  ",
             f"**{CONFIDENCE:.0%} CI naive (pairs treated as independent)**: the plain t interval over the n "
             "differences, too narrow because folds and seeds share training images; shown for comparison only."]
+
+
+def _shared_note(paired: pd.DataFrame) -> list[str]:
+    """The warning above a table whose rows pair several seeds on one partition, and the stricter column."""
+    rows = paired[paired.shared_partition.astype(bool)]
+    splits = ",".join(sorted(set(",".join(rows.split_seeds.astype(str)).split(","))))
+    return ["", f"**Assumption (1) is not met in {len(rows)} row(s): their repetitions share a partition** "
+            f"(split seed {splits} under several seeds), so differences on one test fold share its images and the "
+            "corrected interval is narrower than its assumption allows. **CI, seeds averaged per fold "
+            "(stricter)** reads such a row without it: each test fold's differences averaged over its seeds, "
+            "then the same corrected t over those fold means (n = k x partitions; with one split seed, Nadeau & "
+            "Bengio's corrected k-fold t over the k fold means, r = 1). To re-partition, sweep `seed` with "
+            "experiment=paper or paper_cpu (data.split_seed follows it), not `seed` on a fixed data.split_seed."]
 
 
 def describe(arm: str, label_fraction: float, fold: int, seed: int, split_seed: int) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 from scipy import stats
 
 from ssl_dr.reporting.report import write_report
@@ -19,7 +20,9 @@ from ssl_dr.reporting.stats import (
     job_facts,
     kfold_test_train_ratio,
     naive_t_interval,
+    partition_interval,
     predicted_grades,
+    shares_partitions,
 )
 from tests.test_report import edit_metrics, job_dir, make_sweep, write_job, write_predictions
 
@@ -86,6 +89,47 @@ def test_corrected_repeated_kfold_t_interval_by_hand():
     naive = naive_t_interval(diffs)
     assert naive[1:] == (pytest.approx(0.0446218, abs=1e-7), pytest.approx(0.1553782, abs=1e-7))
     assert low < 0 < naive[1]  # only the naive interval would claim the arm is better
+
+
+# REPEATED_DIFFS' seeds on ONE split seed, averaged over the seeds of each fold, in 1/60: fold 0 (0.10 + 0.25 -
+# 0.05) / 3 = 6/60; fold 1 (0.05 - 0.05 + 0.10) / 3 = 2/60; fold 2 0.60 / 3 = 12/60; fold 3 0.05 / 3 = 1/60;
+# fold 4 0.45 / 3 = 9/60
+STRICT_HALF = 2.776445 * math.sqrt(0.45 * 86 / 14400)  # see test_partition_interval_by_hand
+
+
+def _indexed(diffs: dict[int, list[float]], split_seed_of=lambda seed: 42) -> pd.Series:
+    """Differences indexed like paired_differences' (split seed, fold, seed)."""
+    index = [(split_seed_of(seed), fold, seed) for seed in diffs for fold in range(len(diffs[seed]))]
+    return pd.Series([d for seed in diffs for d in diffs[seed]],
+                     index=pd.MultiIndex.from_tuples(index, names=["split_seed", "fold", "seed"]))
+
+
+def test_partition_interval_by_hand():
+    """Seeds 42, 43, 44 on one split seed (REPEATED_DIFFS): the stricter reading averages each fold over the
+    seeds: 6, 2, 12, 1, 9 (/60), mean 30/300 = 6/60 = 0.1; deviations 0, -4, 6, -5, 3 (/60), squares 0 + 16 + 36
+    + 25 + 9 = 86 (/3600); s^2 = 86 / 3600 / 4 = 86/14400; Nadeau & Bengio over the k = 5 fold means (r = 1):
+    se^2 = (1/5 + 1/4) * 86/14400 = 0.0026875, se = 0.0518411; t(0.975, 4 df) = 2.776445; half width 0.143934
+    -> [-0.043934, +0.243934], wider than the 15-pair interval [-0.020694, +0.220694] that assumed three
+    partitions. Re-partitioned (split seed = seed), no fold holds two seeds, and nothing is averaged."""
+    shared = _indexed(REPEATED_DIFFS)
+    assert shares_partitions(shared)
+    assert STRICT_HALF == pytest.approx(0.143934, abs=1e-6)
+    mean, low, high = partition_interval(shared, kfold_test_train_ratio(5))
+    assert mean == pytest.approx(0.1, abs=1e-12)
+    assert (low, high) == (pytest.approx(-0.043934, abs=1e-6), pytest.approx(0.243934, abs=1e-6))
+    fold_means = [statistics.fmean(REPEATED_DIFFS[seed][fold] for seed in REPEATED_DIFFS) for fold in range(5)]
+    assert (low, high) == pytest.approx(stats.t.interval(0.95, df=4, loc=statistics.fmean(fold_means),
+                                                         scale=math.sqrt(1 / 5 + 1 / 4) * statistics.stdev(fold_means)))
+    repeated = corrected_resampled_t_interval(shared, kfold_test_train_ratio(5))
+    assert low < repeated[1] and repeated[2] < high
+    # two partitions, each with two seeds: n = 2 partitions x 5 folds of seed means, r = 2
+    two = _indexed(REPEATED_DIFFS | {45: [0.0, 0.1, 0.2, 0.1, 0.3]}, lambda seed: 1 if seed < 44 else 2)
+    means = [statistics.fmean(two.xs((split, fold), level=["split_seed", "fold"])) for split in (1, 2)
+             for fold in range(5)]
+    half = stats.t.ppf(0.975, 9) * math.sqrt(1 / 10 + 1 / 4) * statistics.stdev(means)
+    assert partition_interval(two, 0.25)[1:] == pytest.approx((statistics.fmean(means) - half,
+                                                               statistics.fmean(means) + half))
+    assert not shares_partitions(_indexed(REPEATED_DIFFS, split_seed_of=lambda seed: seed))
 
 
 def test_corrected_interval_at_another_confidence_and_k():
@@ -286,11 +330,66 @@ def test_seed_sweep_pairs_by_split_seed_fold_and_seed_with_the_repeated_interval
     naive_half = stats.t.ppf(0.975, 14) * 0.1 / math.sqrt(15)
     assert (row.naive_ci_low, row.naive_ci_high) == (pytest.approx(0.1 - naive_half, abs=1e-9),
                                                      pytest.approx(0.1 + naive_half, abs=1e-9))
+    # three seeds on split seed 42: the assumption of new partitions is not met; the stricter interval beside it
+    assert (row.partitions, row.shared_partition) == (1, True)
+    assert (row.strict_ci_low, row.strict_ci_high) == (pytest.approx(0.1 - STRICT_HALF, abs=1e-6),
+                                                       pytest.approx(0.1 + STRICT_HALF, abs=1e-6))
     markdown = files.markdown.read_text()
     assert (f"| rotation | 10% | 15 | 0,1,2,3,4 | 3 (seed 42,43,44; split seed 42) | +0.100 | [{0.1 - half:+.3f}, "
-            f"{0.1 + half:+.3f}] | [{0.1 - naive_half:+.3f}, {0.1 + naive_half:+.3f}] |") in markdown
+            f"{0.1 + half:+.3f}] | [-0.044, +0.244] | [{0.1 - naive_half:+.3f}, {0.1 + naive_half:+.3f}] |") in markdown
+    assert "| 95% CI (corrected) | 95% CI, seeds averaged per fold (stricter) | 95% CI naive" in markdown
     assert "corrected repeated k-fold t (Bouckaert & Frank, 2004)" in markdown
     assert "sqrt(1/n + n_test/n_train) * s" in markdown and "t on n - 1 degrees of freedom" in markdown
+    warning = ("**Assumption (1) is not met in 1 row(s): their repetitions share a partition** (split seed 42 under "
+               "several seeds)")
+    assert markdown.index("It assumes (1) that every repetition is a new random partition") < markdown.index(
+        warning) < markdown.index("| rotation | 10% | 15 |")
+    assert "Nadeau & Bengio's corrected k-fold t over the k fold means, r = 1" in markdown
+
+
+def make_repartitioned_sweep(root: Path) -> Path:
+    """experiment=paper seed=42,43,44 as paper.yaml now sweeps it: each job's config says data.split_seed:
+    ${seed} (saved unresolved, as Hydra does), so seed s tests on partition s; the same QWKs as make_seed_sweep."""
+    sweep = make_seed_sweep(root)
+    for path in sweep.glob("*/.hydra/config.yaml"):
+        cfg = OmegaConf.load(path)
+        cfg.data.split_seed = "${seed}"
+        OmegaConf.save(cfg, path)
+    for path in sweep.glob("*/metrics.json"):
+        metrics = json.loads(path.read_text())
+        path.write_text(json.dumps({**metrics, "split_seed": metrics["seed"]}))
+    return sweep
+
+
+def test_repartitioned_seed_sweep_meets_the_assumption_and_expects_one_partition_per_seed(tmp_path):
+    """Seeds that re-partition: 3 repetitions (not 3 seeds x 3 split seeds = 9, 30 of them missing), the same
+    15-pair corrected interval, and neither the warning nor the stricter column."""
+    files = write_report(make_repartitioned_sweep(tmp_path))
+    assert files.complete
+    row = pd.read_csv(files.paired_csv).iloc[0]
+    assert (row.pairs, row.repetitions, row.seeds, row.split_seeds, row.partitions) == (15, 3, "42,43,44",
+                                                                                         "42,43,44", 3)
+    half = stats.t.ppf(0.975, 14) * math.sqrt(1 / 15 + 1 / 4) * 0.1
+    assert (row.ci_low, row.ci_high) == (pytest.approx(0.1 - half, abs=1e-9), pytest.approx(0.1 + half, abs=1e-9))
+    assert not row.shared_partition and math.isnan(row.strict_ci_low) and math.isnan(row.strict_ci_high)
+    markdown = files.markdown.read_text()
+    assert "2 arms x 1 fractions x 5 folds x 3 repetition(s) (seed/split seed: 42/42, 43/43, 44/44) = 30" in markdown
+    assert "is not met" not in markdown and "(stricter)" not in markdown
+    assert "It assumes (1) that every repetition is a new random partition" in markdown
+    assert "| 3 (seed 42,43,44; split seed 42,43,44) | +0.100 |" in markdown
+    assert (pd.read_csv(files.csv).runs_expected == 15).all()
+
+
+def test_repartitioned_sweep_missing_a_seed_expects_its_own_partition_only(tmp_path):
+    """Seed 44 never ran: its 10 jobs (2 arms x 5 folds, split seed 44) are missing, not seed 44 on split seeds
+    42 and 43 as well; the tie is read from the other jobs' configs."""
+    sweep = make_repartitioned_sweep(tmp_path)
+    for path in sweep.glob("*/metrics.json"):
+        if json.loads(path.read_text())["seed"] == 44:
+            shutil.rmtree(path.parent)
+    files = write_report(sweep)
+    assert len(files.gaps) == 10
+    assert {(gap.kind, gap.seed, gap.split_seed) for gap in files.gaps} == {("MISSING", 44, 44)}
 
 
 def test_seed_sweep_table_spread_over_folds_and_over_seeds(tmp_path):
