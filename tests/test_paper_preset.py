@@ -32,17 +32,19 @@ def _compose(*overrides: str, hydra: bool = False) -> DictConfig:
 
 def _leaf_keys(node: DictConfig, prefix: str = "") -> list[str]:
     keys = []
-    for key, value in node.items():
+    for key, value in node.items_ex(resolve=False):  # data.split_seed: ${seed} has no seed in the file alone
         path = f"{prefix}{key}"
         keys += _leaf_keys(value, f"{path}.") if isinstance(value, DictConfig) else [path]
     return keys
 
 
 def _run_settings(cfg: DictConfig) -> dict:
-    """The composed config of a run without the keys that only name or shape the sweep."""
+    """The composed config of a run without the keys that only name or shape the sweep, its partition
+    (``data.split_seed``) resolved: the presets derive it from the seed, the quick start sets 42."""
     settings = OmegaConf.to_container(cfg, resolve=False)
     for key in SWEEP_KEYS:
         settings.pop(key, None)
+    settings["data"]["split_seed"] = cfg.data.split_seed
     return settings
 
 
@@ -129,9 +131,26 @@ def test_paper_cpu_is_the_quick_start_for_every_key_paper_sets():
 
 @pytest.mark.parametrize("arm", ["rotation", "baseline", "jigsaw", "simclr"])
 def test_paper_cpu_runs_exactly_the_quick_start_config(arm):
-    """Beyond paper.yaml's keys: a paper_cpu job composes to exactly the single-run config of its arm (each
-    pretext keeps its own defaults, e.g. jigsaw's 10 epochs), apart from the sweep's name and arm list."""
-    assert _run_settings(_compose("experiment=paper_cpu", f"arm={arm}")) == _run_settings(_compose(f"arm={arm}"))
+    """Beyond paper.yaml's keys: a paper_cpu job of seed 42 composes to exactly the single-run config of its arm
+    (each pretext keeps its own defaults, e.g. jigsaw's 10 epochs; partition 42 like the quick start's),
+    apart from the sweep's name and arm list."""
+    cpu, quick = _compose("experiment=paper_cpu", f"arm={arm}"), _compose(f"arm={arm}")
+    assert (cpu.seed, cpu.data.split_seed, quick.seed, quick.data.split_seed) == (42, 42, 42, 42)
+    assert _run_settings(cpu) == _run_settings(quick)
+
+
+@pytest.mark.parametrize("experiment", ["paper", "paper_cpu"])
+def test_a_repetition_of_the_presets_is_a_seed_and_its_own_partition(experiment):
+    """In experiment=paper and paper_cpu a seed is a repetition: it sets data.split_seed too (the corrected
+    repeated k-fold t assumes new partitions); data.split_seed on the command line still fixes one partition.
+    The quick start (experiment=rotation) keeps partition 42 whatever the seed."""
+    for seed in (42, 43, 7):
+        assert _compose(f"experiment={experiment}", f"seed={seed}").data.split_seed == seed
+        assert _compose("experiment=rotation", f"seed={seed}").data.split_seed == 42
+    assert _compose(f"experiment={experiment}", "seed=43", "data.split_seed=42").data.split_seed == 42
+    jobs = _jobs(f"experiment={experiment}", sweeps=("seed=" + SEEDS,))
+    assert {job[0] for job in jobs} == {f"seed={seed}" for seed in SEEDS.split(",")}
+    assert not any(override.startswith("data.split_seed") for job in jobs for override in job)
 
 
 @pytest.mark.parametrize("overrides", [[], ["arms=[rotation,jigsaw,simclr,imagenet,baseline]"]])
