@@ -71,10 +71,11 @@ def extract_features(backbone: Backbone, cache: ImageCache, cache_dir: str | Pat
     when stored, else extracted once (eval mode, ``torch.inference_mode``, on the device the backbone is on) and
     stored. ``image_size``: the network's input size (default: the cache's, as the fine-tune uses)."""
     size = cache.size if image_size is None else image_size
-    description = feature_description(backbone, cache, size)
-    return stored_features(cache_dir, description, lambda: (list(cache.ids),
-                                                             _forward_all(backbone, cache, size, batch_size,
-                                                                          num_workers)))
+
+    def compute() -> tuple[list[str], np.ndarray]:
+        return list(cache.ids), _forward_all(backbone, cache, size, batch_size, num_workers)
+
+    return stored_features(cache_dir, feature_description(backbone, cache, size), compute)
 
 
 def _forward_all(backbone: Backbone, cache: ImageCache, size: int, batch_size: int, num_workers: int) -> np.ndarray:
