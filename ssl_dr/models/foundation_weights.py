@@ -8,20 +8,27 @@ is downloaded):
   and maybe a ``head.*`` of a fine-tuned copy. RETFound fine-tunes with global average pooling and a fresh
   ``fc_norm``, so the encoder's final ``norm.*`` is unused there (timm's ``global_pool="avg"`` model has none).
 - ``retfound_dinov2``: RETFound's DINOv2 successors: the DINOv2 training checkpoint, weights of the ``teacher``
-  under a ``backbone.`` prefix (its ``dino_head``/``ibot_head`` are discarded), with DINOv2's own names
-  (``mlp.w12``/``mlp.w3``, ``register_tokens``), which timm's ViT filter converts.
+  under a ``backbone.`` prefix (its ``dino_head``/``ibot_head`` are discarded), in DINOv2's own layout
+  (``mask_token``, ``register_tokens`` for the ``_reg`` variants, layer scale ``ls1.gamma``/``ls2.gamma``, and
+  ``blocks.<chunk>.<i>.`` when trained with ``block_chunks``, un-chunked here to ``blocks.<i>.``).
 - ``timm``: a state dict as timm writes it (``.safetensors`` or a torch file; also what the DINOv2 and
-  RETFound-Green releases on the Hugging Face hub hold).
+  RETFound-Green releases on the Hugging Face hub hold), or Meta's own DINOv2 release (``dinov2_vit*14*_pretrain.pth``:
+  ``mlp.fc1``/``fc2``, ``mask_token``, ``register_tokens``), which timm's filter converts.
+
+DINOv2's feed-forward is a plain MLP (``mlp.fc1``/``fc2``) in ViT-S/B/L, a fused SwiGLU (``mlp.w12``/``w3``) only in
+ViT-g/14; timm maps the latter onto its ``vit_giant_patch14_dinov2`` (packed SwiGLU), and a SwiGLU file given to a
+plain-MLP ViT is refused in one line (it cannot compute the same function).
 
 Every layout ends in timm's own ``vision_transformer.checkpoint_filter_fn`` (DINOv2 renames, register tokens,
 ``pos_embed`` resampled to the model's input grid with ``resample_abs_pos_embed``), then a non-strict load whose
 outcome is checked here: the only keys allowed to be missing are the ones the fine-tune adds (``head.*``,
 ``fc_norm.*``); anything else missing, or any key left over, means the file is not this network's, and that is
-one ``BackboneWeightsError`` naming the file, the format and the first keys, before any training.
+one ``FoundationWeightsError`` naming the file, the format and the first keys, before any training.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +36,9 @@ import torch
 from torch import nn
 
 WEIGHTS_FORMATS = ("retfound_mae", "retfound_dinov2", "timm")
+CHUNKED_BLOCK = re.compile(r"^blocks\.\d+\.(\d+)\.")
+"""DINOv2's ``block_chunks`` (4 in its ViT-L/g training configs) nests each block in a chunk, keeping the block's
+index over the whole network: ``blocks.<chunk>.<i>.`` is timm's ``blocks.<i>.``."""
 FRESH_KEYS = ("head.", "fc_norm.")
 """Keys a foundation file need not hold: the fine-tune trains them from scratch."""
 
@@ -60,12 +70,30 @@ def encoder_state(payload: dict[str, Any], weights_format: str, uses_fc_norm: bo
         return state
     if weights_format == "retfound_dinov2":
         teacher = _section(payload, "teacher")
-        return {k.removeprefix("backbone."): v for k, v in teacher.items() if k.startswith("backbone.")}
+        return unchunk({k.removeprefix("backbone."): v for k, v in teacher.items() if k.startswith("backbone.")})
     if weights_format == "timm":
         state = payload.get("state_dict", payload.get("model", payload))
-        return {k: v for k, v in state.items() if not k.startswith("head.")}
+        return unchunk({k: v for k, v in state.items() if not k.startswith("head.")})
     raise FoundationWeightsError(f"model.backbone.weights_format={weights_format!r} is not one of "
                                  f"{', '.join(WEIGHTS_FORMATS)}")
+
+
+def unchunk(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``blocks.<chunk>.<i>.`` keys (a DINOv2 model trained with ``block_chunks``) as ``blocks.<i>.``."""
+    return {CHUNKED_BLOCK.sub(r"blocks.\1.", key): value for key, value in state.items()}
+
+
+def check_feed_forward(state: dict[str, torch.Tensor], model: nn.Module) -> None:
+    """Refuse DINOv2's fused SwiGLU feed-forward (``mlp.w12``: ViT-g/14) for a ViT whose MLP is not gated: renaming
+    ``w12``/``w3`` to ``fc1``/``fc2`` would load tensors of another function (and size)."""
+    from timm.layers import GluMlp
+
+    swiglu = next((key for key in state if ".mlp.w12." in key), None)
+    if swiglu is not None and not isinstance(model.blocks[0].mlp, GluMlp):
+        raise FoundationWeightsError(
+            f"the file's feed-forward is DINOv2's fused SwiGLU ({swiglu} {tuple(state[swiglu].shape)}, the ViT-g/14 "
+            f"layout), which this plain-MLP ViT cannot hold; for a ViT-g/14 file set "
+            "model.backbone.name=vit_giant_patch14_dinov2 (vit_giant_patch14_reg4_dinov2 with registers)")
 
 
 def load_foundation_weights(model: nn.Module, path: str | Path, weights_format: str) -> None:
@@ -92,6 +120,7 @@ def load_foundation_weights(model: nn.Module, path: str | Path, weights_format: 
         raise FoundationWeightsError(f"{where}: not a readable weights file ({type(err).__name__}: {first})") from None
     try:
         state = encoder_state(payload, weights_format, uses_fc_norm=not isinstance(model.fc_norm, nn.Identity))
+        check_feed_forward(state, model)
         state = checkpoint_filter_fn(state, model)
         missing, unexpected = model.load_state_dict(state, strict=False)
     except FoundationWeightsError as err:

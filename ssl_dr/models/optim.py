@@ -10,6 +10,7 @@ from functools import partial
 from typing import Any
 
 from lightning import LightningModule
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -69,33 +70,73 @@ def warmup_cosine(optimizer: Optimizer, warmup_steps: int, total_steps: int, fin
     return LambdaLR(optimizer, WarmupCosineFactor(warmup_steps, total_steps, final_factor))
 
 
+# The input stem of a timm ViT: layer 0 of the layer-decay rule (tokens, position embedding, patch embedding)
+VIT_STEM = ("cls_token", "reg_token", "dist_token", "pos_embed", "patch_embed.", "norm_pre.")
+
+
+def vit_layer_id(name: str, depth: int) -> int:
+    """Layer of a timm ViT parameter in the published layer-decay rule (BEiT, MAE, RETFound ``util/lr_decay.py``):
+    the stem is layer 0, ``blocks.i`` layer i + 1, everything after the last block (final ``norm``, ``fc_norm``)
+    layer ``depth + 1``, the head's. Written out rather than timm's ``param_groups_layer_decay``, whose ViT
+    ``group_matcher`` gives the final norm a layer of its own: with class-token pooling every depth then trained
+    one step of decay too fast (``blocks.11`` of 12 at the full rate)."""
+    if name.startswith(VIT_STEM):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
+def encoder_layers(encoder: nn.Module) -> tuple[dict[str, int], int]:
+    """Each parameter's layer (0: input stem) and the top layer, which trains at the full rate with the head.
+    A ViT follows the published rule (``vit_layer_id``); another timm network (a DenseNet) timm's own grouping
+    (its ``group_matcher``; what it leaves unmatched, such as a final norm, goes to the top with the head)."""
+    from timm.models import group_parameters
+    from timm.models.vision_transformer import VisionTransformer
+
+    names = [name for name, _ in encoder.named_parameters()]
+    if isinstance(encoder, VisionTransformer):
+        depth = len(encoder.blocks)
+        return {name: vit_layer_id(name, depth) for name in names}, depth + 1
+    if not hasattr(encoder, "group_matcher"):
+        raise ValueError(f"model.classifier.layer_decay: {type(encoder).__name__} has no timm group_matcher to "
+                         "order its layers by depth; set model.classifier.layer_decay=null")
+    matched = group_parameters(encoder, encoder.group_matcher(coarse=False), reverse=True)
+    top = max(matched.values(), default=0) + 1
+    return {name: matched.get(name, top) for name in names}, top
+
+
 def layer_decay_groups(module: LightningModule, optimizer: partial, layer_decay: float) -> list[dict[str, Any]]:
-    """Parameter groups whose learning rate shrinks with depth: ``lr x layer_decay ** (layers above)`` for the
-    encoder (``module.backbone.model``), the full rate for everything else (the grade head).
+    """Parameter groups whose learning rate shrinks with depth: the encoder's (``module.backbone.model``) layer l
+    trains at ``lr x layer_decay ** (top - l)`` (``encoder_layers``), the grade head at ``lr``.
 
-    The grouping is timm's ``param_groups_layer_decay`` (its layer ids for ViTs, DenseNets, ...; biases, norms and
-    ``no_weight_decay`` tensors without weight decay, as in RETFound's recipe). timm only *tags* each group with
-    ``lr_scale``, which timm's own schedulers apply; with a torch scheduler the scale must be in the group's
-    ``lr`` itself, before the scheduler records it as the group's base rate, so it is applied here."""
-    from timm.optim import param_groups_layer_decay
-
+    No weight decay on biases, norms, layer scales (every tensor of 1 dimension), the encoder's
+    ``no_weight_decay()`` tensors (class/register tokens, position embedding), nor on the head's bias: RETFound's
+    recipe, whose head sits in the top layer under the same rule. The rates are written into each group's ``lr``
+    (timm only tags groups with an ``lr_scale`` its own schedulers apply) before the torch scheduler records them
+    as the groups' base rates."""
     if not 0 < layer_decay <= 1:
         raise ValueError(f"model.classifier.layer_decay={layer_decay} must be in (0, 1] (RETFound: 0.65)")
     encoder = module.backbone.model
-    encoder.requires_grad_(True)  # timm leaves out frozen tensors; a frozen start is applied per batch instead
+    encoder.requires_grad_(True)  # every tensor gets a group; a frozen start is applied per batch instead
     base_lr, weight_decay = optimizer.keywords["lr"], optimizer.keywords.get("weight_decay", 0.0)
-    no_decay = encoder.no_weight_decay() if hasattr(encoder, "no_weight_decay") else ()
-    groups = param_groups_layer_decay(encoder, weight_decay=weight_decay, layer_decay=layer_decay,
-                                      no_weight_decay_list=no_decay)
-    depths = [round(math.log(group["lr_scale"]) / math.log(layer_decay)) if layer_decay < 1 else 0
-              for group in groups]
-    for group, depth in zip(groups, depths, strict=True):
-        group["lr"] = base_lr * group.pop("lr_scale")
-        # named for the learning-rate monitor (lr-AdamW/layer03 instead of pg7): layer 0 is the input stem
-        group["name"] = f"layer{max(depths) - depth:02d}" + ("" if group["weight_decay"] else "-no_decay")
-    in_encoder = {id(p) for group in groups for p in group["params"]}
-    rest = [p for p in module.parameters() if id(p) not in in_encoder]
-    return [*groups, {"params": rest, "lr": base_lr, "weight_decay": weight_decay, "name": "head"}]
+    layers, top = encoder_layers(encoder)
+    no_decay = set(encoder.no_weight_decay()) if hasattr(encoder, "no_weight_decay") else set()
+    groups: dict[str, dict[str, Any]] = {}
+
+    def add(param: nn.Parameter, group: str, scale: float, decays: bool) -> None:
+        key = group + ("" if decays else "-no_decay")  # named for the learning-rate monitor (lr-AdamW/layer03)
+        groups.setdefault(key, {"params": [], "lr": base_lr * scale, "name": key,
+                                "weight_decay": weight_decay if decays else 0.0})["params"].append(param)
+
+    for name, param in sorted(encoder.named_parameters(), key=lambda item: layers[item[0]]):
+        add(param, f"layer{layers[name]:02d}", layer_decay ** (top - layers[name]),
+            decays=param.ndim > 1 and name not in no_decay)
+    in_encoder = {id(p) for p in encoder.parameters()}
+    for param in module.parameters():
+        if id(param) not in in_encoder:
+            add(param, "head", 1.0, decays=param.ndim > 1)
+    return list(groups.values())
 
 
 def configure_optimizers(module: LightningModule, optimizer: partial, scheduler: partial | None,

@@ -1,7 +1,8 @@
 """Foundation-model arms (``arm=retfound | retfound_dinov2 | dinov2``): each published file layout loads into its
-timm ViT (random weights written in that layout: tests.models.foundation_files), a wrong file is refused in one
-line before any training, each arm fine-tunes end to end on the built-in data, and layer-wise learning-rate decay
-gives each depth its own rate through a torch scheduler."""
+timm ViT and computes what the network it was written from computes (random weights written in that layout:
+tests.models.foundation_files), a wrong file is refused in one line before any training, each arm fine-tunes end to
+end on the built-in data, and layer-wise learning-rate decay gives each depth the published rule's rate through a
+torch scheduler."""
 
 from __future__ import annotations
 
@@ -14,14 +15,21 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
+from torch import nn
 
 from ssl_dr.models.backbone import Backbone, save_backbone
 from ssl_dr.models.classifier import DRClassifier
 from ssl_dr.models.foundation_weights import FoundationWeightsError
-from ssl_dr.models.optim import configure_optimizers, warmup_cosine
+from ssl_dr.models.optim import configure_optimizers, layer_decay_groups, warmup_cosine
 from ssl_dr.train import train
 from tests.conftest import TINY
-from tests.models.foundation_files import write_retfound_dinov2, write_retfound_mae, write_timm
+from tests.models.foundation_files import (
+    TINY_VIT,
+    write_dinov2_hub,
+    write_retfound_dinov2,
+    write_retfound_mae,
+    write_timm,
+)
 
 SMALL = {  # arm -> (a small ViT of its family, the writer of its layout, an input size fitting its patches)
     "retfound": ("vit_small_patch16_224", write_retfound_mae, 32),
@@ -57,6 +65,66 @@ def test_a_register_token_dinov2_file_loads(tmp_path):
     backbone = Backbone("vit_small_patch14_reg4_dinov2", weights_format="timm",
                         weights_file=tmp_path / "reg.safetensors", model_kwargs={"img_size": 28})
     assert torch.equal(backbone.model.reg_token, written.reg_token)
+
+
+LAYOUTS = {  # a published layout -> (its writer, weights_format, the timm ViT it loads into, pooling)
+    "dinov2_hub": (write_dinov2_hub, "timm", "vit_small_patch14_dinov2", "token"),
+    "dinov2_hub_registers": (write_dinov2_hub, "timm", "vit_small_patch14_reg4_dinov2", "token"),
+    "dinov2_hub_giant_swiglu": (write_dinov2_hub, "timm", "vit_giant_patch14_dinov2", "token"),
+    "dinov2_training_chunked": (write_retfound_dinov2, "retfound_dinov2", "vit_small_patch14_dinov2", "token"),
+    "dinov2_training_chunked_registers": (write_retfound_dinov2, "retfound_dinov2", "vit_small_patch14_reg4_dinov2",
+                                          "token"),
+    "retfound_mae": (write_retfound_mae, "retfound_mae", "vit_large_patch16_224", "avg"),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_a_published_layout_computes_what_its_network_computed(tmp_path, layout):
+    """Loaded into a freshly built (tiny) ViT, each file gives the written network's token features and pooled
+    features; the same ViT built without the file does not. RETFound's fine-tune pools the last block's tokens by
+    averaging into a fresh fc_norm in place of the file's final norm, so the written network is compared so pooled."""
+    write, weights_format, name, pool = LAYOUTS[layout]
+    size, path = (32 if "patch16" in name else 28), tmp_path / "weights.pth"
+    written = write(path, name, size, **TINY_VIT)
+    build = partial(Backbone, name, model_kwargs={"img_size": size, "global_pool": pool, **TINY_VIT})
+    loaded = build(weights_format=weights_format, weights_file=path).model.eval()
+    if pool == "avg":
+        written.norm, written.global_pool, written.fc_norm = nn.Identity(), "avg", loaded.fc_norm
+    images = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        features, pooled = written.forward_features(images), written(images)
+        assert torch.allclose(loaded.forward_features(images), features, atol=1e-5)
+        assert torch.allclose(loaded(images), pooled, atol=1e-5)
+        assert not torch.allclose(build().model.eval()(images), pooled, atol=1e-3)
+
+
+def test_the_layouts_hold_dinov2s_own_names_and_shapes(tmp_path):
+    """Facts of facebookresearch/dinov2 the writers must follow: plain MLP ``fc1``/``fc2`` below ViT-g, SwiGLU
+    ``w12`` of 2 x ((int(4 D x 2 / 3) + 7) // 8 x 8) rows in ViT-g, registers apart from ``pos_embed``, training
+    blocks chunked as ``blocks.<chunk>.<i>.``."""
+    write_dinov2_hub(tmp_path / "reg.pth", "vit_small_patch14_reg4_dinov2", 28, **TINY_VIT)
+    write_dinov2_hub(tmp_path / "giant.pth", "vit_giant_patch14_dinov2", 28, **TINY_VIT)
+    write_retfound_dinov2(tmp_path / "train.pth", "vit_small_patch14_dinov2", 28, **TINY_VIT)
+    reg, giant = torch.load(tmp_path / "reg.pth"), torch.load(tmp_path / "giant.pth")
+    teacher = torch.load(tmp_path / "train.pth")["teacher"]
+    width = TINY_VIT["embed_dim"]
+    assert reg["register_tokens"].shape == (1, 4, width) and reg["pos_embed"].shape == (1, 1 + 2 * 2, width)
+    assert reg["mask_token"].shape == (1, width) and reg["blocks.0.ls1.gamma"].shape == (width,)
+    assert "blocks.0.mlp.fc1.weight" in reg and not any(".w12." in k for k in reg)
+    assert giant["blocks.0.mlp.w12.weight"].shape == (2 * ((int(4 * width * 2 / 3) + 7) // 8 * 8), width)
+    assert {"backbone.blocks.0.1.norm1.weight", "backbone.blocks.1.2.norm1.weight"} <= set(teacher)
+    assert not any(k.startswith("backbone.blocks.2.") for k in teacher)
+
+
+def test_a_swiglu_giant_file_is_refused_by_a_plain_mlp_vit_in_one_line(tmp_path):
+    write_dinov2_hub(tmp_path / "giant.pth", "vit_giant_patch14_dinov2", 28, **TINY_VIT)
+    with pytest.raises(FoundationWeightsError) as refused:
+        Backbone("vit_small_patch14_dinov2", weights_format="timm", weights_file=tmp_path / "giant.pth",
+                 model_kwargs={"img_size": 28, **TINY_VIT})
+    message = str(refused.value)
+    assert "\n" not in message and "giant.pth" in message
+    assert "fused SwiGLU (blocks.0.mlp.w12.weight (256, 48)" in message
+    assert "model.backbone.name=vit_giant_patch14_dinov2" in message
 
 
 def test_retfound_green_pools_by_averaging_after_its_own_final_norm(tmp_path, tiny_cfg):
@@ -162,7 +230,64 @@ def test_layer_decay_gives_each_depth_its_rate_after_an_optimiser_step(tiny_cfg)
     assert rate[id(backbone.model.patch_embed.proj.weight)] == pytest.approx(base * factor * 0.65 ** 13)
     assert len({round(r, 12) for r in rate.values()}) == 14  # stem, 12 blocks, top (final norm + head)
     names = [group["name"] for group in opt.param_groups]  # what the learning-rate monitor logs them as
-    assert len(set(names)) == len(names) and names[-1] == "head" and "layer00" in names and "layer12" in names
+    assert len(set(names)) == len(names) and names[-2:] == ["head", "head-no_decay"]
+    assert {"layer00", "layer12", "layer13-no_decay"} <= set(names)
     decays = {id(p): group["weight_decay"] for group in opt.param_groups for p in group["params"]}
     assert decays[id(backbone.model.blocks[0].attn.qkv.weight)] == 0.05
     assert decays[id(backbone.model.blocks[0].attn.qkv.bias)] == 0.0  # biases, norms, tokens: no decay
+
+
+def published_scale(name: str, depth: int, decay: float) -> float:
+    """BEiT's / MAE's / RETFound's ``util/lr_decay.py`` rule, written out: tokens, position and patch embedding are
+    layer 0, ``blocks.i`` layer i + 1, everything after the last block layer depth + 1; scale decay^(depth + 1 -
+    layer)."""
+    if name in ("cls_token", "reg_token", "pos_embed") or name.startswith("patch_embed."):
+        layer = 0
+    elif name.startswith("blocks."):
+        layer = int(name.split(".")[1]) + 1
+    else:
+        layer = depth + 1
+    return decay ** (depth + 1 - layer)
+
+
+ARM_VITS = {  # the arms' ViTs (conf/arm), tiny: name, pooling, input size
+    "dinov2_class_token": ("vit_small_patch14_dinov2", "token", 28),
+    "dinov2_registers_class_token": ("vit_small_patch14_reg4_dinov2", "token", 28),
+    "retfound_average_fc_norm": ("vit_large_patch16_224", "avg", 32),
+    "mae_average_fc_norm": ("vit_small_patch8_224", "avg", 16),
+}
+
+
+@pytest.mark.parametrize("vit", sorted(ARM_VITS))
+def test_layer_decay_follows_the_published_rule_for_every_pooling(vit):
+    """Every encoder tensor's rate is lr x the rule's scale (a class-token ViT's last block at 0.65, not at the full
+    rate), the head trains at lr, and no 1-D tensor, token or head bias gets weight decay."""
+    name, pool, size = ARM_VITS[vit]
+    backbone = Backbone(name, model_kwargs={"img_size": size, "global_pool": pool, **TINY_VIT})
+    module = DRClassifier(backbone, optimizer=partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.05))
+    groups = layer_decay_groups(module, module.optimizer_factory, 0.65)
+    rate = {id(p): group["lr"] for group in groups for p in group["params"]}
+    decay = {id(p): group["weight_decay"] for group in groups for p in group["params"]}
+    group_of = {id(p): group["name"] for group in groups for p in group["params"]}
+    depth = TINY_VIT["depth"]
+    assert len(rate) == len(list(module.parameters()))
+    for key, param in backbone.model.named_parameters():
+        assert rate[id(param)] == pytest.approx(1e-3 * published_scale(key, depth, 0.65)), key
+        no_decay = param.ndim == 1 or key in ("cls_token", "reg_token", "pos_embed")
+        assert decay[id(param)] == (0.0 if no_decay else 0.05), key
+    assert rate[id(backbone.model.blocks[-1].attn.qkv.weight)] == pytest.approx(1e-3 * 0.65)
+    assert group_of[id(backbone.model.patch_embed.proj.weight)] == "layer00"
+    assert group_of[id(backbone.model.blocks[0].attn.qkv.weight)] == "layer01"
+    top = backbone.model.fc_norm if pool == "avg" else backbone.model.norm
+    assert group_of[id(top.weight)] == f"layer{depth + 1:02d}-no_decay" and rate[id(top.weight)] == 1e-3
+    linear = module.head[1]
+    assert (rate[id(linear.weight)], decay[id(linear.weight)], group_of[id(linear.weight)]) == (1e-3, 0.05, "head")
+    assert (rate[id(linear.bias)], decay[id(linear.bias)], group_of[id(linear.bias)]) == (1e-3, 0.0, "head-no_decay")
+
+
+def test_without_layer_decay_every_parameter_keeps_one_rate_and_weight_decay():
+    """The DenseNet fine-tune's path (layer_decay=null) is one group: the head's bias decays as before."""
+    module = DRClassifier(Backbone("resnet10t"), optimizer=partial(torch.optim.AdamW, lr=3e-4, weight_decay=1e-4))
+    opt = configure_optimizers(module, module.optimizer_factory, None)
+    assert len(opt.param_groups) == 1 and opt.param_groups[0]["weight_decay"] == 1e-4
+    assert len(opt.param_groups[0]["params"]) == len(list(module.parameters()))
