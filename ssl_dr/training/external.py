@@ -16,8 +16,9 @@ It runs in one process (DDP rank 0 only), so its metrics never synchronise acros
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 import torch
@@ -26,14 +27,11 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCohenKappa, MulticlassConfusionMatrix
 
 from ssl_dr.data.external import ExternalSet
-from ssl_dr.data.records import NUM_GRADES
+from ssl_dr.data.records import NUM_GRADES, Record
 from ssl_dr.inference import Decoded, eval_transform, load_classifier, predict_activated, read_spec, tensor_batches
 from ssl_dr.models.heads import GradeHead
 from ssl_dr.models.metrics import KaggleKappa, ReferableAUROC, confusion_summary, grades_predicted
 from ssl_dr.training.predictions import _write_csv
-
-if TYPE_CHECKING:
-    from ssl_dr.models.classifier import DRClassifier
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +66,7 @@ def grade_external(cfg: DictConfig, external: ExternalSet | None, chosen: Path, 
     grades = torch.tensor([r.grade for r in external.records])
     scores = external_scores(model.grading, activated, grades)
     scores[f"{PREFIX}/root"] = str(external.root)
-    _write_csv(prediction_table(external, model, activated), out_dir / EXTERNAL_PREDICTIONS_NAME)
+    _write_csv(prediction_table(external.records, model.grading, activated), out_dir / EXTERNAL_PREDICTIONS_NAME)
     log.info(f"external set {external.root} ({len(grades)} images, checkpoint {chosen.name}): external/qwk "
              f"{scores[f'{PREFIX}/qwk']:.4f}, referable AUROC {scores[f'{PREFIX}/auroc_referable']:.3f}, "
              f"{scores[f'{PREFIX}/grades_predicted']} grade(s) predicted")
@@ -95,13 +93,12 @@ def external_scores(grading: GradeHead, activated: torch.Tensor, grades: torch.T
     return scores
 
 
-def prediction_table(external: ExternalSet, model: DRClassifier, activated: torch.Tensor) -> pd.DataFrame:
-    """``id_code, grade, pred[, p0..p4][, score]``: ``test_predictions.csv``'s columns
-    (``DRClassifier._prediction``, ``TestPredictionWriter``)."""
-    table = pd.DataFrame({"id_code": [r.id_code for r in external.records],
-                          "grade": [r.grade for r in external.records],
-                          "pred": model.grading.decode(activated).tolist()})
-    probs, score = model.grading.probs(activated), model.grading.score(activated)
+def prediction_table(records: Sequence[Record], grading: GradeHead, activated: torch.Tensor) -> pd.DataFrame:
+    """``id_code, grade, pred[, p0..p4][, score]`` of ``records`` (rows of ``activated``):
+    ``test_predictions.csv``'s columns (``DRClassifier._prediction``, ``TestPredictionWriter``)."""
+    table = pd.DataFrame({"id_code": [r.id_code for r in records], "grade": [r.grade for r in records],
+                          "pred": grading.decode(activated).tolist()})
+    probs, score = grading.probs(activated), grading.score(activated)
     if probs is not None:
         for k in range(probs.shape[1]):
             table[f"p{k}"] = probs[:, k].tolist()
