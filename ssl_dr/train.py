@@ -49,15 +49,16 @@ from ssl_dr.training.callbacks import NonFiniteLossError
 from ssl_dr.training.environment import describe_environment, loaded_code
 from ssl_dr.training.external import grade_external
 from ssl_dr.training.phases import finetune, pretext_weights
+from ssl_dr.training.probe_phase import FINETUNE, NO_NETWORK, check_protocol, probe
 from ssl_dr.training.ranks import RankZeroGoneError, RankZeroHeartbeat, is_launch_rank_zero
 from ssl_dr.training.wandb_publish import media_config
 
 log = logging.getLogger(__name__)
 register_resolvers()  # before @hydra.main composes: hydra.run.dir uses ${ssl_dr.run_dir:...}
-INITS = ("pretext", "random", "imagenet", "foundation")
+INITS = ("pretext", "random", "imagenet", "foundation", NO_NETWORK)
 """How the grader's backbone starts (``init``, set by the arm): the pretext's weights, random, timm's
 ImageNet weights (``model.backbone.pretrained``), or a foundation model's file (``model.backbone.weights_format``;
-both loaded by ``Backbone`` itself)."""
+both loaded by ``Backbone`` itself); ``none``: no network (the classical reference arm, probes only)."""
 USER_ERRORS = (DataError, BackboneWeightsError, FoundationWeightsError, NonFiniteLossError, ScaleSettingsError,
                RankZeroGoneError)
 """Errors of the user's data or settings: one ``error: ...`` line and exit status 2, no traceback."""
@@ -119,6 +120,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment job and return its final metrics (also written to ``metrics.json``)."""
     loaded_code()  # the commit this process imported, taken now: a sweep's later jobs must not ask git again
     check_init(cfg)
+    check_protocol(cfg)
     check_head(cfg.model.head)  # in seconds, not after the image cache and the pretext
     check_grade_weights(cfg.model.classifier.get("grade_weights", "none"))
     check_budget(cfg)
@@ -148,8 +150,9 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     labels = label_counts(table, split_cfg)
     log.info(f"split ({folds_path.name}): {labels['labels/train']} training / {labels['labels/val']} validation / "
              f"{int((table.role == 'test').sum())} test images; labels read {labels['labels/read']} of "
-             f"{labels['labels/available']} ({cfg.data.val_protocol} validation); fine-tune budget "
-             f"{cfg.trainer.max_steps} steps")
+             f"{labels['labels/available']} ({cfg.data.val_protocol} validation); "
+             + (f"fine-tune budget {cfg.trainer.max_steps} steps" if cfg.protocol.name == FINETUNE
+                else f"{cfg.protocol.name} probe on frozen features"))
     # decodes every image once (all unreadable files are reported together, before any training)
     cache = build_cache(records, Path(cfg.paths.cache_dir) / "images", size=cfg.data.image_size,
                         ben_graham=cfg.data.preprocess.ben_graham, num_workers=cfg.data.preprocess.num_workers,
@@ -160,19 +163,25 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         pool = pretext_pool(records, table, cfg.pretext.pool)
         init_weights, pretext_info = pretext_weights(cfg, pool, cache, out_dir)
     init_source = str(init_weights) if cfg.init == "pretext" else initial  # random: None
-    record = {"arm": cfg.arm, "init": cfg.init, "init/weights": init_source, "folds_file": str(folds_path.resolve()),
-              "label_fraction": cfg.data.label_fraction, "fold": cfg.data.fold,
+    record = {"arm": cfg.arm, "protocol": cfg.protocol.name, "init": cfg.init, "init/weights": init_source,
+              "folds_file": str(folds_path.resolve()), "label_fraction": cfg.data.label_fraction, "fold": cfg.data.fold,
               "seed": cfg.seed, "split_seed": cfg.data.split_seed,
               "num_train": int((table.role == "train").sum()), "num_val": int((table.role == "val").sum()),
               "num_test": int((table.role == "test").sum()), **labels,
               "output_dir": str(out_dir), "finetune/freeze_steps": freeze_steps(cfg), **pretext_info}
     L.seed_everything(cfg.seed, workers=True)  # same fine-tune randomness whether the pretext ran or not
-    scores = finetune(cfg, *(records_with_role(records, table, role) for role in ("train", "val", "test")),
-                      cache=cache, init_weights=init_weights, out_dir=out_dir, run_record=record)
-    if is_launch_rank_zero():  # external validation (test_data=): the checkpoint chosen on validation grades it
-        scores.update(grade_external(cfg, external, out_dir / "checkpoints" / "best.ckpt", out_dir))
+    roles = [records_with_role(records, table, role) for role in ("train", "val", "test")]
+    if cfg.protocol.name == FINETUNE:
+        scores = finetune(cfg, *roles, cache=cache, init_weights=init_weights, out_dir=out_dir, run_record=record)
+        if is_launch_rank_zero():  # external validation (test_data=): the checkpoint chosen on validation grades it
+            scores.update(grade_external(cfg, external, out_dir / "checkpoints" / "best.ckpt", out_dir))
+        chosen = f"the checkpoint of step {scores.get('best/step')}"
+    else:  # frozen features: the probe chosen on validation grades the test fold and the external set
+        scores = probe(cfg, *roles, cache=cache, init_weights=init_weights, out_dir=out_dir, external=external,
+                       run_record=record)
+        chosen = f"the {cfg.protocol.name} probe" + (f" (C {scores['probe/C']:g})" if scores.get("probe/C") else "")
     metrics = {**record, **scores}  # the W&B run's summary holds this same record
-    log.info(f"tested the checkpoint of step {scores.get('best/step')} "
+    log.info(f"tested {chosen} "
              f"(val/qwk {scores.get('val/qwk_best', math.nan):.4f}): "
              f"test/qwk {scores.get('test/qwk', math.nan):.4f}, referable AUROC "
              f"{scores.get('test/auroc_referable', math.nan):.3f}, {scores.get('test/grades_predicted')} grade(s) "

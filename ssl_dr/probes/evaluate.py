@@ -17,38 +17,53 @@ from ssl_dr.probes.scores import PREDICTIONS_NAME, probe_scores, write_predictio
 from ssl_dr.probes.store import FeatureSet
 
 PROTOCOLS = ("linear", "knn")
+EXTERNAL = "external"
+EXTERNAL_PREDICTIONS_NAME = "external_predictions.csv"
+"""The fine-tune's external-validation file name (``ssl_dr.training.external``, a layer above this one)."""
 
 
 def evaluate_probe(protocol: str, features: FeatureSet, train: Sequence[Record], val: Sequence[Record],
                    test: Sequence[Record], out_dir: str | Path | None = None, c_grid: Sequence[float] = DEFAULT_C_GRID,
                    max_iter: int = DEFAULT_MAX_ITER, k: int = DEFAULT_K,
-                   temperature: float = DEFAULT_TEMPERATURE) -> dict[str, Any]:
-    """Fit ``protocol`` (``linear``: C chosen on ``val``; ``knn``: ``train`` votes) and score val and test.
+                   temperature: float = DEFAULT_TEMPERATURE,
+                   external: tuple[Sequence[Record], FeatureSet] | None = None) -> dict[str, Any]:
+    """Fit ``protocol`` (``linear``: C chosen on ``val``; ``knn``: ``train`` votes) and score val and test (and
+    ``external``: another data set's records and features, graded by the same fitted probe, ``external/*``).
 
     Returns ``probe_scores`` of both slices, ``val/qwk_best`` (the chosen validation QWK, as the fine-tune reports
     it), ``probe/protocol``, ``probe/features`` (the feature entry's key), ``probe/seconds``, and ``probe/C`` with
     ``probe/val_qwk_by_C`` (linear) or ``probe/k`` and ``probe/temperature`` (knn). With ``out_dir``, writes
-    ``out_dir/test_predictions.csv``.
+    ``out_dir/test_predictions.csv`` (and ``external_predictions.csv``).
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"probe protocol={protocol!r} must be one of {', '.join(PROTOCOLS)}")
     started = time.time()
     train_x, val_x, test_x = (features.rows(part) for part in (train, val, test))
+    other = None if external is None else external[1].rows(external[0])
     train_y, val_y, test_y = (np.array([r.grade for r in part], dtype=np.int64) for part in (train, val, test))
     record: dict[str, Any] = {"probe/protocol": protocol, "probe/features": features.key}
     if protocol == "linear":
         probe = fit_linear_probe(train_x, train_y, val_x, val_y, test_x, c_grid=c_grid, max_iter=max_iter)
         val_probs, test_probs = probe.val_probs, probe.test_probs
+        if other is not None:
+            other_probs = probe.predict(other)
         record["probe/C"] = probe.C
         record["probe/val_qwk_by_C"] = {f"{c:g}": q for c, q in probe.val_qwk.items()}
     else:
         val_probs, test_probs = (knn_probabilities(train_x, train_y, x, k=k, temperature=temperature)
                                  for x in (val_x, test_x))
+        if other is not None:
+            other_probs = knn_probabilities(train_x, train_y, other, k=k, temperature=temperature)
         record.update({"probe/k": min(k, len(train)), "probe/temperature": temperature})
     record.update(probe_scores("val", val_y, val_probs))
     record["val/qwk_best"] = record["val/qwk"]
     record.update(probe_scores("test", test_y, test_probs))
     if out_dir is not None:
         write_predictions(Path(out_dir) / PREDICTIONS_NAME, test, test_probs)
+    if external is not None:
+        record.update(probe_scores(EXTERNAL, [r.grade for r in external[0]], other_probs))
+        record[f"{EXTERNAL}/num_images"] = len(external[0])
+        if out_dir is not None:
+            write_predictions(Path(out_dir) / EXTERNAL_PREDICTIONS_NAME, external[0], other_probs)
     record["probe/seconds"] = round(time.time() - started, 2)
     return record
