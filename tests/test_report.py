@@ -44,23 +44,29 @@ MULTIRUN = """hydra:
 
 def write_job(sweep: Path, num: int, arm: str, fraction: float, fold: int, qwk: float | None,
               chooser: str = "experiment", metrics: dict | None = None, preds: list[int] | None = None,
-              num_folds: int = 5, seed: int = 42, split_seed: int = 42) -> Path:
+              num_folds: int = 5, seed: int = 42, split_seed: int | str = 42, protocol: str | None = None,
+              config: dict | None = None) -> Path:
     """One job folder as ssl_dr.train leaves it (``qwk=None``: crashed before metrics.json). ``chooser``: the
     override that picked the arm: ``experiment=<arm>`` (command-line sweep) or ``arm=<arm>`` (experiment=paper).
     ``metrics``: keys added to (or, as None, removed from) metrics.json, which by default has only what runs before
-    the labels/* and train/* keys wrote; ``preds``: the test predictions (None: no test_predictions.csv)."""
+    the labels/* and train/* keys wrote; ``preds``: the test predictions (None: no test_predictions.csv);
+    ``protocol``: ``protocol=<name>`` in the overrides, config and metrics.json (None: a job older than protocols);
+    ``split_seed="${seed}"``: the config ties the partition to the seed; ``config``: more config keys."""
     job = sweep / str(num)
     (job / ".hydra").mkdir(parents=True)
     cfg = {"arm": arm, "init": "pretext" if arm == "rotation" else "random", "seed": seed,
            "data": {"label_fraction": fraction, "fold": fold, "num_folds": num_folds, "split_seed": split_seed},
-           "paths": {"output_dir": str(job)}}
+           "paths": {"output_dir": str(job)}, **({"protocol": {"name": protocol}} if protocol else {}),
+           **(config or {})}
     OmegaConf.save(OmegaConf.create(cfg), job / ".hydra" / "config.yaml")
     overrides = [f"seed={seed}", f"{chooser}={arm}", f"data.label_fraction={fraction}", f"data.fold={fold}"]
     overrides += ["experiment=paper"] if chooser == "arm" else []
+    overrides += [f"protocol={protocol}"] if protocol else []
     OmegaConf.save(OmegaConf.create(overrides), job / ".hydra" / "overrides.yaml")
+    split_seed = seed if split_seed == "${seed}" else split_seed
     if qwk is not None:
         metrics = {"arm": arm, "label_fraction": fraction, "fold": fold, "seed": seed, "split_seed": split_seed,
-                   "test/qwk": qwk, "val/qwk_best": qwk + 0.01,
+                   "test/qwk": qwk, "val/qwk_best": qwk + 0.01, **({"protocol": protocol} if protocol else {}),
                    "output_dir": str(job), "num_train": 10, **(metrics or {})}
         (job / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if v is not None}, indent=2))
     if preds is not None:

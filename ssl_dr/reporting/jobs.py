@@ -1,11 +1,12 @@
 """A sweep folder's jobs: who each one is, what it scored, and which expected jobs have no result.
 
 Why apart from ``ssl_dr.report``: the command writes the files; this is the reading, and the rule it
-enforces. A job is identified by arm x label fraction x fold x seed x split seed: ``seed`` (initialisation,
-augmentation, the pretext) and ``data.split_seed`` (the k-fold partition) are sweep axes like the others, so
-``experiment=paper_cpu seed=42,43,44`` repeats the whole table. Only two jobs equal in all five keys are
-refused (one cell cannot hold two results). Every expected job (arm x fraction x fold x repetition, from the
-values swept in ``multirun.yaml`` and those the job configs name) without a finished result becomes a ``Gap``,
+enforces. A job is identified by arm x protocol x label fraction x fold x seed x split seed: ``protocol``
+(``finetune``, the default, or a frozen-feature probe), ``seed`` (initialisation, augmentation, the pretext) and
+``data.split_seed`` (the k-fold partition) are sweep axes like the others, so ``experiment=paper_cpu
+seed=42,43,44`` repeats the whole table. Only two jobs equal in all six keys are refused (one cell cannot hold
+two results). Every expected job (arm x protocol x fraction x fold x repetition, from the values swept in
+``multirun.yaml`` and those the job configs name) without a finished result becomes a ``Gap``,
 named at the top of the report: a crashed or deleted job must never turn quietly into an average over fewer
 runs. A repetition is a (seed, split seed) pair: every combination of the two, or, where the jobs' configs
 set ``data.split_seed: ${seed}`` (experiment=paper / paper_cpu), one partition per seed.
@@ -27,7 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 from ssl_dr.launch.folders import JOB_FAILED
 from ssl_dr.launch.resolvers import register_resolvers
 from ssl_dr.reporting import stats as report_stats
-from ssl_dr.reporting.stats import describe
+from ssl_dr.reporting.external import external_facts
+from ssl_dr.reporting.identity import FINETUNE, describe
 
 FINISHED, FAILED, UNFINISHED = "finished", "failed", "unfinished"
 FAILURE_MARKS = (JOB_FAILED, "[ERROR]")
@@ -39,11 +41,14 @@ PREDICTIONS = "test_predictions.csv"
 # what identifies a job (its name in metrics.json) -> the config key / sweep override key that sets it
 CONFIG_KEYS = {"arm": "arm", "label_fraction": "data.label_fraction", "fold": "data.fold", "seed": "seed",
                "split_seed": "data.split_seed"}
-IDENTITY = tuple(CONFIG_KEYS)
+# the protocol is read apart: its config key (protocol.name) is not its sweep key (the `protocol` config group)
+IDENTITY = ("arm", "protocol", "label_fraction", "fold", "seed", "split_seed")
+PROTOCOL_KEY, PROTOCOL_CHOOSER = "protocol.name", "protocol"
 # a job config's data.split_seed when the experiment ties the partition to the seed (one repetition = both)
 SPLIT_FOLLOWS_SEED = "${seed}"
 # overrides that choose the arm by a name (the `arm` and `experiment` config groups): name -> arm via job configs
 ARM_CHOOSERS = ("arm", "experiment")
+CHOOSERS = (*ARM_CHOOSERS, PROTOCOL_CHOOSER)  # the config-group overrides a job's `choices` keep
 
 
 class ReportError(ValueError):
@@ -52,7 +57,7 @@ class ReportError(ValueError):
 
 @dataclass(frozen=True)
 class Gap:
-    """An expected job (arm x fraction x fold x seed x split seed) without a finished result."""
+    """An expected job (arm x protocol x fraction x fold x seed x split seed) without a finished result."""
 
     kind: str  # MISSING (no job folder) | FAILED (an error logged, or an unusable metrics.json) | UNFINISHED
     arm: str
@@ -61,18 +66,19 @@ class Gap:
     seed: int
     split_seed: int
     reason: str
+    protocol: str = FINETUNE
 
     def __str__(self) -> str:
-        who = describe(self.arm, self.label_fraction, self.fold, self.seed, self.split_seed)
+        who = describe(self.arm, self.label_fraction, self.fold, self.seed, self.split_seed, self.protocol)
         return f"{self.kind}: {who} ({self.reason})"
 
 
 @dataclass
 class SweepResults:
     """Per-job rows (``job``, the IDENTITY keys, ``num_folds, choices, status, test_qwk, reason`` and the
-    ``report_stats.job_facts``), the expected value sets and repetitions (the report covers arms x fractions x
-    folds x repetitions), the expected jobs without a result and the sweep's k (None when no job config names
-    it)."""
+    ``report_stats.job_facts`` and ``external_facts``), the expected value sets and repetitions (the report
+    covers arms x protocols x fractions x folds x repetitions), the expected jobs without a result and the sweep's
+    k (None when no job config names it)."""
 
     sweep_dir: Path
     jobs: pd.DataFrame
@@ -86,6 +92,7 @@ class SweepResults:
     num_folds: int | None = None
     repetitions: list[tuple[int, int]] = field(default_factory=list)
     """(seed, split seed) of each expected repetition (one whole k-fold cross-validation)."""
+    protocols: list[str] = field(default_factory=lambda: [FINETUNE])
 
     @property
     def finished(self) -> pd.DataFrame:
@@ -93,7 +100,7 @@ class SweepResults:
 
     @property
     def runs_per_cell(self) -> int:
-        """Jobs expected per arm x fraction: one per fold and repetition."""
+        """Jobs expected per arm x protocol x fraction: one per fold and repetition."""
         return len(self.folds) * len(self.repetitions)
 
 
@@ -104,7 +111,8 @@ def _fraction(value: object) -> float:
     return round(float(value), 6)  # 0.1 from a config and "0.10" from multirun.yaml are one fraction
 
 
-def _job_dirs(sweep_dir: Path) -> list[Path]:
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The sweep's job folders (those with a Hydra config or a metrics.json), in Hydra's numbering."""
     if not sweep_dir.is_dir():
         raise ReportError(f"{sweep_dir}: no such folder; give a Hydra multirun folder "
                           "(outputs/<arm>/multiruns/<stamp>)")
@@ -131,8 +139,9 @@ def _read_metrics(path: Path) -> tuple[dict | None, str | None]:
 
 
 def _read_identity(job_dir: Path, metrics: dict | None) -> dict:
-    """The IDENTITY keys of a job from its Hydra config (there even if it crashed), else from metrics.json;
-    ``choices``: its overrides of ARM_CHOOSERS (``{"experiment": "rotation"}``); ``num_folds``: the k of its k-fold
+    """The IDENTITY keys of a job from its Hydra config (there even if it crashed), else from metrics.json (a
+    protocol in neither: ``finetune``, older jobs); ``choices``: its overrides of CHOOSERS (``{"experiment":
+    "rotation", "protocol": "linear"}``); ``num_folds``: the k of its k-fold
     split (``data.num_folds``; None without a config), which sizes the corrected interval; ``split_follows_seed``:
     its config sets ``data.split_seed: ${seed}`` (its partition changes with its seed)."""
     path, overrides = job_dir / ".hydra" / "config.yaml", job_dir / ".hydra" / "overrides.yaml"
@@ -142,16 +151,20 @@ def _read_identity(job_dir: Path, metrics: dict | None) -> dict:
             values = {name: OmegaConf.select(cfg, key) for name, key in CONFIG_KEYS.items()}
             num_folds = OmegaConf.select(cfg, "data.num_folds")
             follows = _split_follows_seed(cfg)
+            protocol = OmegaConf.select(cfg, PROTOCOL_KEY)
         else:
             values, num_folds, follows = {name: metrics.get(name) for name in CONFIG_KEYS}, None, False
+            protocol = None
+        protocol = protocol or (metrics or {}).get("protocol") or FINETUNE
         if None in values.values():
             raise KeyError(f"needs {', '.join(CONFIG_KEYS.values())}")
         lines = OmegaConf.to_container(OmegaConf.load(overrides)) if overrides.is_file() else []
         pairs = [line.split("=", 1) for line in lines if "=" in line]
-        return {"arm": str(values["arm"]), "label_fraction": _fraction(values["label_fraction"]),
+        return {"arm": str(values["arm"]), "protocol": str(protocol),
+                "label_fraction": _fraction(values["label_fraction"]),
                 **{name: int(values[name]) for name in ("fold", "seed", "split_seed")},
                 "num_folds": None if num_folds is None else int(num_folds), "split_follows_seed": follows,
-                "choices": {key.lstrip("+~"): value for key, value in pairs if key.lstrip("+~") in ARM_CHOOSERS}}
+                "choices": {key.lstrip("+~"): value for key, value in pairs if key.lstrip("+~") in CHOOSERS}}
     except Exception as err:  # yaml / omegaconf / conversion errors all mean: not a readable ssl_dr job
         source = path if path.is_file() else job_dir / "metrics.json"
         raise ReportError(f"{source}: cannot read the job's arm, fraction, fold, seed and split seed "
@@ -174,7 +187,7 @@ def _job_log(job_dir: Path) -> list[str]:
 def _read_job(job_dir: Path) -> dict:
     metrics, unreadable = _read_metrics(job_dir / "metrics.json")
     row = {"job": job_dir.name, **_read_identity(job_dir, metrics), "status": FAILED, "test_qwk": math.nan,
-           **report_stats.job_facts(metrics, job_dir / PREDICTIONS),
+           **report_stats.job_facts(metrics, job_dir / PREDICTIONS), **external_facts(metrics, job_dir),
            "wandb_run_id": (metrics or {}).get("wandb/run_id")}  # its fine-tune's W&B run (None: older runs)
     if unreadable:
         row["reason"] = unreadable
@@ -242,17 +255,23 @@ def _converted(values: list[str], convert: Callable[[str], object]) -> set:
 
 def _expected(jobs: pd.DataFrame, swept: dict[str, list[str]], follows: bool) -> dict[str, list]:
     """IDENTITY key -> expected values: swept values UNION values seen in the job configs. A swept ``arm=<name>``
-    or ``experiment=<name>`` counts as the arm its jobs' configs name; with no job left to tell, as the arm
-    ``<name>``. ``repetition``: the expected (seed, split seed) pairs: those seen, and every seed x split seed,
-    or, when the split seed follows the seed (``follows`` from multirun.yaml, or any job config says so) and is
-    not set on the command line, one per seed."""
+    or ``experiment=<name>`` counts as the arm its jobs' configs name, ``protocol=<name>`` as their protocol;
+    with no job left to tell, as the arm or protocol ``<name>``. ``repetition``: the expected (seed, split seed)
+    pairs: those seen, and every seed x split seed, or, when the split seed follows the seed, one per seed:
+    ``follows`` from multirun.yaml or any job config says so and the command line sets no other split seed, or
+    the command line sets ``data.split_seed='${seed}'``."""
     to_arm = {(key, name): job.arm for job in jobs.itertuples() for key, name in job.choices.items()}
     expected = {"arm": set(jobs.arm) | {to_arm.get((key, name), name) for key in ARM_CHOOSERS
                                         for name in swept.get(key, [])}}
+    to_protocol = {name: job.protocol for job in jobs.itertuples() for key, name in job.choices.items()
+                   if key == PROTOCOL_CHOOSER}
+    expected["protocol"] = set(jobs.protocol) | {to_protocol.get(name, name)
+                                                 for name in swept.get(PROTOCOL_CHOOSER, [])}
     numbers = {"label_fraction": _fraction, "fold": int, "seed": int, "split_seed": int}
     for name, convert in numbers.items():
         expected[name] = set(jobs[name]) | _converted(swept.get(CONFIG_KEYS[name], []), convert)
-    tied = CONFIG_KEYS["split_seed"] not in swept and (follows or bool(jobs.split_follows_seed.any()))
+    on_line = swept.get(CONFIG_KEYS["split_seed"])  # data.split_seed='${seed}' on the command line ties them too
+    tied = on_line == [SPLIT_FOLLOWS_SEED] or (on_line is None and (follows or bool(jobs.split_follows_seed.any())))
     repetitions = set(zip(jobs.seed, jobs.split_seed, strict=True)) | (
         {(seed, seed) for seed in expected["seed"]} if tied else set(product(expected["seed"], expected["split_seed"])))
     expected["split_seed"] |= {split_seed for _, split_seed in repetitions}
@@ -266,9 +285,9 @@ def _check_unique(jobs: pd.DataFrame, sweep_dir: Path) -> None:
         first = dup.iloc[0]
         same = (dup[list(IDENTITY)] == first[list(IDENTITY)]).all(axis=1)
         raise ReportError(f"{sweep_dir}: jobs {', '.join(dup[same].job)} are all "
-                          f"{describe(*(first[name] for name in IDENTITY))}; the report groups by arm x fraction x "
-                          "fold x seed x split seed, so give each swept setting its own arm (e.g. "
-                          "arm=rotation_lr1e-3)")
+                          f"{describe(**{name: first[name] for name in IDENTITY})}; the report groups by arm x "
+                          "fraction x fold x seed x split seed x protocol, so give each swept setting its own arm "
+                          "(e.g. arm=rotation_lr1e-3)")
 
 
 def _num_folds(jobs: pd.DataFrame, sweep_dir: Path) -> int | None:
@@ -284,25 +303,24 @@ def _num_folds(jobs: pd.DataFrame, sweep_dir: Path) -> int | None:
 def _gaps(jobs: pd.DataFrame, expected: dict[str, list]) -> list[Gap]:
     by_key = {tuple(getattr(job, name) for name in IDENTITY): job for job in jobs.itertuples()}
     gaps = []
-    for *cell, (seed, split_seed) in product(expected["arm"], expected["label_fraction"], expected["fold"],
-                                             expected["repetition"]):
-        key = (*cell, seed, split_seed)
-        job = by_key.get(key)
+    for *cell, (seed, split_seed) in product(*(expected[name] for name in IDENTITY[:4]), expected["repetition"]):
+        key = dict(zip(IDENTITY, (*cell, seed, split_seed), strict=True))
+        job = by_key.get(tuple(key.values()))
         if job is None:
-            gaps.append(Gap("MISSING", *key, "no job folder"))
+            gaps.append(Gap("MISSING", reason="no job folder", **key))
         elif job.status != FINISHED:
-            gaps.append(Gap(job.status.upper(), *key, f"job {job.job}: {job.reason}"))
+            gaps.append(Gap(job.status.upper(), reason=f"job {job.job}: {job.reason}", **key))
     return gaps
 
 
 def collect(sweep_dir: Path) -> SweepResults:
     """Read every job of a Hydra multirun folder; list the expected jobs that have no finished result."""
     sweep_dir = Path(sweep_dir)
-    jobs = pd.DataFrame([_read_job(job_dir) for job_dir in _job_dirs(sweep_dir)])
+    jobs = pd.DataFrame([_read_job(job_dir) for job_dir in job_dirs(sweep_dir)])
     _check_unique(jobs, sweep_dir)
     num_folds = _num_folds(jobs, sweep_dir)
     swept, expected_from, follows = _swept_values(sweep_dir)
     expected = _expected(jobs, swept, follows)
     return SweepResults(sweep_dir, jobs, expected["arm"], expected["label_fraction"], expected["fold"],
                         expected["seed"], expected["split_seed"], _gaps(jobs, expected), expected_from, num_folds,
-                        expected["repetition"])
+                        expected["repetition"], expected["protocol"])

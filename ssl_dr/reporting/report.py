@@ -11,7 +11,9 @@ top) and the training budget (optimiser steps, the step of the chosen checkpoint
 interval (Bouckaert & Frank; Nadeau & Bengio's correction over k folds x r repetitions), because the folds'
 training sets overlap (see ``ssl_dr.reporting.stats``), its assumptions stated beside it; where seeds share a
 partition (one split seed) the report says that assumption is not met and adds the stricter interval over the
-fold means. The naive t interval stands beside them, labelled.
+fold means. The naive t interval stands beside them, labelled. A sweep of protocols (``protocol=linear,knn``)
+gets a row per arm x protocol, paired within the protocol (``ssl_dr.reporting.protocols``); jobs that graded an
+external set (``test_data=``) add its QWK and referable AUROC beside the test QWK (``ssl_dr.reporting.external``).
 
 ``write_report`` writes ``report.md``, ``report.csv``, ``report_paired.csv`` and ``qwk_vs_fraction.png`` into the
 sweep folder; two thin callers run it: ``python -m ssl_dr.report <sweep_dir>`` and, when a multirun ends, the
@@ -22,18 +24,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from ssl_dr.reporting import external, protocols
 from ssl_dr.reporting import stats as report_stats
 from ssl_dr.reporting.environments import environment_lines
+from ssl_dr.reporting.identity import FINETUNE
 from ssl_dr.reporting.jobs import Gap, SweepResults, collect
+
+if TYPE_CHECKING:  # matplotlib is imported when a plot is drawn, not with the report
+    from matplotlib.figure import Figure
 
 PAPER_ROTATION_AVG: dict[float, float] = {0.05: 0.294, 0.10: 0.432, 0.25: 0.575, 0.50: 0.680, 1.00: 0.725}
 """Published numbers of the paper this project reproduces: AVG test QWK over its 5 folds of the rotation-pretext
 DenseNet121, per label fraction (the "AVG" row of its results table). Drawn as the dashed reference line."""
 
 ARM_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+PROTOCOL_LINES = ("-", ":", "-.")  # the paper's reference is dashed
 
 
 @dataclass
@@ -48,7 +57,7 @@ class ReportFiles:
     paired: pd.DataFrame
     gaps: list[Gap]
     jobs: pd.DataFrame | None = None
-    """The finished jobs: job folder, arm, fraction, fold, seeds, test QWK and their fine-tune's W&B run id."""
+    """The finished jobs: job folder, arm, protocol, fraction, fold, seeds, test QWK and their W&B run id."""
 
     @property
     def complete(self) -> bool:
@@ -58,9 +67,11 @@ class ReportFiles:
 # ---------------------------------------------------------------- markdown and plot
 
 
-def to_markdown(results: SweepResults, table: pd.DataFrame, paired: pd.DataFrame) -> str:
+def to_markdown(results: SweepResults, table: pd.DataFrame, paired: pd.DataFrame, table_rows: protocols.Rows
+                ) -> str:
     """The report: warnings first (labels read beyond the fraction, incomplete jobs, collapsed runs), then the
-    QWK table, labels read and training budget, and the paired differences."""
+    QWK table (with the external set's columns when jobs graded one, the classical reference's line when the
+    sweep has it), labels read and training budget, and the paired differences (one section per protocol)."""
     lines = [f"# Sweep report: {results.sweep_dir.name}", "", f"Sweep folder: `{results.sweep_dir}`  ",
              f"Expected jobs ({results.expected_from}): {_expected_jobs(results, len(table))}", "",
              *report_stats.fixed_val_warning(results.jobs)]
@@ -75,7 +86,10 @@ def to_markdown(results: SweepResults, table: pd.DataFrame, paired: pd.DataFrame
         lines += [f"## Collapsed: {len(collapsed)} finished job(s) predict a single grade for the whole test fold", "",
                   "Such a run learnt one grade (as a rule the majority): its QWK shows failed training, not the arm.",
                   "", *collapsed, ""]
-    lines += [*report_stats.qwk_md(table), "", *report_stats.budget_md(table), ""]
+    graded = external.graded(results.finished)
+    notes = [*(external.md_lines(results.finished) if graded else []), *protocols.classical_line(table, table_rows)]
+    lines += [*report_stats.qwk_md(table, external.md_columns() if graded else ()), "", *notes, *[""] * bool(notes),
+              *report_stats.budget_md(table), ""]
     for baseline in paired.baseline.unique():
         lines += [*report_stats.paired_md(paired[paired.baseline == baseline], results.num_folds), ""]
     return "\n".join(lines)
@@ -83,20 +97,24 @@ def to_markdown(results: SweepResults, table: pd.DataFrame, paired: pd.DataFrame
 
 def _expected_jobs(results: SweepResults, cells: int) -> str:
     """``2 arms x 5 fractions x 5 folds x 3 seed(s) (42, 43, 44) x 1 split seed(s) (42) = 150``; where the split
-    seed follows the seed: ``... x 5 folds x 3 repetition(s) (seed/split seed: 42/42, 43/43, 44/44) = 150``."""
+    seed follows the seed: ``... x 5 folds x 3 repetition(s) (seed/split seed: 42/42, 43/43, 44/44) = 150``; a
+    sweep of probes: ``3 arms x 2 protocols (knn, linear) x ...``."""
     if len(results.repetitions) == len(results.seeds) * len(results.split_seeds):  # every seed x split seed
         repetitions = (f"{len(results.seeds)} seed(s) ({', '.join(map(str, results.seeds))}) x "
                        f"{len(results.split_seeds)} split seed(s) ({', '.join(map(str, results.split_seeds))})")
     else:
         pairs = ", ".join(f"{seed}/{split_seed}" for seed, split_seed in results.repetitions)
         repetitions = f"{len(results.repetitions)} repetition(s) (seed/split seed: {pairs})"
-    return (f"{len(results.arms)} arms x {len(results.fractions)} fractions x {len(results.folds)} folds x "
+    protocols = (f"{len(results.protocols)} protocol(s) ({', '.join(results.protocols)}) x "
+                 if results.protocols != [FINETUNE] else "")
+    return (f"{len(results.arms)} arms x {protocols}{len(results.fractions)} fractions x {len(results.folds)} folds x "
             f"{repetitions} = {cells * results.runs_per_cell}")
 
 
-def plot(table: pd.DataFrame, path: Path, title: str, paper_reference: bool = True) -> None:
-    """Test QWK vs label fraction (log x): per arm the mean over runs (folds x seeds) and a min-max band; the
-    paper dashed."""
+def plot(table: pd.DataFrame, path: Path, title: str, paper_reference: bool = True) -> Figure:
+    """Test QWK vs label fraction (log x): per row (arm, or arm x protocol) the mean over runs (folds x seeds)
+    and a min-max band; the paper dashed. Rows of several protocols: one colour per arm, one line style per
+    protocol. Returns the figure it saved."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -105,9 +123,11 @@ def plot(table: pd.DataFrame, path: Path, title: str, paper_reference: bool = Tr
     ax = fig.subplots()
     handles, labels = [], []
     arms = list(dict.fromkeys(table.arm))
+    styles = _protocol_styles(table)
     for i, (arm, rows) in enumerate(table.groupby("arm", sort=False)):
         # a marker of its own per arm: five arms' bands overlap, and the plot may be printed in grey
-        (line,) = ax.plot(rows.label_fraction, rows.qwk_avg, marker=ARM_MARKERS[i % len(ARM_MARKERS)])
+        (line,) = ax.plot(rows.label_fraction, rows.qwk_avg, marker=ARM_MARKERS[i % len(ARM_MARKERS)],
+                          **styles.get(arm, {}))
         band = ax.fill_between(rows.label_fraction, rows.qwk_min, rows.qwk_max, color=line.get_color(),
                                alpha=0.2 if len(arms) <= 2 else 0.1)
         handles.append((band, line))
@@ -127,24 +147,41 @@ def plot(table: pd.DataFrame, path: Path, title: str, paper_reference: bool = Tr
     ax.grid(alpha=0.3)
     ax.legend(handles, labels, loc="lower right", fontsize="small" if len(arms) > 2 else None)
     fig.savefig(path, dpi=120)
+    return fig
+
+
+def _protocol_styles(table: pd.DataFrame) -> dict[str, dict[str, str]]:
+    """Row name -> colour of its arm and line style of its protocol, for rows named by protocol (a ``protocol``
+    column); {} otherwise (matplotlib's own cycle, as before protocols)."""
+    if "protocol" not in table.columns:
+        return {}
+    arms = list(dict.fromkeys(name.rsplit(" (", 1)[0] for name in table.arm))
+    kinds = list(dict.fromkeys(table.protocol))
+    return {name: {"color": f"C{arms.index(name.rsplit(' (', 1)[0]) % 10}",
+                   "linestyle": PROTOCOL_LINES[kinds.index(protocol) % len(PROTOCOL_LINES)]}
+            for name, protocol in zip(table.arm, table.protocol, strict=True)}
 
 
 def write_report(sweep_dir: Path, paper_reference: bool = True) -> ReportFiles:
     """Collect a sweep and write report.md, report.csv, report_paired.csv and qwk_vs_fraction.png into it."""
     sweep_dir = Path(sweep_dir)
     results = collect(sweep_dir)
-    table = report_stats.summarise(results.finished, results.arms, results.fractions, results.runs_per_cell)
-    paired = report_stats.paired_differences(results.finished, results.arms, results.fractions, results.num_folds)
+    table_rows = protocols.rows(results)  # one per arm (x protocol, in a sweep of probes)
+    table = report_stats.summarise(table_rows.finished, table_rows.names, results.fractions, results.runs_per_cell)
+    if external.graded(results.finished):
+        table = external.add_columns(table, table_rows.finished)
+    table = protocols.with_protocol(table, table_rows)
+    paired = protocols.paired_within_protocol(table_rows, results.fractions, results.num_folds)
     files = ReportFiles(sweep_dir / "report.md", sweep_dir / "report.csv",
                         sweep_dir / "report_paired.csv" if len(paired) else None, sweep_dir / "qwk_vs_fraction.png",
                         table, paired, results.gaps,
-                        results.finished[["job", "arm", "label_fraction", "fold", "seed", "split_seed", "test_qwk",
-                                          "wandb_run_id"]].reset_index(drop=True))
+                        results.finished[["job", "arm", "protocol", "label_fraction", "fold", "seed", "split_seed",
+                                          "test_qwk", "wandb_run_id"]].reset_index(drop=True))
     table.to_csv(files.csv, index=False)
     (sweep_dir / "report_paired.csv").unlink(missing_ok=True)  # no stale pairs from an earlier report
     if files.paired_csv:
         paired.to_csv(files.paired_csv, index=False)
-    files.markdown.write_text(to_markdown(results, table, paired) + "\n")
+    files.markdown.write_text(to_markdown(results, table, paired, table_rows) + "\n")
     status = f"INCOMPLETE: {len(results.gaps)} expected job(s) without result" if results.gaps else "complete"
     plot(table, files.plot, f"Test QWK vs label fraction: {'/'.join(sweep_dir.resolve().parts[-3:])}\n({status})",
          paper_reference)

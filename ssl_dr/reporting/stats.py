@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from itertools import product
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+
+from ssl_dr.reporting.identity import describe
 
 CONFIDENCE = 0.95
 FIXED_VAL = "fixed"  # val_protocol of a run whose validation labels were drawn outside its label fraction
@@ -261,18 +264,19 @@ def _sd(value: float, why_none: str) -> str:
     return why_none if math.isnan(value) else f"{value:.3f}"
 
 
-def qwk_md(table: pd.DataFrame) -> list[str]:
+def qwk_md(table: pd.DataFrame, extra: Sequence[tuple[str, Callable[[Any], str]]] = ()) -> list[str]:
     """The paper's table (AVG (MIN – MAX) test QWK over all runs) with mean ± SD, the spreads over folds and over
-    seeds, and the collapsed runs per arm x fraction."""
+    seeds, and the collapsed runs per arm x fraction; ``extra``: more columns (header, cell of a table row)."""
     rows = []
     for r in table.itertuples():
         runs = f"{r.runs_present}/{r.runs_expected}" + (" **incomplete**" * (r.runs_present < r.runs_expected))
         if r.runs_present == 0:
-            rows.append([r.arm, pct(r.label_fraction), runs, "no finished run", "-", "-", "-", "-", "-"])
+            rows.append([r.arm, pct(r.label_fraction), runs, "no finished run", *["-"] * (5 + len(extra))])
             continue
         rows.append([r.arm, pct(r.label_fraction), runs, f"{r.qwk_avg:.3f} ({r.qwk_min:.3f} – {r.qwk_max:.3f})",
                      f"{r.qwk_avg:.3f} ± {_sd(r.qwk_std, 'n/a (1 run)')}", _sd(r.qwk_sd_folds, "n/a (1 fold)"),
-                     _sd(r.qwk_sd_seeds, "n/a (1 seed)"), _auroc_cell(r), _collapsed_cell(r)])
+                     _sd(r.qwk_sd_seeds, "n/a (1 seed)"), _auroc_cell(r), _collapsed_cell(r),
+                     *(cell(r) for _, cell in extra)])
     return ["## Test QWK over all runs (folds x seeds): AVG (MIN – MAX), as the paper prints it", "",
             "runs: finished / expected, one per fold x seed x split seed; a repetition is one seed and split seed "
             "(one whole k-fold cross-validation). mean ± SD: over all runs. SD over folds: the sample SD across "
@@ -284,7 +288,7 @@ def qwk_md(table: pd.DataFrame) -> list[str]:
             "runs that predict a single grade / runs whose test predictions "
             "were read.", "",
             *_md_table(["arm", "labels", "runs", "AVG (MIN – MAX)", "mean ± SD", "SD over folds", "SD over seeds",
-                        "referable AUROC", "collapsed"], rows)]
+                        "referable AUROC", "collapsed", *(name for name, _ in extra)], rows)]
 
 
 def _auroc_cell(row: object) -> str:
@@ -374,17 +378,12 @@ def _shared_note(paired: pd.DataFrame) -> list[str]:
             "experiment=paper or paper_cpu (data.split_seed follows it), not `seed` on a fixed data.split_seed."]
 
 
-def describe(arm: str, label_fraction: float, fold: int, seed: int, split_seed: int) -> str:
-    """One job's identity as the report prints it (gaps, duplicates, collapsed runs)."""
-    return f"arm={arm} fraction={label_fraction:g} fold={fold} seed={seed} split_seed={split_seed}"
-
-
 def collapsed_lines(finished: pd.DataFrame) -> list[str]:
     """One line per finished job that predicted a single grade for its whole test fold."""
     lines = []
     for job in finished[finished.grades_predicted == 1].itertuples():
         grade = "one grade" if math.isnan(job.collapsed_to) else f"grade {job.collapsed_to:.0f}"
-        who = describe(job.arm, job.label_fraction, job.fold, job.seed, job.split_seed)
+        who = describe(job.arm, job.label_fraction, job.fold, job.seed, job.split_seed, job.protocol)
         lines.append(f"- job {job.job}: {who} predicts {grade} for every test image (test QWK {job.test_qwk:.3f})")
     return lines
 
