@@ -97,7 +97,7 @@ def md_lines(finished: pd.DataFrame) -> list[str]:
     sets (their columns would average two data sets)."""
     roots = finished[finished.external_qwk.notna()].external_root.fillna("unnamed (no external/root, no config)")
     counts = roots.value_counts()
-    named = ", ".join(f"`{root}` ({count} jobs)" for root, count in counts.items())
+    named = ", ".join(f"`{root}` ({count} job{'s' * (count != 1)})" for root, count in counts.items())
     lines = [f"**External validation set**: {named}. external QWK: AVG (MIN – MAX) over the runs that graded it "
              "with the model or probe chosen on validation (external/qwk in metrics.json); external referable "
              "AUROC: their mean (external/auroc_referable)."]
