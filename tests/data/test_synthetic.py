@@ -154,6 +154,18 @@ def test_same_parameters_give_byte_identical_files(tmp_path):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
+def test_worker_processes_write_the_files_of_one_process(tmp_path):
+    """Each image has its own random stream: rendering in a pool must not change a byte (the quick start's
+    numbers depend on these pixels)."""
+    one = write_synthetic_dataset(tmp_path / "one", **SMALL, num_workers=1)
+    pool = write_synthetic_dataset(tmp_path / "pool", **SMALL, num_workers=3)
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(pool) for p in pool.rglob("*") if p.is_file())
+    assert len(files) == 30 + 5 + 4  # images, montage, two csv files, generator.json
+    for name in files:
+        assert (one / name).read_bytes() == (pool / name).read_bytes(), name
+
+
 @pytest.mark.parametrize("change", [{"seed": 1}, {"image_size": 48}, {"num_labelled": 31}])
 def test_mismatched_parameters_are_refused(tmp_path, change):
     write_synthetic_dataset(tmp_path / "syn", **SMALL)
