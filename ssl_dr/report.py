@@ -1,5 +1,8 @@
-"""``python -m ssl_dr.report <sweep_dir> [--no-paper-reference]``: (re)write a sweep's report (the paper's table,
-paired comparisons with the baseline, the QWK-vs-fraction plot; ``ssl_dr.reporting.report``) and print it.
+"""``python -m ssl_dr.report <sweep_dir> [--no-paper-reference] [--publish results/<name>]``: (re)write a sweep's
+report (the paper's table, paired comparisons with the baseline, the QWK-vs-fraction plot;
+``ssl_dr.reporting.report``) and print it. ``--publish DEST``: first copy the sweep's per-job records (metrics,
+environment, Hydra config and overrides, logs, predictions; no checkpoints, images or W&B folders:
+``ssl_dr.reporting.publish``) into DEST, a new folder to commit, and write the report there, from the copy.
 
 Exit status 0 when the sweep is complete, 1 when expected jobs have no result (they are named in the report),
 2 on bad input. A sweep writes the same report by itself when it ends (``ssl_dr.reporting.sweep_end``).
@@ -12,6 +15,7 @@ import sys
 from pathlib import Path
 
 from ssl_dr.reporting.jobs import ReportError
+from ssl_dr.reporting.publish import publish
 from ssl_dr.reporting.report import write_report
 
 
@@ -21,13 +25,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun folder: outputs/<arm>/multiruns/<stamp>")
     parser.add_argument("--paper-reference", action=argparse.BooleanOptionalAction, default=True,
                         help="draw the paper's published rotation AVG as a dashed line in the plot (default: on)")
+    parser.add_argument("--publish", type=Path, metavar="DEST",
+                        help="copy the per-job records into DEST (a new folder, e.g. results/<name>) and report there")
     args = parser.parse_args(argv)
     try:
-        files = write_report(args.sweep_dir, paper_reference=args.paper_reference)
+        copies = publish(args.sweep_dir, args.publish) if args.publish else []
+        files = write_report(args.publish or args.sweep_dir, paper_reference=args.paper_reference)
     except (ReportError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(files.markdown.read_text())
+    if args.publish:
+        size = sum(copy.stat().st_size for copy in copies)
+        print(f"published {len(copies)} record files ({size / 1024:.0f} KiB) of {args.sweep_dir} into {args.publish}")
     print("written:", *(p for p in (files.markdown, files.csv, files.paired_csv, files.plot) if p), sep="\n  ")
     if files.gaps:
         print(f"incomplete: {len(files.gaps)} expected job(s) have no result (listed above)", file=sys.stderr)
