@@ -110,17 +110,19 @@ def test_a_run_without_wandb_joins_the_rows_around_the_missing_marks(tmp_path):
     assert sum(s for name, s in rows.items() if not name.startswith("  ")) == pytest.approx(171.0)
 
 
-def test_import_times_count_top_level_imports_once_per_package():
+def test_import_times_add_up_each_packages_own_time_wherever_it_was_imported():
+    """Self times, not cumulative ones: torchvision imported by torchmetrics is torchvision's, not torchmetrics'."""
     stderr = ("import time: self [us] | cumulative | imported package\n"
-              "import time:       100 |        100 |     torch._C\n"
-              "import time:      2000 |    1500000 |   torch.nn\n"
-              "import time:      3000 |    2000000 | torch\n"
-              "import time:       500 |     250000 | wandb.sdk\n"
-              "import time:       500 |     500000 | wandb\n"
+              "import time:    100000 |     100000 |     torch._C\n"
+              "import time:   2000000 |    2100000 |   torch.nn\n"
+              "import time:    500000 |    2600000 | torch\n"
+              "import time:    700000 |     700000 |   torchvision\n"
+              "import time:    250000 |     950000 | torchmetrics\n"
               "Seed set to 42\n")
     total, packages = qp.import_times(stderr)
-    assert total == pytest.approx(2.75)
-    assert packages == [("torch", pytest.approx(2.0)), ("wandb", pytest.approx(0.75))]
+    assert total == pytest.approx(3.55)
+    assert packages == [("torch", pytest.approx(2.6)), ("torchvision", pytest.approx(0.7)),
+                        ("torchmetrics", pytest.approx(0.25))]
 
 
 def test_the_table_gives_each_phase_its_share_of_the_wall_time():
