@@ -6,8 +6,9 @@ numbered job folders and ``multirun.yaml``, so ``python -m ssl_dr.report results
 report.md and report.csv from the committed copy (the folder's own path and name in its header aside):
 ``metrics.json`` (the scores), ``environment.json`` (what it ran on), ``.hydra/config.yaml`` and
 ``.hydra/overrides.yaml`` (who the job is, which arm and protocol the sweep asked for, k), the job's ``*.log``
-(a job without metrics.json is FAILED or UNFINISHED by its log), ``test_predictions.csv`` (collapsed runs;
-and re-deriving any test metric) and ``external_predictions.csv``.
+(a job without metrics.json is FAILED or UNFINISHED by its log) and ``test_predictions.csv`` (collapsed runs;
+and re-deriving any test metric). Not ``external_predictions.csv``: one row per external image in every job
+(2,046 rows, ~150 KB, per job for eyepacs-dev: 90 MB for a 600-job sweep), while its figures are in metrics.json.
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ import shutil
 from pathlib import Path
 
 from ssl_dr.launch.folders import ENVIRONMENT_NAME, METRICS_NAME
-from ssl_dr.reporting.external import EXTERNAL_PREDICTIONS
 from ssl_dr.reporting.jobs import PREDICTIONS, ReportError, job_dirs
 
 SWEEP_RECORDS = ("multirun.yaml",)
-JOB_RECORDS = (METRICS_NAME, ENVIRONMENT_NAME, ".hydra/config.yaml", ".hydra/overrides.yaml", PREDICTIONS,
-               EXTERNAL_PREDICTIONS)
+JOB_RECORDS = (METRICS_NAME, ENVIRONMENT_NAME, ".hydra/config.yaml", ".hydra/overrides.yaml", PREDICTIONS)
 LOGS = "*.log"  # the job's own log (train.log), at the job folder's top
 
 

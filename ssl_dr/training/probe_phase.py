@@ -59,6 +59,8 @@ def probe(cfg: DictConfig, train: list[Record], val: list[Record], test: list[Re
     try:
         scores = evaluate_probe(cfg.protocol.name, features, train, val, test, out_dir=out_dir,
                                 external=(external.records, external_features) if external else None, **params)
+        if external is not None:
+            scores["external/root"] = str(external.root)  # as the fine-tune's external grading names it
         for logger in loggers:
             logger.log_metrics({k: v for k, v in scores.items() if isinstance(v, int | float)}, step=0)
         publish_finetune_record(loggers, {**(run_record or {}), **scores})

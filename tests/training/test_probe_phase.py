@@ -84,3 +84,4 @@ def test_rotation_probe_reads_its_pretext_and_grades_the_external_set(tmp_path):
     assert saved["external/qwk"] == pytest.approx(qwk, abs=1e-9)
     assert saved["external/auroc_referable"] == pytest.approx(auroc, abs=1e-6)
     assert np.allclose(table[PROBS].sum(axis=1), 1.0)
+    assert saved["external/root"].endswith("synthetic-n40-u0-px32-seed1")
