@@ -21,8 +21,13 @@ EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.y
 SMALL = [*TINY_SYNTHETIC, "data.image_size=32", "data.batch_size=4", "pretext.batch_size=4"]
 # the paper's sweeps: one job of each (fdr runs every job otherwise; paper_cpu sweeps 3 seeds)
 ONE_JOB = ["data.label_fraction=0.05", "data.fold=0", "arms=[rotation]", "seed=42"]
-SWEEPS = ("paper", "paper_cpu", "real_cpu")
+SWEEPS = ("paper", "paper_cpu", "real_cpu", "real_probe")
 """Experiments that are sweeps: narrowed to ONE_JOB here."""
+PROBE_EXPERIMENTS = {"real_probe": ["data.split_seed=42", "protocols=[knn]"]}
+"""Frozen-feature sweeps: one partition, k-NN (SMALL's 5 % leaves no validation image to choose a linear probe's C on);
+their job fits no network, so fdr limits only the pretext."""
+USER_FOLDERS = ("real_cpu", "real_probe")
+"""Experiments whose data is a user's folder: run on the built-in data here."""
 VIT_EXPERIMENTS = ("dinov2", "mae", "retfound", "retfound_dinov2")
 """Run end to end (with a weights file of each layout) by tests/models/test_foundation.py and
 tests/pretexts/test_mae.py; left out here to keep CI's time."""
@@ -54,12 +59,17 @@ def test_every_experiment_runs_with_debug_fdr(tmp_path, imagenet_file):
         cwd.mkdir()
         extra = [f"model.backbone.weights_file={imagenet_file}"] if experiment == "imagenet" else []
         extra += ONE_JOB if experiment in SWEEPS else []
-        extra += ["data=synthetic"] if experiment == "real_cpu" else []  # its own data is a user folder
+        extra += ["data=synthetic"] if experiment in USER_FOLDERS else []
+        extra += PROBE_EXPERIMENTS.get(experiment, [])
         result = _run(cwd, f"experiment={experiment}", "debug=fdr", *SMALL, *extra)
         assert result.returncode == 0, (experiment, result.stderr[-3000:])
-        assert "testing the last weights" in result.stdout, experiment
         (metrics,) = _metrics(cwd)
-        assert metrics["train/steps"] == 1 and "test/qwk" in metrics, experiment
+        assert "test/qwk" in metrics, experiment
+        if experiment in PROBE_EXPERIMENTS:
+            assert metrics["protocol"] == "knn" and metrics["pretext/key"], experiment
+            continue
+        assert "testing the last weights" in result.stdout, experiment
+        assert metrics["train/steps"] == 1, experiment
         assert "/outputs/debug/" in metrics["output_dir"] or experiment in SWEEPS, experiment
 
 

@@ -21,7 +21,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from ssl_dr.data.records import NUM_GRADES
+from ssl_dr.data.records import NUM_GRADES, DataError
 from ssl_dr.models.metrics import quadratic_weighted_kappa
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,8 @@ def fit_linear_probe(train_x: np.ndarray, train_grades: np.ndarray, val_x: np.nd
     test_x = None if test_x is None else np.asarray(test_x, dtype=np.float64)
     train_grades = np.asarray(train_grades, dtype=np.int64)
     if len(val_grades) == 0:
-        raise ValueError("the linear probe chooses C on validation, but the validation slice is empty")
+        raise DataError("protocol=linear chooses its C on the validation slice, which is empty here: raise "
+                        "data.label_fraction or data.val_fraction, or use protocol=knn (nothing chosen on validation)")
     if not c_grid:
         raise ValueError("the linear probe needs at least one C in its grid")
     present = np.unique(train_grades)

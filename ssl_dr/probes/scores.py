@@ -48,6 +48,11 @@ def probe_scores(prefix: str, grades: Sequence[int] | np.ndarray, probs: np.ndar
     ``recall_grade<k>, precision_grade<k>, sensitivity_referable, specificity_referable, grades_predicted`` of
     ``(N, 5)`` grade probabilities against the true grades; NaN where a figure is undefined, as the fine-tune."""
     y, p = _checked(grades, probs)
+    if not len(y):  # an empty slice (a tiny debug split's validation): every figure undefined, as the fine-tune's
+        matrix = np.zeros((NUM_GRADES, NUM_GRADES), dtype=np.int64)
+        scores = {name: float("nan") for name in ("qwk", "qwk_kaggle", "acc", "auroc_referable", "loss")}
+        scores.update({"confusion": matrix.tolist(), **confusion_summary(matrix), "grades_predicted": 0})
+        return {f"{prefix}/{name}": value for name, value in scores.items()}
     activated = torch.from_numpy(p)
     preds = _HEAD.decode(activated).numpy()
     matrix = confusion_matrix(y, preds, labels=list(range(NUM_GRADES)))

@@ -61,7 +61,8 @@ class FeatureSet:
         if missing:
             raise KeyError(f"{len(missing)} image(s) have no features in {self.path} (e.g. {missing[:3]}); the "
                            "entry covers the image cache it was extracted from: extract from that cache")
-        return np.asarray(self.features[[self._rows[i] for i in ids]], dtype=np.float32).reshape(len(ids), -1)
+        rows = self.features[[self._rows[i] for i in ids]]
+        return np.asarray(rows, dtype=np.float32).reshape(len(ids), self.features.shape[1])  # (0, D) when empty
 
 
 def stored_features(cache_dir: str | Path, description: dict[str, Any],

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, log_loss, roc_auc_score
 
-from ssl_dr.data.records import Record
+from ssl_dr.data.records import NUM_GRADES, Record
 from ssl_dr.probes.scores import PREDICTIONS_NAME, probe_scores, write_predictions
 from ssl_dr.training import predictions
 
@@ -73,3 +73,18 @@ def test_the_prediction_file_has_the_fine_tunes_columns_and_recomputes_qwk(tmp_p
     np.testing.assert_allclose(table[[f"p{k}" for k in range(5)]].to_numpy(), probs)
     assert cohen_kappa_score(table["grade"], table["pred"], weights="quadratic") == pytest.approx(
         probe_scores("test", grades, probs)["test/qwk"])
+
+
+def test_an_empty_slice_scores_nan_not_a_crash():
+    scores = probe_scores("val", np.zeros(0, dtype=int), np.zeros((0, NUM_GRADES)))
+    assert np.isnan(scores["val/qwk"]) and np.isnan(scores["val/auroc_referable"]) and np.isnan(scores["val/loss"])
+    assert scores["val/confusion"] == [[0] * NUM_GRADES] * NUM_GRADES and scores["val/grades_predicted"] == 0
+
+
+def test_linear_probe_with_no_validation_image_names_the_fix():
+    from ssl_dr.data.records import DataError
+    from ssl_dr.probes.linear import fit_linear_probe
+
+    x = np.random.default_rng(0).normal(size=(6, 3))
+    with pytest.raises(DataError, match="data.label_fraction or data.val_fraction, or use protocol=knn"):
+        fit_linear_probe(x, np.array([0, 1, 0, 1, 2, 2]), x[:0], np.zeros(0, dtype=int))
