@@ -49,3 +49,19 @@ def test_the_knn_job_votes_with_the_training_slice(split):
 def test_an_unknown_protocol_names_the_choices(split):
     with pytest.raises(ValueError, match="must be one of linear, knn"):
         evaluate_probe("finetune", *split)
+
+
+@pytest.mark.parametrize("protocol", ["linear", "knn"])
+def test_the_test_fold_graded_as_an_external_set_gives_the_test_scores(split, tmp_path, protocol):
+    """The external path reads the fitted probe and the features exactly as the test path: given the test fold (in
+    another order) as the external set, every external figure and prediction is the test fold's."""
+    features, train, val, test = split
+    record = evaluate_probe(protocol, features, train, val, test, out_dir=tmp_path, c_grid=(0.01, 1.0), k=3,
+                            external=(test[::-1], features))
+    for name in ("qwk", "acc", "auroc_referable", "loss", "grades_predicted"):
+        assert record[f"external/{name}"] == pytest.approx(record[f"test/{name}"], nan_ok=True), name
+    assert record["external/confusion"] == record["test/confusion"]
+    assert record["external/num_images"] == len(test)
+    tested = pd.read_csv(tmp_path / PREDICTIONS_NAME).set_index("id_code")
+    graded = pd.read_csv(tmp_path / "external_predictions.csv").set_index("id_code").loc[tested.index]
+    assert np.allclose(graded.to_numpy(), tested.to_numpy())
