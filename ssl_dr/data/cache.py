@@ -29,7 +29,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from pathlib import Path
@@ -134,17 +134,13 @@ def build_cache(records: Sequence[Record], cache_root: str | Path, size: int, be
     if _is_complete(final, key):
         return ImageCache(final)
     root.mkdir(parents=True, exist_ok=True)
-    with _build_lock(root, key, final) as building:
+    with build_lock(root, key, lambda: _is_complete(final, key), f"the image cache {final}") as building:
         if not building:
             return ImageCache(final)
-        _remove_dead_temps(root, key)
         workers = (os.cpu_count() or 1) if num_workers is None else num_workers
-        tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(key), dir=root))
-        try:
+        with temp_entry(root, key) as tmp:
             _write_entry(tmp, _sorted_unique(records), size, ben_graham, mask, key, workers)
-            _publish(tmp, final, key)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            publish_entry(tmp, final, lambda: _is_complete(final, key))
     return ImageCache(final)
 
 
@@ -154,23 +150,25 @@ def lock_file(root: str | Path, key: str) -> Path:
 
 
 @contextmanager
-def _build_lock(root: Path, key: str, final: Path) -> Iterator[bool]:
-    """Hold the entry's build lock; yield whether this process must build (False: another one published it
-    while this one waited). Without it, N sweep jobs started together each decode every image (N x the CPU
-    time) and all but one throw their work away. Every holder removes the lock file before releasing it, so
-    the root keeps only entries. That is safe because filelock (4.3 checked) re-opens a lock file removed while
-    it waited and locks the file at the path again: a third process still waits for the second. Were it not,
-    the worst case would be a second build, never a wrong entry (``_publish`` keeps whichever is complete)."""
+def build_lock(root: Path, key: str, is_built: Callable[[], bool], what: str) -> Iterator[bool]:
+    """Hold the lock of entry ``key`` under ``root``; yield whether this process must build it (False: another
+    one published it while this one waited, ``is_built``). Shared by the content-addressed stores (this image
+    cache, ``ssl_dr.probes.store``); ``what`` names the entry in the log. Without it, N sweep jobs started
+    together each decode every image (N x the CPU time) and all but one throw their work away. Every holder
+    removes the lock file before releasing it, so the root keeps only entries. That is safe because filelock
+    (4.3 checked) re-opens a lock file removed while it waited and locks the file at the path again: a third
+    process still waits for the second. Were it not, the worst case would be a second build, never a wrong
+    entry (``publish_entry`` keeps whichever is complete)."""
     lock = FileLock(lock_file(root, key))
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        log.info("waiting for another process building the image cache %s (lock %s)", final, lock.lock_file)
+        log.info("waiting for another process building %s (lock %s)", what, lock.lock_file)
         lock.acquire()
     try:
-        building = not _is_complete(final, key)
+        building = not is_built()
         if not building:
-            log.info("image cache %s: built by another process, reused", final)
+            log.info("%s: built by another process, reused", what)
         yield building
     finally:
         Path(lock.lock_file).unlink(missing_ok=True)
@@ -247,16 +245,28 @@ def _fill_rows(array_path: Path, start: int, paths: list[Path], size: int, ben_g
     return len(paths), errors
 
 
-def _publish(tmp: Path, final: Path, key: str) -> None:
+def publish_entry(tmp: Path, final: Path, is_complete: Callable[[], bool]) -> None:
     """Rename the finished build into place; if a racing process published first, keep theirs."""
     tmp.chmod(0o755)  # mkdtemp made it private; other users' runs must be able to read the entry
     try:
         os.replace(tmp, final)
     except OSError:
-        if _is_complete(final, key):
+        if is_complete():
             return
-        shutil.rmtree(final)  # a damaged entry (its index or array does not match the key): replace it
+        shutil.rmtree(final)  # a damaged entry (it does not match its key): replace it
         os.replace(tmp, final)
+
+
+@contextmanager
+def temp_entry(root: Path, key: str) -> Iterator[Path]:
+    """A private temporary folder beside the entry to build it in (removed afterwards, whatever happens); first
+    the temporary folders of builds of ``key`` killed on this host are deleted."""
+    _remove_dead_temps(root, key)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(key), dir=root))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _temp_prefix(key: str) -> str:

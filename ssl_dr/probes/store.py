@@ -3,7 +3,8 @@ later job (a sweep over fractions, folds and repetitions extracts each image onc
 
 An entry ``<cache_dir>/features/<key>/`` holds ``features.npy`` (N, D) float32, ``ids.txt`` (the rows' image ids)
 and ``features.json`` (the description the key hashes, for a reader). It is built in a temporary sibling and
-renamed into place when complete, under a file lock beside it, as the image cache does (``ssl_dr.data.cache``):
+renamed into place when complete, under a file lock beside it, with the image cache's own mechanism
+(``ssl_dr.data.cache``: ``build_lock``, ``temp_entry``, ``publish_entry``):
 jobs asking for the same entry at once compute it once, and a killed build never leaves an entry a later job trusts.
 """
 
@@ -12,18 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from filelock import FileLock, Timeout
 
-from ssl_dr.data.cache import lock_file
+from ssl_dr.data.cache import build_lock, publish_entry, temp_entry
 from ssl_dr.data.records import Record
 
 log = logging.getLogger(__name__)
@@ -75,52 +71,23 @@ def stored_features(cache_dir: str | Path, description: dict[str, Any],
         log.info("features %s: reused (%s)", key, final)
         return FeatureSet(final)
     root.mkdir(parents=True, exist_ok=True)
-    with _build_lock(root, key, final) as building:
+    with build_lock(root, key, lambda: _is_complete(final), f"features {key}") as building:
         if building:
             ids, features = compute()
-            _write(root, final, key, description, ids, features)
+            with temp_entry(root, key) as tmp:
+                _write(tmp, key, description, ids, features)
+                publish_entry(tmp, final, lambda: _is_complete(final))
     return FeatureSet(final)
 
 
-@contextmanager
-def _build_lock(root: Path, key: str, final: Path) -> Iterator[bool]:
-    """Hold the entry's lock; yield whether this process must build it (False: another one published it while
-    this one waited). The lock file is removed by its holder, as ``ssl_dr.data.cache`` explains why that is safe."""
-    lock = FileLock(lock_file(root, key))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        log.info("waiting for another process extracting features %s (lock %s)", key, lock.lock_file)
-        lock.acquire()
-    try:
-        building = not _is_complete(final)
-        if not building:
-            log.info("features %s: extracted by another process, reused", key)
-        yield building
-    finally:
-        Path(lock.lock_file).unlink(missing_ok=True)
-        lock.release()
-
-
-def _write(root: Path, final: Path, key: str, description: dict[str, Any], ids: list[str],
-           features: np.ndarray) -> None:
+def _write(folder: Path, key: str, description: dict[str, Any], ids: list[str], features: np.ndarray) -> None:
     features = np.asarray(features, dtype=np.float32)
     if features.ndim != 2 or len(features) != len(ids):
         raise ValueError(f"features of shape {features.shape} for {len(ids)} ids: expected ({len(ids)}, D)")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-{os.getpid()}-", dir=root))
-    try:
-        np.save(tmp / ARRAY_NAME, features)
-        (tmp / IDS_NAME).write_text("".join(f"{i}\n" for i in ids))
-        meta = {"key": key, "version": FEATURES_VERSION, "shape": list(features.shape), **description}
-        (tmp / META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-        tmp.chmod(0o755)  # mkdtemp made it private; other users' jobs must be able to read the entry
-        try:
-            os.replace(tmp, final)
-        except OSError:  # a damaged entry is in the way (a complete one would have been found under the lock)
-            shutil.rmtree(final)
-            os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    np.save(folder / ARRAY_NAME, features)
+    (folder / IDS_NAME).write_text("".join(f"{i}\n" for i in ids))
+    meta = {"key": key, "version": FEATURES_VERSION, "shape": list(features.shape), **description}
+    (folder / META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
 
 
 def _is_complete(entry: Path) -> bool:

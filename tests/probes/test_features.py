@@ -12,7 +12,8 @@ import pytest
 import torch
 from filelock import FileLock
 
-from ssl_dr.data.cache import lock_file
+from ssl_dr.data import cache as cache_module
+from ssl_dr.data.cache import lock_file, publish_entry, temp_entry
 from ssl_dr.data.transforms import AugmentConfig, build_transform
 from ssl_dr.models.backbone import Backbone, load_backbone, save_backbone
 from ssl_dr.probes import store
@@ -96,22 +97,24 @@ def test_a_job_waiting_on_the_lock_reuses_what_the_builder_published(tiny_cache,
             if "waiting for another process" in record.getMessage():
                 waiting.set()
 
-    handler = Waiting()
-    logging.getLogger(store.__name__).addHandler(handler)
+    handler = Waiting()  # the shared build lock logs under the image cache's module (ssl_dr.data.cache.build_lock)
+    logging.getLogger(cache_module.__name__).addHandler(handler)
     computed, result = [], {}
     lock = FileLock(lock_file(root, key))
     lock.acquire()  # the builder holds the entry's lock
     try:
         thread = threading.Thread(target=lambda: result.setdefault(
             "set", stored_features(tmp_path, description, lambda: computed.append(1) or (["x"], np.ones((1, 2))))))
-        with caplog.at_level(logging.INFO, logger=store.__name__):
+        with caplog.at_level(logging.INFO, logger=cache_module.__name__):
             thread.start()
             assert waiting.wait(60)
-            store._write(root, root / key, key, description, ["a", "b"], np.arange(6.0).reshape(2, 3))
+            with temp_entry(root, key) as tmp:  # the builder publishes as stored_features does
+                store._write(tmp, key, description, ["a", "b"], np.arange(6.0).reshape(2, 3))
+                publish_entry(tmp, root / key, lambda: False)
             lock.release()
             thread.join(60)
     finally:
-        logging.getLogger(store.__name__).removeHandler(handler)
+        logging.getLogger(cache_module.__name__).removeHandler(handler)
         if lock.is_locked:
             lock.release()
     assert computed == []
