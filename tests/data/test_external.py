@@ -103,21 +103,18 @@ def test_missing_root_names_the_test_data_setting(overrides, match, tmp_path):
         load_external(cfg, [])
 
 
-def test_reader_errors_name_the_test_data_settings(tmp_path):
+@pytest.mark.parametrize(("labels_csv", "match"), [
+    # a reader's error names the test_data settings, not data.*
+    ("id_code,level\na,0\n", r"lacks column\(s\) \['diagnosis'\].*set the column names in test_data.source"),
+    # a set without labelled images is refused
+    ("id_code,diagnosis\n", r"has no labelled image \(column test_data.source.label_column=diagnosis\)"),
+])
+def test_a_bad_labels_file_is_one_line_naming_test_data(labels_csv, match, tmp_path):
     root = tmp_path / "ext"
     (root / "images").mkdir(parents=True)
-    (root / "labels.csv").write_text("id_code,level\na,0\n")
+    (root / "labels.csv").write_text(labels_csv)
     cfg = compose_cfg(tmp_path, [*TINY, "test_data=csv", f"test_data.root={root}"])
-    with pytest.raises(DataError, match=r"lacks column\(s\) \['diagnosis'\].*set the column names in test_data.source"):
-        load_external(cfg, [])
-
-
-def test_a_set_without_labelled_images_is_refused(tmp_path):
-    root = tmp_path / "ext"
-    (root / "images").mkdir(parents=True)
-    (root / "labels.csv").write_text("id_code,diagnosis\n")
-    cfg = compose_cfg(tmp_path, [*TINY, "test_data=csv", f"test_data.root={root}"])
-    with pytest.raises(DataError, match=r"has no labelled image \(column test_data.source.label_column=diagnosis\)"):
+    with pytest.raises(DataError, match=match):
         load_external(cfg, [])
 
 
