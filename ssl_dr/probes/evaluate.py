@@ -38,32 +38,32 @@ def evaluate_probe(protocol: str, features: FeatureSet, train: Sequence[Record],
     if protocol not in PROTOCOLS:
         raise ValueError(f"probe protocol={protocol!r} must be one of {', '.join(PROTOCOLS)}")
     started = time.time()
-    train_x, val_x, test_x = (features.rows(part) for part in (train, val, test))
-    other = None if external is None else external[1].rows(external[0])
-    train_y, val_y, test_y = (np.array([r.grade for r in part], dtype=np.int64) for part in (train, val, test))
+    train_x, val_x = features.rows(train), features.rows(val)
+    train_y, val_y = (np.array([r.grade for r in part], dtype=np.int64) for part in (train, val))
     record: dict[str, Any] = {"probe/protocol": protocol, "probe/features": features.key}
     if protocol == "linear":
-        probe = fit_linear_probe(train_x, train_y, val_x, val_y, test_x, c_grid=c_grid, max_iter=max_iter)
-        val_probs, test_probs = probe.val_probs, probe.test_probs
-        if other is not None:
-            other_probs = probe.predict(other)
+        probe = fit_linear_probe(train_x, train_y, val_x, val_y, c_grid=c_grid, max_iter=max_iter)
+        val_probs, predict = probe.val_probs, probe.predict
         record["probe/C"] = probe.C
         record["probe/val_qwk_by_C"] = {f"{c:g}": q for c, q in probe.val_qwk.items()}
     else:
-        val_probs, test_probs = (knn_probabilities(train_x, train_y, x, k=k, temperature=temperature)
-                                 for x in (val_x, test_x))
-        if other is not None:
-            other_probs = knn_probabilities(train_x, train_y, other, k=k, temperature=temperature)
+        def predict(x: np.ndarray) -> np.ndarray:
+            return knn_probabilities(train_x, train_y, x, k=k, temperature=temperature)
+
+        val_probs = predict(val_x)
         record.update({"probe/k": min(k, len(train)), "probe/temperature": temperature})
     record.update(probe_scores("val", val_y, val_probs))
     record["val/qwk_best"] = record["val/qwk"]
-    record.update(probe_scores("test", test_y, test_probs))
-    if out_dir is not None:
-        write_predictions(Path(out_dir) / PREDICTIONS_NAME, test, test_probs)
+    # read once, after the choice: the test fold, then the external set, by the same fitted probe
+    graded = [("test", test, features, PREDICTIONS_NAME)]
     if external is not None:
-        record.update(probe_scores(EXTERNAL, [r.grade for r in external[0]], other_probs))
-        record[f"{EXTERNAL}/num_images"] = len(external[0])
+        graded.append((EXTERNAL, external[0], external[1], EXTERNAL_PREDICTIONS_NAME))
+    for prefix, records, source, file_name in graded:
+        probs = predict(source.rows(records))
+        record.update(probe_scores(prefix, [r.grade for r in records], probs))
         if out_dir is not None:
-            write_predictions(Path(out_dir) / EXTERNAL_PREDICTIONS_NAME, external[0], other_probs)
+            write_predictions(Path(out_dir) / file_name, records, probs)
+    if external is not None:
+        record[f"{EXTERNAL}/num_images"] = len(external[0])
     record["probe/seconds"] = round(time.time() - started, 2)
     return record

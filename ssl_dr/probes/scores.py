@@ -61,10 +61,10 @@ def probe_scores(prefix: str, grades: Sequence[int] | np.ndarray, probs: np.ndar
     scores: dict[str, Any] = {
         "qwk": quadratic_weighted_kappa(y, preds),
         "qwk_kaggle": qw_kappa_kaggle(kaggle_cumulative(y), _HEAD.cumulative(activated).numpy()),
-        "acc": float((preds == y).mean()) if len(y) else float("nan"),
+        "acc": float((preds == y).mean()),
         "auroc_referable": float(auroc.compute()),
         # scikit-learn clips p at float eps: a grade absent from a probe's training slice has p = 0, not -inf
-        "loss": float(log_loss(y, p, labels=list(range(NUM_GRADES)))) if len(y) else float("nan"),
+        "loss": float(log_loss(y, p, labels=list(range(NUM_GRADES)))),
         "confusion": matrix.tolist(),
         **confusion_summary(matrix),
         "grades_predicted": grades_predicted(matrix),

@@ -31,7 +31,7 @@ from ssl_dr.data.records import NUM_GRADES, Record
 from ssl_dr.inference import Decoded, eval_transform, load_classifier, predict_activated, read_spec, tensor_batches
 from ssl_dr.models.heads import GradeHead
 from ssl_dr.models.metrics import KaggleKappa, ReferableAUROC, confusion_summary, grades_predicted
-from ssl_dr.training.predictions import _write_csv
+from ssl_dr.training.predictions import write_csv
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def grade_external(cfg: DictConfig, external: ExternalSet | None, chosen: Path, 
     grades = torch.tensor([r.grade for r in external.records])
     scores = external_scores(model.grading, activated, grades)
     scores[f"{PREFIX}/root"] = str(external.root)
-    _write_csv(prediction_table(external.records, model.grading, activated), out_dir / EXTERNAL_PREDICTIONS_NAME)
+    write_csv(prediction_table(external.records, model.grading, activated), out_dir / EXTERNAL_PREDICTIONS_NAME)
     log.info(f"external set {external.root} ({len(grades)} images, checkpoint {chosen.name}): external/qwk "
              f"{scores[f'{PREFIX}/qwk']:.4f}, referable AUROC {scores[f'{PREFIX}/auroc_referable']:.3f}, "
              f"{scores[f'{PREFIX}/grades_predicted']} grade(s) predicted")

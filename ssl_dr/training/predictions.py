@@ -66,10 +66,10 @@ class TestPredictionWriter(Callback):
             records = trainer.test_dataloaders.dataset.records
             table = pd.DataFrame(rows).sort_values("index").reset_index(drop=True)
             table.insert(0, "id_code", [records[i].id_code for i in table["index"]])
-            _write_csv(table.drop(columns="index"), self.path)
+            write_csv(table.drop(columns="index"), self.path)
 
 
-def _write_csv(table: pd.DataFrame, path: Path) -> None:
+def write_csv(table: pd.DataFrame, path: Path) -> None:
     """Temp file + rename: a crash never leaves a half-written prediction file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
