@@ -21,9 +21,10 @@ from typing import Any
 
 import yaml
 
+from ssl_dr.run_files import ENVIRONMENT, METRICS
+
 RESUME_KEY = "resume"
-METRICS_NAME = "metrics.json"
-ENVIRONMENT_NAME = "environment.json"  # what the run ran on (ssl_dr.training.environment)
+METRICS_NAME, ENVIRONMENT_NAME = METRICS, ENVIRONMENT  # the run folder's files (ssl_dr.run_files)
 SWEEP_CONFIG = "multirun.yaml"  # written by Hydra's sweepers into every sweep folder
 SWEEP_REPORT = "report.md"  # ssl_dr.report's markdown, written when a sweep ends
 JOB_FAILED = "job failed:"

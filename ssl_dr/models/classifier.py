@@ -156,9 +156,10 @@ class DRClassifier(L.LightningModule):
             self.log(f"{stage}/{name}", torch.tensor(value), sync_dist=True)  # equal on every rank already
 
     def _prediction(self, activated: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``preds`` (B,) decoded grades; ``probs`` (B, 5) where the head has grade probabilities; ``score``
-        (B,) where it has a continuous output (regression)."""
-        out = {"preds": self.grading.decode(activated)}
+        """``preds`` (B,) decoded grades; ``referable`` (B,) the head's referable score (what the operating point
+        thresholds); ``probs`` (B, 5) where the head has grade probabilities; ``score`` (B,) where it has a
+        continuous output (regression)."""
+        out = {"preds": self.grading.decode(activated), "referable": self.grading.referable(activated)}
         probs, score = self.grading.probs(activated), self.grading.score(activated)
         if probs is not None:
             out["probs"] = probs
@@ -190,11 +191,12 @@ class DRClassifier(L.LightningModule):
         self._val_scores.clear()
         self._val_grades.clear()
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        # returned so ssl_dr.training.predictions.PredictionWriter can save the chosen checkpoint's validation
+        return self._evaluate(batch, "val")
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        # returned so ssl_dr.training.predictions.TestPredictionWriter can save every test image's prediction
+        # returned so ssl_dr.training.predictions.PredictionWriter can save every test image's prediction
         return self._evaluate(batch, "test")
 
     def configure_optimizers(self) -> Any:

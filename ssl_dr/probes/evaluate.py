@@ -15,10 +15,11 @@ from ssl_dr.probes.knn import DEFAULT_K, DEFAULT_TEMPERATURE, knn_probabilities
 from ssl_dr.probes.linear import DEFAULT_C_GRID, DEFAULT_MAX_ITER, fit_linear_probe
 from ssl_dr.probes.scores import PREDICTIONS_NAME, probe_scores, write_predictions
 from ssl_dr.probes.store import FeatureSet
+from ssl_dr.run_files import EXTERNAL_PREDICTIONS, VAL_PREDICTIONS
 
 PROTOCOLS = ("linear", "knn")
 EXTERNAL = "external"
-EXTERNAL_PREDICTIONS_NAME = "external_predictions.csv"
+EXTERNAL_PREDICTIONS_NAME = EXTERNAL_PREDICTIONS
 """The fine-tune's external-validation file name (``ssl_dr.training.external``, a layer above this one)."""
 
 
@@ -33,7 +34,7 @@ def evaluate_probe(protocol: str, features: FeatureSet, train: Sequence[Record],
     Returns ``probe_scores`` of both slices, ``val/qwk_best`` (the chosen validation QWK, as the fine-tune reports
     it), ``probe/protocol``, ``probe/features`` (the feature entry's key), ``probe/seconds``, and ``probe/C`` with
     ``probe/val_qwk_by_C`` (linear) or ``probe/k`` and ``probe/temperature`` (knn). With ``out_dir``, writes
-    ``out_dir/test_predictions.csv`` (and ``external_predictions.csv``).
+    ``out_dir/val_predictions.csv``, ``test_predictions.csv`` (and ``external_predictions.csv``).
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"probe protocol={protocol!r} must be one of {', '.join(PROTOCOLS)}")
@@ -54,6 +55,8 @@ def evaluate_probe(protocol: str, features: FeatureSet, train: Sequence[Record],
         record.update({"probe/k": min(k, len(train)), "probe/temperature": temperature})
     record.update(probe_scores("val", val_y, val_probs))
     record["val/qwk_best"] = record["val/qwk"]
+    if out_dir is not None:  # what the operating point and the temperature are fitted on (ssl_dr.models.screening)
+        write_predictions(Path(out_dir) / VAL_PREDICTIONS, val, val_probs)
     # read once, after the choice: the test fold, then the external set, by the same fitted probe
     graded = [("test", test, features, PREDICTIONS_NAME)]
     if external is not None:

@@ -9,7 +9,6 @@ fine-tune's cross-entropy measures.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,9 +28,9 @@ from ssl_dr.models.metrics import (
     quadratic_weighted_kappa,
     qw_kappa_kaggle,
 )
+from ssl_dr.run_files import TEST_PREDICTIONS, write_atomic
 
-PREDICTIONS_NAME = "test_predictions.csv"
-"""The fine-tune's file name (``ssl_dr.training.predictions``, a layer above this one)."""
+PREDICTIONS_NAME = TEST_PREDICTIONS
 _HEAD = ClassificationHead()
 
 
@@ -73,14 +72,10 @@ def probe_scores(prefix: str, grades: Sequence[int] | np.ndarray, probs: np.ndar
 
 
 def write_predictions(path: str | Path, records: Sequence[Record], probs: np.ndarray) -> Path:
-    """``id_code, grade, pred, p0..p4`` per record, in the records' order (the fine-tune's columns), written to a
-    temporary file and renamed so a crash never leaves half a file."""
+    """``id_code, grade, pred, referable, p0..p4`` per record, in the records' order (the fine-tune's columns;
+    ``referable`` is P(grade >= 2)), written whole or not at all."""
     y, p = _checked([r.grade for r in records], probs)
     table = pd.DataFrame({"id_code": [r.id_code for r in records], "grade": y, "pred": p.argmax(axis=1),
+                          "referable": _HEAD.referable(torch.from_numpy(p)).numpy(),
                           **{f"p{k}": p[:, k] for k in range(NUM_GRADES)}})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    return write_atomic(Path(path), lambda tmp: table.to_csv(tmp, index=False))

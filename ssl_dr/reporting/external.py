@@ -17,8 +17,6 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-EXTERNAL_PREDICTIONS = "external_predictions.csv"
-"""``ssl_dr.training.external.EXTERNAL_PREDICTIONS_NAME``, not imported: that pulls in torch."""
 COLUMNS = ["external_runs", "external_qwk_min", "external_qwk_avg", "external_qwk_max", "external_auroc_referable"]
 """report.csv's columns for the external set, after the others, only when some finished job graded one."""
 

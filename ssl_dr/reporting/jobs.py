@@ -30,14 +30,14 @@ from ssl_dr.launch.resolvers import register_resolvers
 from ssl_dr.reporting import stats as report_stats
 from ssl_dr.reporting.external import external_facts
 from ssl_dr.reporting.identity import FINETUNE, describe
+from ssl_dr.reporting.screening import screening_facts
+from ssl_dr.run_files import TEST_PREDICTIONS as PREDICTIONS
 
 FINISHED, FAILED, UNFINISHED = "finished", "failed", "unfinished"
 FAILURE_MARKS = (JOB_FAILED, "[ERROR]")
 """What ``ssl_dr.train`` writes to a job's log when the job fails inside a sweep (logged at ERROR level);
 a job folder without ``metrics.json`` and without either mark is UNFINISHED: still running (a report made
 while the sweep runs) or killed mid-job, and ``resume=last`` continues it."""
-# ssl_dr.training.predictions.PREDICTIONS_NAME, not imported: that pulls in Lightning
-PREDICTIONS = "test_predictions.csv"
 # what identifies a job (its name in metrics.json) -> the config key / sweep override key that sets it
 CONFIG_KEYS = {"arm": "arm", "label_fraction": "data.label_fraction", "fold": "data.fold", "seed": "seed",
                "split_seed": "data.split_seed"}
@@ -76,9 +76,9 @@ class Gap:
 @dataclass
 class SweepResults:
     """Per-job rows (``job``, the IDENTITY keys, ``num_folds, choices, status, test_qwk, reason`` and the
-    ``report_stats.job_facts`` and ``external_facts``), the expected value sets and repetitions (the report
-    covers arms x protocols x fractions x folds x repetitions), the expected jobs without a result and the sweep's
-    k (None when no job config names it)."""
+    ``report_stats.job_facts``, ``external_facts`` and ``screening_facts``), the expected value sets and
+    repetitions (the report covers arms x protocols x fractions x folds x repetitions), the expected jobs without
+    a result and the sweep's k (None when no job config names it)."""
 
     sweep_dir: Path
     jobs: pd.DataFrame
@@ -188,6 +188,7 @@ def _read_job(job_dir: Path) -> dict:
     metrics, unreadable = _read_metrics(job_dir / "metrics.json")
     row = {"job": job_dir.name, **_read_identity(job_dir, metrics), "status": FAILED, "test_qwk": math.nan,
            **report_stats.job_facts(metrics, job_dir / PREDICTIONS), **external_facts(metrics, job_dir),
+           **screening_facts(metrics),
            "wandb_run_id": (metrics or {}).get("wandb/run_id")}  # its fine-tune's W&B run (None: older runs)
     if unreadable:
         row["reason"] = unreadable

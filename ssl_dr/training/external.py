@@ -31,11 +31,12 @@ from ssl_dr.data.records import NUM_GRADES, Record
 from ssl_dr.inference import Decoded, eval_transform, load_classifier, predict_activated, read_spec, tensor_batches
 from ssl_dr.models.heads import GradeHead
 from ssl_dr.models.metrics import KaggleKappa, ReferableAUROC, confusion_summary, grades_predicted
+from ssl_dr.run_files import EXTERNAL_PREDICTIONS
 from ssl_dr.training.predictions import write_csv
 
 log = logging.getLogger(__name__)
 
-EXTERNAL_PREDICTIONS_NAME = "external_predictions.csv"
+EXTERNAL_PREDICTIONS_NAME = EXTERNAL_PREDICTIONS
 PREFIX = "external"
 
 
@@ -94,10 +95,11 @@ def external_scores(grading: GradeHead, activated: torch.Tensor, grades: torch.T
 
 
 def prediction_table(records: Sequence[Record], grading: GradeHead, activated: torch.Tensor) -> pd.DataFrame:
-    """``id_code, grade, pred[, p0..p4][, score]`` of ``records`` (rows of ``activated``):
-    ``test_predictions.csv``'s columns (``DRClassifier._prediction``, ``TestPredictionWriter``)."""
+    """``id_code, grade, pred, referable[, p0..p4][, score]`` of ``records`` (rows of ``activated``):
+    ``test_predictions.csv``'s columns (``DRClassifier._prediction``, ``PredictionWriter``)."""
     table = pd.DataFrame({"id_code": [r.id_code for r in records], "grade": [r.grade for r in records],
-                          "pred": grading.decode(activated).tolist()})
+                          "pred": grading.decode(activated).tolist(),
+                          "referable": grading.referable(activated).tolist()})
     probs, score = grading.probs(activated), grading.score(activated)
     if probs is not None:
         for k in range(probs.shape[1]):

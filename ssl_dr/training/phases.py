@@ -45,10 +45,11 @@ from ssl_dr.pretexts.store import (
     stored_weights,
     write_summary,
 )
+from ssl_dr.run_files import VAL_PREDICTIONS
 from ssl_dr.training.budget import budget_record, freeze_steps
 from ssl_dr.training.callbacks import RngStateCallback, StepBudgetProgressBar
 from ssl_dr.training.loggers import build_loggers, close_loggers
-from ssl_dr.training.predictions import PREDICTIONS_NAME, TestPredictionWriter
+from ssl_dr.training.predictions import PREDICTIONS_NAME, PredictionWriter
 from ssl_dr.training.ranks import await_choice, await_file, heartbeat_path, is_launch_rank_zero, publish_choice
 from ssl_dr.training.wandb_publish import Publish, finetune_publisher, pretext_publisher
 from ssl_dr.training.wandb_run import define_finetune_metrics, publish_finetune_record, wandb_runs
@@ -283,7 +284,8 @@ def finetune(cfg: DictConfig, train: list[Record], val: list[Record], test: list
     run_name = f"{cfg.arm}-frac{cfg.data.label_fraction}-fold{cfg.data.fold}"
     last = out_dir / "checkpoints" / "last.ckpt"
     run_id = f"{cfg.arm}-{hashlib.sha256(str(out_dir.resolve()).encode()).hexdigest()[:12]}"
-    callbacks = [*_callbacks(cfg), TestPredictionWriter(out_dir / PREDICTIONS_NAME)]
+    callbacks = [*_callbacks(cfg), PredictionWriter(out_dir / PREDICTIONS_NAME),
+                 PredictionWriter(out_dir / VAL_PREDICTIONS, stage="validate")]
     return _fit(cfg, "finetune", run_id, run_name, module, datamodule, callbacks,
                 resume_from=last if (cfg.resume or requeued_by_slurm()) and last.is_file() else None, test=True,
                 run_record=run_record, publish=finetune_publisher(cfg, module, datamodule, out_dir, run_record or {}))

@@ -68,9 +68,10 @@ def test_the_prediction_file_has_the_fine_tunes_columns_and_recomputes_qwk(tmp_p
     path = write_predictions(tmp_path / PREDICTIONS_NAME, records, probs)
     assert PREDICTIONS_NAME == predictions.PREDICTIONS_NAME
     table = pd.read_csv(path)
-    assert list(table.columns) == ["id_code", "grade", "pred", "p0", "p1", "p2", "p3", "p4"]
+    assert list(table.columns) == ["id_code", "grade", "pred", "referable", "p0", "p1", "p2", "p3", "p4"]
     assert list(table["id_code"]) == [r.id_code for r in records]
     np.testing.assert_allclose(table[[f"p{k}" for k in range(5)]].to_numpy(), probs)
+    np.testing.assert_allclose(table["referable"], probs[:, 2:].sum(axis=1))
     assert cohen_kappa_score(table["grade"], table["pred"], weights="quadratic") == pytest.approx(
         probe_scores("test", grades, probs)["test/qwk"])
 

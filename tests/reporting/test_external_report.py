@@ -94,10 +94,3 @@ def test_no_external_keys_no_external_columns(tmp_path):
     markdown = files.markdown.read_text()
     assert "External validation set" not in markdown and "external QWK" not in markdown
 
-
-def test_external_predictions_file_name_is_the_one_training_writes():
-    from ssl_dr.probes.evaluate import EXTERNAL_PREDICTIONS_NAME as PROBE_NAME
-    from ssl_dr.reporting.external import EXTERNAL_PREDICTIONS
-    from ssl_dr.training.external import EXTERNAL_PREDICTIONS_NAME
-
-    assert EXTERNAL_PREDICTIONS == EXTERNAL_PREDICTIONS_NAME == PROBE_NAME

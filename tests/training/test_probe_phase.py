@@ -37,7 +37,7 @@ def test_classical_linear_probe_job_leaves_the_fine_tunes_files_and_scores(tmp_p
     assert (out / "split.csv").is_file() and (out / "environment.json").is_file()
     assert not (out / "checkpoints").exists()  # nothing trained by gradient: no checkpoint
     table = pd.read_csv(out / "test_predictions.csv")
-    assert len(table) == saved["num_test"] and list(table.columns) == ["id_code", "grade", "pred", *PROBS]
+    assert len(table) == saved["num_test"] and list(table.columns) == ["id_code", "grade", "pred", "referable", *PROBS]
     qwk, auroc = _qwk_auroc(table)
     assert saved["test/qwk"] == pytest.approx(qwk, abs=1e-9)
     assert saved["test/auroc_referable"] == pytest.approx(auroc, abs=1e-6)  # torchmetrics: float32
