@@ -13,11 +13,12 @@ training sets overlap (see ``ssl_dr.reporting.stats``), its assumptions stated b
 partition (one split seed) the report says that assumption is not met and adds the stricter interval over the
 fold means. The naive t interval stands beside them, labelled. A sweep of protocols (``protocol=linear,knn``)
 gets a row per arm x protocol, paired within the protocol (``ssl_dr.reporting.protocols``); jobs that graded an
-external set (``test_data=``) add its QWK and referable AUROC beside the test QWK (``ssl_dr.reporting.external``).
+external set (``test_data=``) add its QWK and referable AUROC beside the test QWK (``ssl_dr.reporting.external``);
+jobs with the screening evaluation add a section of their own (``ssl_dr.reporting.screening``).
 
-``write_report`` writes ``report.md``, ``report.csv``, ``report_paired.csv`` and ``qwk_vs_fraction.png`` into the
-sweep folder; two thin callers run it: ``python -m ssl_dr.report <sweep_dir>`` and, when a multirun ends, the
-Hydra callback ``ssl_dr.reporting.sweep_end``.
+``write_report`` writes ``report.md``, ``report.csv``, ``report_paired.csv``, ``report_screening.csv`` and
+``qwk_vs_fraction.png`` into the sweep folder; two thin callers run it: ``python -m ssl_dr.report <sweep_dir>``
+and, when a multirun ends, the Hydra callback ``ssl_dr.reporting.sweep_end``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ssl_dr.reporting import external, protocols
+from ssl_dr.reporting import external, protocols, screening
 from ssl_dr.reporting import stats as report_stats
 from ssl_dr.reporting.environments import environment_lines
 from ssl_dr.reporting.identity import FINETUNE
@@ -47,7 +48,8 @@ PROTOCOL_LINES = ("-", ":", "-.")  # the paper's reference is dashed
 
 @dataclass
 class ReportFiles:
-    """What ``write_report`` wrote (``paired_csv`` is None when there is no baseline to pair with)."""
+    """What ``write_report`` wrote (``paired_csv`` is None when there is no baseline to pair with,
+    ``screening_csv`` when no job ran the screening evaluation)."""
 
     markdown: Path
     csv: Path
@@ -58,6 +60,9 @@ class ReportFiles:
     gaps: list[Gap]
     jobs: pd.DataFrame | None = None
     """The finished jobs: job folder, arm, protocol, fraction, fold, seeds, test QWK and their W&B run id."""
+    screening_csv: Path | None = None
+    screening: pd.DataFrame | None = None
+    """Per row x fraction: the mean operating-point sensitivity / specificity and ECE (``screening.summarise``)."""
 
     @property
     def complete(self) -> bool:
@@ -67,11 +72,12 @@ class ReportFiles:
 # ---------------------------------------------------------------- markdown and plot
 
 
-def to_markdown(results: SweepResults, table: pd.DataFrame, paired: pd.DataFrame, table_rows: protocols.Rows
-                ) -> str:
+def to_markdown(results: SweepResults, table: pd.DataFrame, paired: pd.DataFrame, table_rows: protocols.Rows,
+                screening_table: pd.DataFrame | None = None) -> str:
     """The report: warnings first (labels read beyond the fraction, incomplete jobs, collapsed runs), then the
     QWK table (with the external set's columns when jobs graded one, the classical reference's line when the
-    sweep has it), labels read and training budget, and the paired differences (one section per protocol)."""
+    sweep has it), labels read and training budget, the screening figures (when ``screening_table`` is given)
+    and the paired differences (one section per protocol)."""
     lines = [f"# Sweep report: {results.sweep_dir.name}", "", f"Sweep folder: `{results.sweep_dir}`  ",
              f"Expected jobs ({results.expected_from}): {_expected_jobs(results, len(table))}", "",
              *report_stats.fixed_val_warning(results.jobs)]
@@ -90,6 +96,8 @@ def to_markdown(results: SweepResults, table: pd.DataFrame, paired: pd.DataFrame
     notes = [*(external.md_lines(results.finished) if graded else []), *protocols.classical_line(table, table_rows)]
     lines += [*report_stats.qwk_md(table, external.md_columns() if graded else ()), "", *notes, *[""] * bool(notes),
               *report_stats.budget_md(table), ""]
+    if screening_table is not None:
+        lines += [*screening.md_lines(screening_table, table_rows.finished), ""]
     for baseline in paired.baseline.unique():
         lines += [*report_stats.paired_md(paired[paired.baseline == baseline], results.num_folds), ""]
     return "\n".join(lines)
@@ -162,8 +170,18 @@ def _protocol_styles(table: pd.DataFrame) -> dict[str, dict[str, str]]:
             for name, protocol in zip(table.arm, table.protocol, strict=True)}
 
 
+def _screening_table(results: SweepResults, table_rows: protocols.Rows) -> pd.DataFrame | None:
+    """Per row x fraction the screening figures (external ones when jobs graded a set); None when no job has them."""
+    if not screening.screened(results.finished):
+        return None
+    table = screening.summarise(table_rows.finished, table_rows.names, results.fractions,
+                                external.graded(results.finished))
+    return protocols.with_protocol(table, table_rows)
+
+
 def write_report(sweep_dir: Path, paper_reference: bool = True) -> ReportFiles:
-    """Collect a sweep and write report.md, report.csv, report_paired.csv and qwk_vs_fraction.png into it."""
+    """Collect a sweep and write report.md, report.csv, report_paired.csv, report_screening.csv (jobs with the
+    screening evaluation) and qwk_vs_fraction.png into it."""
     sweep_dir = Path(sweep_dir)
     results = collect(sweep_dir)
     table_rows = protocols.rows(results)  # one per arm (x protocol, in a sweep of probes)
@@ -171,17 +189,22 @@ def write_report(sweep_dir: Path, paper_reference: bool = True) -> ReportFiles:
     if external.graded(results.finished):
         table = external.add_columns(table, table_rows.finished)
     table = protocols.with_protocol(table, table_rows)
+    screening_table = _screening_table(results, table_rows)
     paired = protocols.paired_within_protocol(table_rows, results.fractions, results.num_folds)
     files = ReportFiles(sweep_dir / "report.md", sweep_dir / "report.csv",
                         sweep_dir / "report_paired.csv" if len(paired) else None, sweep_dir / "qwk_vs_fraction.png",
                         table, paired, results.gaps,
                         results.finished[["job", "arm", "protocol", "label_fraction", "fold", "seed", "split_seed",
-                                          "test_qwk", "wandb_run_id"]].reset_index(drop=True))
+                                          "test_qwk", "wandb_run_id"]].reset_index(drop=True),
+                        sweep_dir / screening.CSV_NAME if screening_table is not None else None, screening_table)
     table.to_csv(files.csv, index=False)
     (sweep_dir / "report_paired.csv").unlink(missing_ok=True)  # no stale pairs from an earlier report
     if files.paired_csv:
         paired.to_csv(files.paired_csv, index=False)
-    files.markdown.write_text(to_markdown(results, table, paired, table_rows) + "\n")
+    (sweep_dir / screening.CSV_NAME).unlink(missing_ok=True)  # nor stale screening figures
+    if files.screening_csv:
+        screening_table.to_csv(files.screening_csv, index=False)
+    files.markdown.write_text(to_markdown(results, table, paired, table_rows, screening_table) + "\n")
     status = f"INCOMPLETE: {len(results.gaps)} expected job(s) without result" if results.gaps else "complete"
     plot(table, files.plot, f"Test QWK vs label fraction: {'/'.join(sweep_dir.resolve().parts[-3:])}\n({status})",
          paper_reference)

@@ -244,7 +244,7 @@ def pct(fraction: float) -> str:
     return f"{fraction * 100:g}%"
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
@@ -287,7 +287,7 @@ def qwk_md(table: pd.DataFrame, extra: Sequence[tuple[str, Callable[[Any], str]]
             "count in brackets). collapsed: finished "
             "runs that predict a single grade / runs whose test predictions "
             "were read.", "",
-            *_md_table(["arm", "labels", "runs", "AVG (MIN – MAX)", "mean ± SD", "SD over folds", "SD over seeds",
+            *md_table(["arm", "labels", "runs", "AVG (MIN – MAX)", "mean ± SD", "SD over folds", "SD over seeds",
                         "referable AUROC", "collapsed", *(name for name, _ in extra)], rows)]
 
 
@@ -311,7 +311,7 @@ def budget_md(table: pd.DataFrame) -> list[str]:
             "labels read = train + validation labels (share of the labels available); steps: optimiser steps "
             "trained; best step: the step of the checkpoint chosen on validation; blank: not in the jobs' "
             "metrics.json.", "",
-            *_md_table(["arm", "labels", "train labels", "val labels", "labels read", "val protocol", "steps",
+            *md_table(["arm", "labels", "train labels", "val labels", "labels read", "val protocol", "steps",
                         "best step", "epochs"], rows)]
 
 
@@ -342,7 +342,7 @@ def paired_md(paired: pd.DataFrame, num_folds: int | None) -> list[str]:
               *[f"{CONFIDENCE:.0%} CI, seeds averaged per fold (stricter)"] * shared,
               f"{CONFIDENCE:.0%} CI naive (pairs treated as independent)"]
     return [f"## Paired difference: arm minus {paired.baseline.iloc[0]}, same split seed, fold and seed", "",
-            *_paired_note(num_folds), *(_shared_note(paired) if shared else []), "", *_md_table(header, rows)]
+            *_paired_note(num_folds), *(_shared_note(paired) if shared else []), "", *md_table(header, rows)]
 
 
 def _paired_note(num_folds: int | None) -> list[str]:
