@@ -25,9 +25,12 @@ The model maps ``N x 3 x S x S`` float32 RGB, ``(pixel / 255 - mean) / std``, to
   validation split, read from the checkpoint) strictly below it.
 
 Decoding stays outside the graph so the file exposes what the network computes (a user can average TTA
-views or re-calibrate) and the thresholds stay readable in the JSON. The graph is captured in eval mode on
-the CPU with a dynamic batch size, and the exported program itself (read back, for ONNX run by onnxruntime)
-is checked against the checkpoint on a random batch of another size before the command reports success.
+views or re-calibrate) and the thresholds stay readable in the JSON. So does what a fine-tune fitted on its
+validation slice and stored in the checkpoint: the JSON's ``calibration`` (the temperature of the probabilities)
+and ``referable`` (the referable-DR score, threshold and target), for the deployer to apply. The graph is
+captured in eval mode on the CPU with a dynamic batch size, and the exported program itself (read back, for ONNX
+run by onnxruntime) is checked against the checkpoint on a random batch of another size before the command reports
+success.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ from torch import nn
 
 from ssl_dr.data import fundus_preprocess as fp
 from ssl_dr.data.records import GRADE_NAMES
-from ssl_dr.inference import InferenceError, InferenceSpec, arg, load_classifier, read_spec, run_cli, side_file
+from ssl_dr.inference import InferenceError, InferenceSpec, arg, load_classifier, run_cli, side_file
+from ssl_dr.inference.checkpoint import Screening, read_checkpoint
 from ssl_dr.models.heads import GradeHead
 from ssl_dr.training.environment import loaded_code
 
@@ -58,6 +62,11 @@ LOADERS = {".pt2": "torch.export.load(model_file).module()(x): torch only; the g
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 EXTRA_FILE = "ssl_dr.json"
 INPUT_NAME, OUTPUT_NAME = "image", "outputs"
+# head -> its referable-DR score (what the stored threshold applies to), from the raw outputs
+REFERABLE_SCORES = {"classification": "softmax({logits})[:, 2:].sum(1): P(grade >= 2)",
+                    "ordinal": "sigmoid(outputs[:, 1]): P(grade >= 2)",
+                    "regression": "outputs[:, 0]: the continuous grade"}
+RAW_NETWORK = "not applied inside the model file: its outputs are the raw grader's"
 TOLERANCE = 1e-4
 
 
@@ -126,8 +135,10 @@ def check(net: nn.Module, exported: Callable[[torch.Tensor], torch.Tensor], imag
                              f"{tuple(expected.shape)}, max |diff| {diff:.2e}); this backbone cannot be exported")
 
 
-def description(spec: InferenceSpec, grading: GradeHead, ckpt: Path, out: Path) -> dict[str, Any]:
-    """Everything a user of the exported file needs to feed it and read its output."""
+def description(spec: InferenceSpec, grading: GradeHead, ckpt: Path, out: Path,
+                screening: Screening | None = None) -> dict[str, Any]:
+    """Everything a user of the exported file needs to feed it and read its output (and, where the checkpoint
+    stores them, the temperature and the referable operating point to apply to that output)."""
     size = spec.image_size
     return {
         "format": FORMATS[out.suffix.lower()],
@@ -159,11 +170,36 @@ def description(spec: InferenceSpec, grading: GradeHead, ckpt: Path, out: Path) 
         "head": grading.name,
         "output": {"name": OUTPUT_NAME, "shape": ["N", grading.num_outputs], **grading.decoding(),
                    "tta": "none applied (average the views' probabilities, or the regression score, then decode)"},
+        **screening_entries(screening, grading.name),
         "grades": dict(enumerate(GRADE_NAMES)),
         "backbone": spec.backbone,
         "checkpoint": str(ckpt.resolve()),
         "ssl_dr_version": _version(), "ssl_dr_commit": _commit(), "torch_version": torch.__version__,
     }
+
+
+def screening_entries(screening: Screening | None, head: str) -> dict[str, Any]:
+    """``calibration`` (a stored temperature) and ``referable`` (a stored operating point) for the JSON: what
+    ``predict`` applies to the network's output, which the exported file leaves raw. Nothing where none is stored
+    (the threshold is null where validation had one side only)."""
+    if screening is None:
+        return {}
+    entries: dict[str, Any] = {}
+    temperature = screening.temperature
+    if temperature is not None:
+        entries["calibration"] = {"temperature": temperature,
+                                  "probabilities": "softmax(outputs / temperature) (instead of output.probabilities; "
+                                                   "fitted on the validation slice, argmax grades unchanged)",
+                                  "applied": RAW_NETWORK}
+    if screening.referable_target is not None:
+        logits = "outputs" if temperature is None else "outputs / temperature"
+        entries["referable"] = {"score": REFERABLE_SCORES[head].format(logits=logits),
+                                "threshold": screening.referable_threshold if screening.has_threshold else None,
+                                "target": screening.referable_target,
+                                "rule": "refer when score >= threshold (chosen on the validation slice to reach "
+                                        "target; null: that slice had one side only, no operating point)",
+                                "applied": RAW_NETWORK}
+    return entries
 
 
 def _version() -> str | None:
@@ -188,10 +224,10 @@ WRITERS = {".pt2": write_pt2, ".onnx": write_onnx}
 
 def export(args: ExportArgs) -> Path:
     """Write ``args.out`` (``.pt2`` or ``.onnx``) and its ``.json`` description; return the JSON's path."""
-    spec = read_spec(args.ckpt)
+    spec, screening = read_checkpoint(args.ckpt)
     model = load_classifier(args.ckpt, spec)
     net = grader_network(model)
-    info = json.dumps(description(spec, model.grading, args.ckpt, args.out), indent=2)
+    info = json.dumps(description(spec, model.grading, args.ckpt, args.out, screening), indent=2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     suffix = args.out.suffix.lower()
     try:

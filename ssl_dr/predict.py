@@ -9,7 +9,9 @@ Kaggle APTOS submission (``id_code,diagnosis``; ``probs=true`` adds ``p0..p4``, 
 head). ``tta=`` averages the head's activation over flipped/rotated views before decoding: probabilities
 for the classification and ordinal heads, the score for regression (measured cost and gain:
 ``docs/inference.md``). The head and, for regression, its validation-tuned thresholds come from the
-checkpoint.
+checkpoint, and so do the temperature and the referable-DR threshold a fine-tune fitted on its validation slice:
+the probabilities are tempered (the grades never change), and ``referable=true`` adds ``referable_score,referable``
+(refer when the score reaches the threshold).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ssl_dr.data.records import NUM_GRADES
 from ssl_dr.inference import (
     TTA_MODES,
     Decoded,
+    InferenceError,
     InputArgs,
     arg,
     decoded_images,
@@ -36,13 +39,14 @@ from ssl_dr.inference import (
     list_images,
     load_classifier,
     predict_activated,
-    read_spec,
     resolve_device,
     run_cli,
     side_file,
     tensor_batches,
 )
+from ssl_dr.inference.checkpoint import Screening, read_checkpoint
 from ssl_dr.models.heads import GradeHead
+from ssl_dr.models.screening import temper
 
 if TYPE_CHECKING:
     import albumentations as A
@@ -51,15 +55,19 @@ if TYPE_CHECKING:
 
 PROB_COLUMNS = [f"p{g}" for g in range(NUM_GRADES)]
 SCORE_COLUMN = "score"
+REFERABLE_SCORE_COLUMN, REFERABLE_COLUMN = "referable_score", "referable"
 
 
 @dataclass(kw_only=True)
 class PredictArgs(InputArgs):
     """``python -m ssl_dr.predict`` arguments."""
 
-    out: Path = arg(help="CSV to write: id_code,diagnosis[,p0..p4 | score]")
-    probs: bool = arg(False, help="also write the grade probabilities p0..p4 (classification, ordinal head) "
-                                  "or the continuous score (regression head)")
+    out: Path = arg(help="CSV to write: id_code,diagnosis[,p0..p4 | score][,referable_score,referable]")
+    probs: bool = arg(False, help="also write the grade probabilities p0..p4 (classification, ordinal head; "
+                                  "tempered when the checkpoint stores a temperature) or the continuous score "
+                                  "(regression head)")
+    referable: bool = arg(False, help="also write the referable-DR score and referable (1: score >= the "
+                                      "checkpoint's validation threshold)")
     tta: str = arg("none", help="test-time augmentation", choices=TTA_MODES)
 
 
@@ -75,21 +83,65 @@ def predict_decoded(model: DRClassifier, decoded: Decoded, transform: A.Compose,
     return torch.cat(parts)
 
 
-def submission(ids: Sequence[str], grading: GradeHead, activated: torch.Tensor, with_probs: bool) -> pd.DataFrame:
-    """Kaggle APTOS format: ``id_code,diagnosis`` (+ ``p0..p4``, or ``score`` for regression)."""
+def tempered(activated: torch.Tensor, screening: Screening | None) -> torch.Tensor:
+    """The classification head's probabilities with the stored temperature: ``softmax(log p / T)``, i.e. the
+    logits over T (``models.screening.temper``, as training fitted it); unchanged without one."""
+    if screening is None or screening.temperature is None:
+        return activated
+    return torch.from_numpy(temper(activated.numpy(), screening.temperature))
+
+
+def submission(ids: Sequence[str], grading: GradeHead, activated: torch.Tensor, with_probs: bool,
+               screening: Screening | None = None, with_referable: bool = False) -> pd.DataFrame:
+    """Kaggle APTOS format: ``id_code,diagnosis`` (+ ``p0..p4``, or ``score`` for regression; + ``referable_score,
+    referable`` at the stored threshold). The grade is decoded from the untempered activation: a temperature
+    changes the probabilities and the referable score, never the argmax."""
     table = pd.DataFrame({"id_code": list(ids), "diagnosis": grading.decode(activated).numpy()})
+    calibrated = tempered(activated, screening)
     if with_probs:
-        probs, score = grading.probs(activated), grading.score(activated)
+        probs, score = grading.probs(calibrated), grading.score(calibrated)
         if probs is not None:
             table[PROB_COLUMNS] = probs.numpy()
         if score is not None:
             table[SCORE_COLUMN] = score.numpy()
+    if with_referable and screening is not None:
+        score = grading.referable(calibrated).double().numpy()
+        table[REFERABLE_SCORE_COLUMN] = score
+        table[REFERABLE_COLUMN] = (score >= screening.referable_threshold).astype(int)
     return table
+
+
+def check_referable(ckpt: Path, screening: Screening | None) -> None:
+    """``referable=true`` needs a finite stored threshold: say why there is none and how to get one."""
+    if screening is not None and screening.has_threshold:
+        return
+    if screening is None:
+        why = "stores no referable-DR threshold (written before checkpoints stored one)"
+    elif screening.referable_target is None:
+        why = "stores no referable-DR threshold (trained with evaluation.referable_target=null)"
+    else:
+        why = (f"stores a NaN referable-DR threshold (target {screening.referable_target}: its validation slice "
+               "had referable or non-referable images only)")
+    raise InferenceError(f"referable=true: {ckpt} {why}; re-train with evaluation.referable_target set (e.g. "
+                         "'{sensitivity: 0.9}') and both sides in the validation slice, or drop referable=true")
+
+
+def screening_summary(screening: Screening | None, with_referable: bool) -> str:
+    """What predict applied from the checkpoint, for its summary line (empty when nothing)."""
+    parts = []
+    if screening is not None and screening.temperature is not None:
+        parts.append(f"temperature {screening.temperature:.4g}")
+    if with_referable and screening is not None:
+        target = ", ".join(f"{k} {v:g}" for k, v in (screening.referable_target or {}).items())
+        parts.append(f"referable at score >= {screening.referable_threshold:.6g} ({target} on validation)")
+    return "".join(f", {part}" for part in parts)
 
 
 def predict(args: PredictArgs) -> pd.DataFrame:
     """Write ``args.out`` (and, with ``skip_bad``, its ``.skipped.csv``); return the written table."""
-    spec = read_spec(args.ckpt)
+    spec, screening = read_checkpoint(args.ckpt)
+    if args.referable:
+        check_referable(args.ckpt, screening)
     records = list_images(args.images, args.image_dir)
     device = resolve_device(args.device)
     model = load_classifier(args.ckpt, spec)
@@ -99,12 +151,14 @@ def predict(args: PredictArgs) -> pd.DataFrame:
         activated = predict_decoded(model.to(device), decoded, eval_transform(spec), args.batch_size, args.tta,
                                     device)
         seconds = time.perf_counter() - started
-    table = submission([r.id_code for r in decoded.records], model.grading, activated, args.probs)
+    table = submission([r.id_code for r in decoded.records], model.grading, activated, args.probs, screening,
+                       args.referable)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False, float_format="%.6f")
     counts = np.bincount(table.diagnosis, minlength=NUM_GRADES)
-    print(f"[ssl_dr] predicted {len(table)} image(s) on {device} ({model.grading.name} head, tta={args.tta}, "
-          f"{seconds:.1f} s, {len(table) / max(seconds, 1e-9):.1f} img/s) -> {args.out}; "
+    print(f"[ssl_dr] predicted {len(table)} image(s) on {device} ({model.grading.name} head, tta={args.tta}"
+          f"{screening_summary(screening, args.referable)}, {seconds:.1f} s, "
+          f"{len(table) / max(seconds, 1e-9):.1f} img/s) -> {args.out}; "
           f"grades 0-4: {'/'.join(map(str, counts))}")
     if skipped_csv is not None:
         print(f"[ssl_dr] skipped {len(decoded.skipped)} unreadable image(s), listed in {skipped_csv}")

@@ -24,9 +24,18 @@ from ssl_dr.data.fundus_preprocess import preprocess
 from ssl_dr.data.records import GRADE_NAMES
 from ssl_dr.export import EXTRA_FILE, ONNX_PACKAGES
 from ssl_dr.export import main as export_main
-from ssl_dr.predict import PROB_COLUMNS
+from ssl_dr.inference.checkpoint import Screening
+from ssl_dr.predict import PROB_COLUMNS, REFERABLE_COLUMN, REFERABLE_SCORE_COLUMN
 from ssl_dr.predict import main as predict_main
-from tests.test_predict import SUBPROCESS_ENV, TinyRun, one_thread, pipeline_tensors, tiny_run
+from tests.test_predict import (
+    SUBPROCESS_ENV,
+    TinyRun,
+    one_thread,
+    pipeline_tensors,
+    screening_payload,
+    tiny_run,
+    with_screening,
+)
 
 IMAGES = 20
 CLEAN = ("ssl_dr", "timm", "lightning")  # modules the exported files must not need
@@ -115,6 +124,54 @@ def test_pt2_export_predicts_what_the_checkpoint_predicts_with_torch_only(run, p
     extra = {EXTRA_FILE: ""}
     torch.export.load(out, extra_files=extra)
     assert json.loads(extra[EXTRA_FILE]) == info  # the description also travels inside the file
+
+
+def test_the_json_carries_the_stored_temperature_and_operating_point_and_the_network_stays_raw(run, predicted,
+                                                                                             tmp_path):
+    """A deployer applying the JSON's calibration and referable entries to the exported outputs gets what
+    ``predict`` writes for the same checkpoint; the exported network itself gives the untempered logits."""
+    paths, _ = predicted
+    images = pipeline_tensors(run, paths, tmp_path / "cache")
+    with torch.no_grad():
+        logits = run.model(images)
+    scores = (logits / 1.7).softmax(dim=1)[:, 2:].sum(dim=1).sort().values
+    threshold = float(scores[IMAGES // 2 - 1: IMAGES // 2 + 1].mean())
+    ckpt = with_screening(run.ckpt, tmp_path / "screened.ckpt",
+                          screening_payload(1.7, threshold, {"sensitivity": 0.9}))
+    out = tmp_path / "grader.pt2"
+    with one_thread():
+        export_main([f"ckpt={ckpt}", f"out={out}"])
+        predict_main([f"ckpt={ckpt}", f"images={paths[0].parent}", f"out={tmp_path / 'p.csv'}", "device=cpu",
+                      "probs=true", "referable=true"])
+    info, table = json.loads(out.with_suffix(".json").read_text()), pd.read_csv(tmp_path / "p.csv")
+    assert info["calibration"]["temperature"] == 1.7 and "raw grader" in info["calibration"]["applied"]
+    assert info["calibration"]["probabilities"].startswith("softmax(outputs / temperature)")
+    assert (info["referable"]["threshold"], info["referable"]["target"]) == (threshold, {"sensitivity": 0.9})
+    assert info["referable"]["score"].startswith("softmax(outputs / temperature)[:, 2:].sum(1)")
+    with torch.no_grad():
+        raw = torch.export.load(out).module()(images)
+    torch.testing.assert_close(raw, logits, atol=1e-5, rtol=1e-5)
+    probs = (raw / info["calibration"]["temperature"]).softmax(dim=1)
+    np.testing.assert_allclose(probs.numpy(), table[PROB_COLUMNS].to_numpy(), atol=1e-5)
+    score = probs[:, 2:].sum(dim=1).numpy()
+    np.testing.assert_allclose(score, table[REFERABLE_SCORE_COLUMN].to_numpy(), atol=1e-5)
+    np.testing.assert_array_equal((score >= info["referable"]["threshold"]).astype(int), table[REFERABLE_COLUMN])
+
+
+@pytest.mark.parametrize("screening, entries", [
+    (None, {}),  # a checkpoint written before screening settings were stored: the JSON as before
+    (Screening(None, float("nan"), None), {}),
+    (Screening(None, float("nan"), {"specificity": 0.8}), {"referable": {
+        "score": "softmax(outputs)[:, 2:].sum(1): P(grade >= 2)", "threshold": None, "target": {"specificity": 0.8}}}),
+])
+def test_the_json_has_no_calibration_without_a_temperature_and_no_nan_threshold(screening, entries, run):
+    info = export_module.description(run.spec, run.model.grading, run.ckpt, Path("grader.pt2"), screening)
+    assert {key: {k: info[key][k] for k in entries[key]} for key in ("calibration", "referable") if key in info} \
+        == entries
+    text = json.dumps(info)
+    json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    if screening is None:
+        assert info == export_module.description(run.spec, run.model.grading, run.ckpt, Path("grader.pt2"))
 
 
 @pytest.mark.e2e  # ~12 s (the ONNX conversion): the e2e tier

@@ -39,9 +39,13 @@ from ssl_dr.inference import (
     read_spec,
     tta_views,
 )
-from ssl_dr.predict import PROB_COLUMNS, SCORE_COLUMN, PredictArgs
+from ssl_dr.inference.checkpoint import SCREENING_KEY, Screening, read_checkpoint
+from ssl_dr.models.screening import temper
+from ssl_dr.predict import PROB_COLUMNS, REFERABLE_COLUMN, REFERABLE_SCORE_COLUMN, SCORE_COLUMN, PredictArgs
 from ssl_dr.predict import main as predict_main
+from ssl_dr.run_files import VAL_PREDICTIONS
 from ssl_dr.train import train
+from ssl_dr.training.screening import CHECKPOINT_KEY
 from tests.conftest import TINY, compose_cfg
 
 
@@ -110,8 +114,8 @@ def run(tmp_path_factory) -> Iterator[TinyRun]:
         yield tiny_run(tmp_path_factory)
 
 
-def _predict(run: TinyRun, images: Path, out: Path, *extra: str) -> pd.DataFrame:
-    predict_main([f"ckpt={run.ckpt}", f"images={images}", f"out={out}", "device=cpu", *extra])
+def _predict(run: TinyRun, images: Path, out: Path, *extra: str, ckpt: Path | None = None) -> pd.DataFrame:
+    predict_main([f"ckpt={ckpt or run.ckpt}", f"images={images}", f"out={out}", "device=cpu", *extra])
     return pd.read_csv(out, dtype={"id_code": str})
 
 
@@ -153,10 +157,28 @@ def test_rot4_is_the_mean_softmax_over_the_four_rotations(run, tmp_path):
     np.testing.assert_array_equal(table.diagnosis.to_numpy(), manual.argmax(axis=1))
 
 
+def with_screening(ckpt: Path, out: Path, screening: dict[str, Any] | None) -> Path:
+    """A copy of ``ckpt`` storing ``screening`` as a fine-tune's screening step does (None: without the key, as
+    checkpoints written before it)."""
+    payload = torch.load(ckpt, map_location="cpu", weights_only=True)
+    payload.pop(CHECKPOINT_KEY, None)
+    if screening is not None:
+        payload[CHECKPOINT_KEY] = screening
+    torch.save(payload, out)
+    return out
+
+
+def screening_payload(temperature: float | None = None, threshold: float = float("nan"),
+                      target: dict[str, float] | None = None) -> dict[str, Any]:
+    """The checkpoint's ``screening`` entry as ``ssl_dr.training.screening`` writes it."""
+    return {"temperature": temperature, "referable_threshold": threshold, "referable_target": target}
+
+
 @pytest.mark.parametrize("head", ["ordinal", "regression"])
 def test_other_heads_average_their_activation_over_tta_then_decode(head, tmp_path_factory, tmp_path):
     """Ordinal: mean threshold sigmoids -> count above 0.5 and cumulative probabilities; regression: mean
-    score -> the checkpoint's tuned thresholds. Nothing about the head is passed by the user."""
+    score -> the checkpoint's tuned thresholds; ``referable=true`` thresholds the head's own referable score of
+    the mean. Nothing about the head is passed by the user."""
     with one_thread():
         other = tiny_run(tmp_path_factory, head)
         paths = other.images[:6]
@@ -169,6 +191,13 @@ def test_other_heads_average_their_activation_over_tta_then_decode(head, tmp_pat
         model = other.model
         with torch.no_grad():
             mean = (model.grading.activate(model(x)) + model.grading.activate(model(x.flip(-1)))) / 2
+        score = model.grading.referable(mean).numpy()  # the head's own: sigmoid of "grade >= 2", or the score
+        middle = float(np.sort(score)[2:4].mean())
+        ckpt = with_screening(other.ckpt, tmp_path / "screened.ckpt",
+                              screening_payload(None, middle, {"sensitivity": 0.9}))
+        refer = _predict(other, folder, tmp_path / "refer.csv", "referable=true", "tta=flip", ckpt=ckpt)
+    np.testing.assert_allclose(refer[REFERABLE_SCORE_COLUMN].to_numpy(), score, atol=2e-6)
+    np.testing.assert_array_equal(refer[REFERABLE_COLUMN].to_numpy(), (score >= middle).astype(int))
     assert list(table.id_code) == [p.stem for p in paths]
     if head == "ordinal":
         assert list(table.columns) == ["id_code", "diagnosis", *PROB_COLUMNS]
@@ -181,6 +210,110 @@ def test_other_heads_average_their_activation_over_tta_then_decode(head, tmp_pat
         np.testing.assert_allclose(table[SCORE_COLUMN].to_numpy(), mean.numpy(), atol=2e-6)
         expected = np.searchsorted(stored.numpy(), mean.numpy(), side="left")  # thresholds strictly below
         np.testing.assert_array_equal(table.diagnosis.to_numpy(), expected)
+
+
+def few_images(run: TinyRun, folder: Path, count: int = 8) -> list[Path]:
+    folder.mkdir()
+    return [Path(shutil.copy(path, folder / path.name)) for path in run.images[:count]]
+
+
+def test_the_stored_temperature_tempers_the_probabilities_and_never_the_grades(run, tmp_path, capsys):
+    paths = few_images(run, tmp_path / "few")
+    raw_ckpt = with_screening(run.ckpt, tmp_path / "raw.ckpt", None)
+    warm_ckpt = with_screening(run.ckpt, tmp_path / "warm.ckpt", screening_payload(temperature=2.5))
+    raw = _predict(run, tmp_path / "few", tmp_path / "raw.csv", "probs=true", ckpt=raw_ckpt)
+    assert ", temperature" not in capsys.readouterr().out
+    warm = _predict(run, tmp_path / "few", tmp_path / "warm.csv", "probs=true", ckpt=warm_ckpt)
+    assert "temperature 2.5," in capsys.readouterr().out
+    with torch.no_grad():
+        logits = run.model(pipeline_tensors(run, paths, tmp_path / "cache"))
+    np.testing.assert_allclose(warm[PROB_COLUMNS].to_numpy(), (logits / 2.5).softmax(dim=1).numpy(), atol=2e-6)
+    by_hand = torch.from_numpy(raw[PROB_COLUMNS].to_numpy()).log().div(2.5).softmax(dim=1).numpy()
+    np.testing.assert_allclose(warm[PROB_COLUMNS].to_numpy(), by_hand, atol=1e-5)  # softmax(log p / T)
+    assert not np.allclose(warm[PROB_COLUMNS].to_numpy(), raw[PROB_COLUMNS].to_numpy(), atol=1e-3)
+    np.testing.assert_array_equal(warm.diagnosis.to_numpy(), raw.diagnosis.to_numpy())
+    np.testing.assert_array_equal(warm.diagnosis.to_numpy(), logits.argmax(dim=1).numpy())
+
+
+def test_referable_is_the_tta_averaged_tempered_score_at_the_stored_threshold(run, tmp_path, capsys):
+    paths = few_images(run, tmp_path / "few")
+    x = pipeline_tensors(run, paths, tmp_path / "cache")
+    with torch.no_grad():
+        mean = (run.model(x).softmax(dim=1) + run.model(x.flip(-1)).softmax(dim=1)) / 2
+    score = mean.double().log().div(1.5).softmax(dim=1)[:, 2:].sum(dim=1).numpy()
+    middle = np.sort(score)[len(score) // 2 - 1: len(score) // 2 + 1].mean()  # between two images: both sides
+    ckpt = with_screening(run.ckpt, tmp_path / "screened.ckpt",
+                          screening_payload(1.5, float(middle), {"sensitivity": 0.9}))
+    table = _predict(run, tmp_path / "few", tmp_path / "refer.csv", "referable=true", "tta=flip", ckpt=ckpt)
+    assert list(table.columns) == ["id_code", "diagnosis", REFERABLE_SCORE_COLUMN, REFERABLE_COLUMN]
+    np.testing.assert_allclose(table[REFERABLE_SCORE_COLUMN].to_numpy(), score, atol=2e-6)
+    np.testing.assert_array_equal(table[REFERABLE_COLUMN].to_numpy(), (score >= middle).astype(int))
+    assert table[REFERABLE_COLUMN].sum() == len(paths) // 2
+    np.testing.assert_array_equal(table.diagnosis.to_numpy(), mean.argmax(dim=1).numpy())
+    out = capsys.readouterr().out
+    assert f"temperature 1.5, referable at score >= {middle:.6g} (sensitivity 0.9 on validation)" in out
+
+
+def test_predict_scores_the_validation_images_as_training_chose_the_threshold_on_them(run, tmp_path):
+    """The threshold was chosen on ``val_predictions.csv``'s referable scores (tempered from its p0..p4 when a
+    temperature was fitted, ``ssl_dr.training.screening``): predict gives the same scores for those images."""
+    val = pd.read_csv(Path(run.metrics["output_dir"]) / VAL_PREDICTIONS, dtype={"id_code": str})
+    csv = tmp_path / "val.csv"
+    val[["id_code"]].to_csv(csv, index=False)
+    fitted_on = {None: val.referable.to_numpy(), 1.5: temper(val[PROB_COLUMNS].to_numpy(), 1.5)[:, 2:].sum(axis=1)}
+    for temperature, expected in fitted_on.items():
+        ckpt = with_screening(run.ckpt, tmp_path / f"T{temperature}.ckpt",
+                              screening_payload(temperature, 0.5, {"sensitivity": 0.9}))
+        table = _predict(run, csv, tmp_path / "val_preds.csv", "referable=true",
+                         f"image_dir={run.data / 'train_images'}", ckpt=ckpt)
+        assert list(table.id_code) == list(val.id_code)
+        np.testing.assert_allclose(table[REFERABLE_SCORE_COLUMN].to_numpy(), expected, atol=2e-6)
+
+
+@pytest.mark.parametrize("screening, why", [
+    (None, "stores no referable-DR threshold (written before checkpoints stored one)"),
+    (screening_payload(), "stores no referable-DR threshold (trained with evaluation.referable_target=null)"),
+    (screening_payload(target={"specificity": 0.8}),
+     "stores a NaN referable-DR threshold (target {'specificity': 0.8}: its validation slice had referable or "
+     "non-referable images only)"),
+])
+def test_referable_without_a_finite_stored_threshold_is_one_error_naming_the_checkpoint(screening, why, run,
+                                                                                       tmp_path, capsys):
+    ckpt = with_screening(run.ckpt, tmp_path / "plain.ckpt", screening)
+    with pytest.raises(SystemExit) as exit_info:
+        _predict(run, run.data / "train_images", tmp_path / "o.csv", "referable=true", ckpt=ckpt)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: referable=true: {ckpt} {why}")
+    assert "re-train with evaluation.referable_target set" in err and not (tmp_path / "o.csv").exists()
+
+
+def test_a_checkpoint_without_screening_settings_predicts_as_before(run, tmp_path):
+    """No key: the plain softmax, no extra columns, no error without referable=true; a stored threshold alone
+    (no temperature) changes nothing either unless referable=true asks for it."""
+    paths = few_images(run, tmp_path / "few")
+    old = with_screening(run.ckpt, tmp_path / "old.ckpt", None)
+    assert read_checkpoint(old)[1] is None
+    table = _predict(run, tmp_path / "few", tmp_path / "old.csv", "probs=true", ckpt=old)
+    assert list(table.columns) == ["id_code", "diagnosis", *PROB_COLUMNS]
+    with torch.no_grad():
+        expected = run.model(pipeline_tensors(run, paths, tmp_path / "cache")).softmax(dim=1).numpy()
+    np.testing.assert_allclose(table[PROB_COLUMNS].to_numpy(), expected, atol=2e-6)
+    thresholded = with_screening(run.ckpt, tmp_path / "new.ckpt",
+                                 screening_payload(threshold=0.3, target={"sensitivity": 0.9}))
+    pd.testing.assert_frame_equal(_predict(run, tmp_path / "few", tmp_path / "new.csv", "probs=true",
+                                           ckpt=thresholded), table)
+
+
+def test_read_checkpoint_returns_the_stored_screening_settings(run, tmp_path):
+    assert SCREENING_KEY == CHECKPOINT_KEY  # the inference layer cannot import training's name
+    ckpt = with_screening(run.ckpt, tmp_path / "s.ckpt", screening_payload(1.25, 0.375, {"sensitivity": 0.9}))
+    spec, screening = read_checkpoint(ckpt)
+    assert spec == run.spec and screening == Screening(1.25, 0.375, {"sensitivity": 0.9}) and screening.has_threshold
+    assert not read_checkpoint(with_screening(run.ckpt, tmp_path / "n.ckpt", screening_payload()))[1].has_threshold
+    broken = with_screening(run.ckpt, tmp_path / "broken.ckpt", {"temperature": "warm"})
+    with pytest.raises(InferenceError, match=re.escape(f"{broken}: unreadable 'screening' entry")):
+        read_checkpoint(broken)
 
 
 def test_tta_views(run):

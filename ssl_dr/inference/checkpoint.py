@@ -1,8 +1,9 @@
-"""A checkpoint's inference spec (backbone, size, preprocessing, mean/std: never re-typed) and the grader it
-holds, checked before anything heavy is imported."""
+"""A checkpoint's inference spec (backbone, size, preprocessing, mean/std: never re-typed), the screening settings
+fitted on its validation slice, and the grader it holds, checked before anything heavy is imported."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,8 +43,41 @@ class InferenceSpec:
                    model_kwargs=dict(inference.get("model_kwargs") or {}))
 
 
+@dataclass(frozen=True)
+class Screening:
+    """What a fine-tune fitted on its validation slice and stored in ``best.ckpt`` (``ssl_dr.training.screening``):
+    the temperature of the grade probabilities (None: not fitted) and the referable-DR operating point, "refer when
+    the head's referable score >= ``referable_threshold``" (NaN: none, as without a target or on a one-sided
+    validation slice), chosen to reach ``referable_target`` (``{"sensitivity": 0.9}``, or None)."""
+
+    temperature: float | None
+    referable_threshold: float
+    referable_target: dict[str, float] | None
+
+    @classmethod
+    def from_payload(cls, stored: dict[str, Any]) -> Screening:
+        temperature, target = stored["temperature"], stored["referable_target"]
+        return cls(temperature=None if temperature is None else float(temperature),
+                   referable_threshold=float(stored["referable_threshold"]),
+                   referable_target=None if target is None else {str(k): float(v) for k, v in dict(target).items()})
+
+    @property
+    def has_threshold(self) -> bool:
+        return math.isfinite(self.referable_threshold)
+
+
+SCREENING_KEY = "screening"
+"""The payload key ``ssl_dr.training.screening.CHECKPOINT_KEY`` writes (that layer is above this one)."""
+
+
 def read_spec(ckpt: Path) -> InferenceSpec:
     """Check that ``ckpt`` is a DRClassifier checkpoint and return its input pipeline (torch only, cheap)."""
+    return read_checkpoint(ckpt)[0]
+
+
+def read_checkpoint(ckpt: Path) -> tuple[InferenceSpec, Screening | None]:
+    """``read_spec``'s checks, then the input pipeline and the stored screening settings (None in checkpoints
+    written before they were stored), from one memory-mapped read: the network is not built."""
     if not ckpt.is_file():
         raise InferenceError(f"checkpoint {ckpt} not found (ckpt= takes a run's checkpoints/best.ckpt)")
     try:
@@ -60,9 +94,15 @@ def read_spec(ckpt: Path) -> InferenceSpec:
         raise InferenceError(f"{ckpt} is a DRClassifier checkpoint without hyper_parameters.inference (written "
                              "before checkpoints carried their input pipeline): retrain it with this version")
     try:
-        return InferenceSpec.from_hparams(hparams["inference"])
+        spec = InferenceSpec.from_hparams(hparams["inference"])
     except (KeyError, TypeError, ValueError) as err:
         raise InferenceError(f"{ckpt}: incomplete hyper_parameters.inference ({err!r})") from None
+    if payload.get(SCREENING_KEY) is None:
+        return spec, None
+    try:
+        return spec, Screening.from_payload(payload[SCREENING_KEY])
+    except (KeyError, TypeError, ValueError) as err:
+        raise InferenceError(f"{ckpt}: unreadable {SCREENING_KEY!r} entry ({err!r}); re-train to rewrite it") from None
 
 
 def load_classifier(ckpt: Path, spec: InferenceSpec) -> DRClassifier:
