@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.publish:
         size = sum(copy.stat().st_size for copy in copies)
         print(f"published {len(copies)} record files ({size / 1024:.0f} KiB) of {args.sweep_dir} into {args.publish}")
-    print("written:", *(p for p in (files.markdown, files.csv, files.paired_csv, files.plot) if p), sep="\n  ")
+    written = (files.markdown, files.csv, files.paired_csv, files.screening_csv, files.plot)
+    print("written:", *(p for p in written if p), sep="\n  ")
     if files.gaps:
         print(f"incomplete: {len(files.gaps)} expected job(s) have no result (listed above)", file=sys.stderr)
         return 1

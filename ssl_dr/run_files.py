@@ -15,6 +15,8 @@ TEST_PREDICTIONS = "test_predictions.csv"
 VAL_PREDICTIONS = "val_predictions.csv"
 """The chosen model's validation predictions: what its operating point and temperature were fitted on."""
 EXTERNAL_PREDICTIONS = "external_predictions.csv"
+CHECKPOINT_SCREENING = "screening"
+"""The key of ``checkpoints/best.ckpt`` holding the fitted temperature and referable threshold (for ``predict``)."""
 RELIABILITY_PLOT = "reliability_{stage}.png"
 """The reliability diagram of one stage's grade probabilities (``test``, ``external``)."""
 

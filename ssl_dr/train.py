@@ -51,7 +51,7 @@ from ssl_dr.training.external import grade_external
 from ssl_dr.training.phases import finetune, pretext_weights
 from ssl_dr.training.probe_phase import FINETUNE, NO_NETWORK, check_protocol, probe
 from ssl_dr.training.ranks import RankZeroGoneError, RankZeroHeartbeat, is_launch_rank_zero
-from ssl_dr.training.screening import check_evaluation, screen
+from ssl_dr.training.screening import check_evaluation, patients, screen
 from ssl_dr.training.wandb_publish import media_config
 
 log = logging.getLogger(__name__)
@@ -182,9 +182,11 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         scores = probe(cfg, *roles, cache=cache, init_weights=init_weights, out_dir=out_dir, external=external,
                        run_record=record)
         chosen = f"the {cfg.protocol.name} probe" + (f" (C {scores['probe/C']:g})" if scores.get("probe/C") else "")
-    if is_launch_rank_zero():  # operating point, calibration, intervals: from the prediction files rank 0 wrote
+    if is_launch_rank_zero() and (cfg.protocol.name != FINETUNE or external is not None):
+        # operating point, calibration, intervals of the prediction files rank 0 wrote (the fine-tune's test fold
+        # has them already, in its W&B run too; the same figures again, with the external set's added)
         scores.update(screen(cfg.evaluation, out_dir, {
-            "test": _patients(records), "external": _patients(external.records) if external else {}}))
+            "test": patients(records), "external": patients(external.records) if external else {}}))
     metrics = {**record, **scores}  # the W&B run's summary holds this same record
     log.info(f"tested {chosen} "
              f"(val/qwk {scores.get('val/qwk_best', math.nan):.4f}): "
@@ -198,11 +200,6 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             (out_dir / "checkpoints" / "last.ckpt").unlink(missing_ok=True)
     log.info(f"done: test/qwk = {metrics.get('test/qwk', float('nan')):.4f}  ({out_dir})")
     return metrics
-
-
-def _patients(records: list[Record]) -> dict[str, str]:
-    """Image id -> patient (the image itself where the data set names none, as IDRiD)."""
-    return {r.id_code: r.group if r.group is not None else r.id_code for r in records}
 
 
 def _recalls(scores: dict[str, Any]) -> str:

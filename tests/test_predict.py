@@ -39,7 +39,7 @@ from ssl_dr.inference import (
     read_spec,
     tta_views,
 )
-from ssl_dr.inference.checkpoint import SCREENING_KEY, Screening, read_checkpoint
+from ssl_dr.inference.checkpoint import Screening, read_checkpoint
 from ssl_dr.models.screening import temper
 from ssl_dr.predict import PROB_COLUMNS, REFERABLE_COLUMN, REFERABLE_SCORE_COLUMN, SCORE_COLUMN, PredictArgs
 from ssl_dr.predict import main as predict_main
@@ -306,7 +306,6 @@ def test_a_checkpoint_without_screening_settings_predicts_as_before(run, tmp_pat
 
 
 def test_read_checkpoint_returns_the_stored_screening_settings(run, tmp_path):
-    assert SCREENING_KEY == CHECKPOINT_KEY  # the inference layer cannot import training's name
     ckpt = with_screening(run.ckpt, tmp_path / "s.ckpt", screening_payload(1.25, 0.375, {"sensitivity": 0.9}))
     spec, screening = read_checkpoint(ckpt)
     assert spec == run.spec and screening == Screening(1.25, 0.375, {"sensitivity": 0.9}) and screening.has_threshold

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from ssl_dr.models.classifier import DRClassifier
 
 from ssl_dr.inference.errors import InferenceError
+from ssl_dr.run_files import CHECKPOINT_SCREENING
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,7 @@ class Screening:
         return math.isfinite(self.referable_threshold)
 
 
-SCREENING_KEY = "screening"
-"""The payload key ``ssl_dr.training.screening.CHECKPOINT_KEY`` writes (that layer is above this one)."""
+SCREENING_KEY = CHECKPOINT_SCREENING
 
 
 def read_spec(ckpt: Path) -> InferenceSpec:

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ from ssl_dr.training.callbacks import RngStateCallback, StepBudgetProgressBar
 from ssl_dr.training.loggers import build_loggers, close_loggers
 from ssl_dr.training.predictions import PREDICTIONS_NAME, PredictionWriter
 from ssl_dr.training.ranks import await_choice, await_file, heartbeat_path, is_launch_rank_zero, publish_choice
+from ssl_dr.training.screening import patients, screen
 from ssl_dr.training.wandb_publish import Publish, finetune_publisher, pretext_publisher
 from ssl_dr.training.wandb_run import define_finetune_metrics, publish_finetune_record, wandb_runs
 
@@ -78,11 +80,11 @@ def _transforms(cfg: DictConfig, backbone: Backbone, train_kind: str) -> dict[st
 def _fit(cfg: DictConfig, phase: str, run_id: str, run_name: str, module: Any, datamodule: FundusDataModule,
          callbacks: list[Callback], resume_from: Path | None, test: bool = False,
          run_record: dict[str, Any] | None = None, publish: Publish | None = None,
-         **trainer_overrides: Any) -> dict[str, Any]:
+         screening: Callable[[], dict[str, Any]] | None = None, **trainer_overrides: Any) -> dict[str, Any]:
     """Fit from scratch or from ``resume_from`` (and optionally test the best checkpoint), with loggers
     that are closed whatever happens. ``run_id`` makes a resumed phase continue its W&B run. ``publish``
     gives the phase's W&B runs their pictures and artifacts once it has succeeded (on the process that writes
-    them: rank 0)."""
+    them: rank 0); ``screening`` adds the figures read off the prediction files rank 0 wrote, before publishing."""
     loggers = build_loggers(cfg, phase, run_name, run_id)
     failed = True
     try:
@@ -109,6 +111,8 @@ def _fit(cfg: DictConfig, phase: str, run_id: str, run_name: str, module: Any, d
             metrics.update({k: float(v) for k, v in tested[0].items()})
             metrics["test/confusion"] = module.confusion_matrices["test"]
             metrics["test/grades_predicted"] = grades_predicted(metrics["test/confusion"])
+            if screening is not None and trainer.is_global_zero:
+                metrics.update(screening())
             metrics["wandb/run_id"] = run_id  # the sweep's report run lists its jobs' runs by this id
             publish_finetune_record(loggers, {**(run_record or {}), **metrics})
         if publish is not None and trainer.is_global_zero and (runs := wandb_runs(loggers)):
@@ -288,5 +292,6 @@ def finetune(cfg: DictConfig, train: list[Record], val: list[Record], test: list
                  PredictionWriter(out_dir / VAL_PREDICTIONS, stage="validate")]
     return _fit(cfg, "finetune", run_id, run_name, module, datamodule, callbacks,
                 resume_from=last if (cfg.resume or requeued_by_slurm()) and last.is_file() else None, test=True,
-                run_record=run_record, publish=finetune_publisher(cfg, module, datamodule, out_dir, run_record or {}))
+                run_record=run_record, publish=finetune_publisher(cfg, module, datamodule, out_dir, run_record or {}),
+                screening=lambda: screen(cfg.evaluation, out_dir, {"test": patients(test)}))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from ssl_dr.data.records import NUM_GRADES, DataError
+from ssl_dr.data.records import NUM_GRADES, DataError, Record
 from ssl_dr.models.screening import (
     at_threshold,
     bootstrap_intervals,
@@ -31,12 +31,19 @@ from ssl_dr.models.screening import (
     reliability_bins,
     temper,
 )
-from ssl_dr.run_files import EXTERNAL_PREDICTIONS, RELIABILITY_PLOT, TEST_PREDICTIONS, VAL_PREDICTIONS, write_atomic
+from ssl_dr.run_files import (
+    CHECKPOINT_SCREENING,
+    EXTERNAL_PREDICTIONS,
+    RELIABILITY_PLOT,
+    TEST_PREDICTIONS,
+    VAL_PREDICTIONS,
+    write_atomic,
+)
 
 log = logging.getLogger(__name__)
 
 PROBS = [f"p{k}" for k in range(NUM_GRADES)]
-CHECKPOINT_KEY = "screening"
+CHECKPOINT_KEY = CHECKPOINT_SCREENING
 """Where ``best.ckpt`` keeps ``{"temperature", "referable_threshold", "referable_target"}`` for ``predict``."""
 
 
@@ -96,6 +103,11 @@ def screen(settings: DictConfig, out_dir: Path, groups: Mapping[str, Mapping[str
     _store_in_checkpoint(out_dir / "checkpoints" / "best.ckpt", temperature, threshold, target)
     _say(record, target)
     return record
+
+
+def patients(records: Sequence[Record]) -> dict[str, str]:
+    """Image id -> patient, the bootstrap's unit (the image itself where the data set names none, as IDRiD)."""
+    return {r.id_code: r.group if r.group is not None else r.id_code for r in records}
 
 
 def _referable(table: pd.DataFrame, temperature: float | None) -> np.ndarray:

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from ssl_dr.data.datamodule import FundusDataModule
 from ssl_dr.models.backbone import save_backbone
 from ssl_dr.pretexts.store import WEIGHTS_NAME
+from ssl_dr.run_files import RELIABILITY_PLOT
 from ssl_dr.training.predictions import PREDICTIONS_NAME
 from ssl_dr.training.wandb_artifacts import (
     grader_alias,
@@ -78,6 +79,12 @@ def finetune_publisher(cfg: DictConfig, module: Any, datamodule: FundusDataModul
             logged["test/predictions"] = predictions_table(module, datamodule.datasets["test"],
                                                            out_dir / PREDICTIONS_NAME, media.predictions,
                                                            media.grad_cam)
+        reliability = out_dir / RELIABILITY_PLOT.format(stage="test")
+        if reliability.is_file():  # ssl_dr.training.screening's diagram of the tested checkpoint
+            import wandb
+
+            logged["test/reliability"] = wandb.Image(str(reliability), caption="reliability of the test fold's "
+                                                     "grade probabilities and P(referable)")
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         for run in runs:
             if logged:

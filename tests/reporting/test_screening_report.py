@@ -146,3 +146,11 @@ def test_job_facts_never_fail_on_odd_values():
     assert (facts["screened"], facts["operating_point"], facts["bootstrap"]) == (
         True, "specificity >= high", "patient bootstrap, 200 resamples")
     assert screening_facts(None)["screened"] is False
+
+
+def test_the_command_names_the_screening_csv_it_wrote(tmp_path, capsys):
+    from ssl_dr.report import main
+
+    sweep = screen(make_sweep(tmp_path))
+    main([str(sweep)])
+    assert str(sweep / "report_screening.csv") in capsys.readouterr().out

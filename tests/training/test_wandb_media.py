@@ -76,6 +76,14 @@ def test_a_run_shows_its_test_predictions_with_grad_cam_and_the_pretext_grid(tin
         assert _png(files[row[1]["path"]]).shape == (THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3)  # 32 px, upscaled
     overlays = [row[-1] for row in logged["data"]]
     assert all(o is not None for o in overlays[:3]) and all(o is None for o in overlays[3:])
+
+    # the screening figures (issue 33): in the summary as in metrics.json, and the reliability diagram as a picture
+    saved = json.loads((out / "metrics.json").read_text())
+    summary = wandb_records.summary(runs["finetune"])["metrics.json"]
+    for key in ("operating_point/threshold", "test/sensitivity_at_operating_point", "test/ece", "test/qwk_ci_low"):
+        assert summary[key] == (None if saved[key] != saved[key] else pytest.approx(saved[key]))  # NaN: None
+    (reliability,) = [row for row in wandb_records.history(runs["finetune"]) if "test/reliability/path" in row]
+    assert _png(runs["finetune"] / "files" / reliability["test/reliability/path"]).shape[2] == 3
     for o in overlays[:3]:
         assert _png(files[o["path"]]).shape == (2 * THUMBNAIL_SIDE, 2 * THUMBNAIL_SIDE, 3)
 
