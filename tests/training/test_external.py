@@ -26,6 +26,7 @@ from ssl_dr.data.external import ExternalSet
 from ssl_dr.data.records import NUM_GRADES
 from ssl_dr.data.synthetic import write_synthetic_dataset
 from ssl_dr.models.heads import build_head
+from ssl_dr.models.screening import at_threshold
 from ssl_dr.train import train
 from ssl_dr.training.external import EXTERNAL_PREDICTIONS_NAME, external_scores, grade_external
 from ssl_dr.training.predictions import PREDICTIONS_NAME
@@ -102,6 +103,11 @@ def test_job_writes_external_scores_equal_to_scikit_learn_on_its_predictions(ext
     assert saved["external/root"].endswith("synthetic-n40-u0-px32-seed1")
     assert {k: v for k, v in metrics.items() if k.startswith("external/")}.keys() == \
         {k for k in saved if k.startswith("external/")}
+    # the operating point chosen on validation, read on the external set (ssl_dr.training.screening)
+    figures = at_threshold(grades, table.referable, saved["operating_point/threshold"])
+    assert saved["external/sensitivity_at_operating_point"] == pytest.approx(figures["sensitivity"], nan_ok=True)
+    assert saved["external/specificity_at_operating_point"] == pytest.approx(figures["specificity"], nan_ok=True)
+    assert {"external/ece", "external/qwk_ci_low", "external/auroc_referable_ci_high"} <= saved.keys()
 
 
 @pytest.mark.e2e
