@@ -4,6 +4,7 @@ group and filter a sweep; its config carries the run's environment (``ssl_dr.tra
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_dr.training.environment import describe_environment
+
+log = logging.getLogger(__name__)
 
 
 def build_loggers(cfg: DictConfig, phase: str, run_name: str, run_id: str) -> list[Logger]:
@@ -52,10 +55,14 @@ def sweep_group(cfg: DictConfig) -> str | None:
 
 
 def close_loggers(loggers: list[Logger], failed: bool) -> None:
-    """Finish W&B runs so the next phase (or sweep job) starts a new one, also after a failure."""
+    """Finish W&B runs so the next phase (or sweep job) starts a new one, also after a failure; an offline run's
+    folder and its ``wandb sync`` command go into the log."""
     for logger in loggers:
         logger.finalize("failed" if failed else "success")
         if isinstance(logger, WandbLogger):
             import wandb
 
+            offline = wandb.run.sync_dir if wandb.run is not None and wandb.run.offline else None
             wandb.finish(exit_code=1 if failed else 0)
+            if offline:  # the run's log then ends with where its W&B run is and how to upload it
+                log.info(f"W&B offline run: {offline}; upload with: wandb sync {offline}")
