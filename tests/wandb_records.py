@@ -67,8 +67,9 @@ def summary(run_dir: Path) -> dict[str, Any]:
 
 
 def metric_definitions(run_dir: Path) -> dict[str, Any]:
-    """``define_metric`` calls: name -> the MetricRecord (its ``summary`` says max/min/last...)."""
-    return {r.metric.name: r.metric for r in records(run_file(run_dir)) if r.WhichOneof("record_type") == "metric"}
+    """``define_metric`` calls: name (or glob, ``val/*``) -> the MetricRecord (``summary``, ``step_metric``...)."""
+    return {r.metric.name or r.metric.glob_name: r.metric for r in records(run_file(run_dir))
+            if r.WhichOneof("record_type") == "metric"}
 
 
 def artifacts(run_dir: Path) -> list[Any]:

@@ -177,6 +177,8 @@ class DRClassifier(L.LightningModule):
         if self.tunes_thresholds and self._val_scores:
             self._score_regression_validation()
         self._log_confusion("val")
+        # the steps done, for W&B's x-axis (wandb_run.VAL_STEP): Lightning logs this validation one step earlier
+        self.log("val/step", float(self.global_step), sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         self._log_confusion("test")

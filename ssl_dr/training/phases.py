@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -54,7 +55,7 @@ from ssl_dr.training.predictions import PREDICTIONS_NAME, PredictionWriter
 from ssl_dr.training.ranks import await_choice, await_file, heartbeat_path, is_launch_rank_zero, publish_choice
 from ssl_dr.training.screening import patients, screen
 from ssl_dr.training.wandb_publish import Publish, finetune_publisher, pretext_publisher
-from ssl_dr.training.wandb_run import define_finetune_metrics, publish_finetune_record, wandb_runs
+from ssl_dr.training.wandb_run import VAL_STEP, define_finetune_metrics, publish_finetune_record, wandb_runs
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,8 @@ def _fit(cfg: DictConfig, phase: str, run_id: str, run_name: str, module: Any, d
             if chosen is None:  # fast_dev_run writes no checkpoint: there is no best, only the last weights
                 log.info(f"{phase}: no checkpoint was written (trainer.fast_dev_run); testing the last weights")
             metrics.update(_validate_chosen(trainer, module, datamodule, chosen))
+            # validate(ckpt_path=...) restores the weights, not the step count: the chosen pass ran at best/step
+            metrics[VAL_STEP] = float(metrics.get("best/step", metrics.get(VAL_STEP, math.nan)))
             tested = trainer.test(module, datamodule=datamodule, ckpt_path=chosen)
             metrics.update({k: float(v) for k, v in tested[0].items()})
             metrics["test/confusion"] = module.confusion_matrices["test"]

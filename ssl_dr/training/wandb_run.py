@@ -1,7 +1,8 @@
 """What a fine-tune's W&B run holds beyond its logged curves, for a researcher who reads runs in W&B.
 
-- ``val/qwk`` is summarised as its **maximum** (``define_metric``): the value that chose the tested
-  checkpoint, not whatever the last validation happened to score.
+- Every ``val/*`` value of the summary is the **tested checkpoint's** (the value that chose it, and the rest
+  of that one validation), not whatever the last validation happened to score; the validation curves are drawn
+  against ``val/step``, the optimiser steps done, the step metrics.json and train.log name.
 - The run's whole ``metrics.json`` record sits in the summary under ``metrics.json``, so every number of
   the result file (labels read, pretext key, tested step, collapse check, per-grade figures) can be shown
   in a runs table or filtered on, without the file.
@@ -23,6 +24,8 @@ from ssl_dr.data.records import GRADE_NAMES
 
 SUMMARY_KEY = "metrics.json"
 """The summary entry holding the run's result record."""
+VAL_STEP = "val/step"
+"""Logged by ``DRClassifier`` at every validation: the optimiser steps done (``trainer.global_step``)."""
 
 
 def wandb_runs(loggers: list[Logger]) -> list[Any]:
@@ -30,9 +33,11 @@ def wandb_runs(loggers: list[Logger]) -> list[Any]:
 
 
 def define_finetune_metrics(loggers: list[Logger]) -> None:
-    """Before the first validation: the summary keeps the best ``val/qwk``, not the last."""
+    """Before the first validation: ``val/*`` curves are drawn against ``val/step`` (Lightning's own logging step
+    lags one behind the steps done when a validation runs inside the training loop)."""
     for run in wandb_runs(loggers):
-        run.define_metric("val/qwk", summary="max")
+        run.define_metric(VAL_STEP)
+        run.define_metric("val/*", step_metric=VAL_STEP)
 
 
 def publish_finetune_record(loggers: list[Logger], record: dict[str, Any]) -> None:
@@ -42,9 +47,11 @@ def publish_finetune_record(loggers: list[Logger], record: dict[str, Any]) -> No
         return
     plots = {f"{stage}/confusion_matrix": confusion_plot(record[f"{stage}/confusion"], stage)
              for stage in ("val", "test") if record.get(f"{stage}/confusion")}
+    tested = {k: json_safe(v) for k, v in record.items() if k.startswith("val/") and isinstance(v, int | float)}
     for run in runs:
         if plots:
             run.log(plots)
+        run.summary.update(tested)  # the tested checkpoint's validation, all of it (and the step it was at)
         run.summary[SUMMARY_KEY] = json_safe(record)
 
 

@@ -1,5 +1,5 @@
-"""A fine-tune's offline W&B run, read back from its own files (``tests.wandb_records``): the summary keeps the
-best ``val/qwk`` and the whole metrics.json, and the tested checkpoint's confusion matrices are plots."""
+"""A fine-tune's offline W&B run, read back from its own files (``tests.wandb_records``): the summary holds the tested
+checkpoint's ``val/*`` and the whole metrics.json, and the tested checkpoint's confusion matrices are plots."""
 
 from __future__ import annotations
 
@@ -38,10 +38,18 @@ def test_finetune_run_summarises_the_best_qwk_the_result_record_and_confusion_pl
     assert run_dir.name.endswith(f"-{saved['wandb/run_id']}")  # the id a sweep's report run lists the job by
 
     summary = wandb_records.summary(run_dir)
-    assert wandb_records.metric_definitions(run_dir)["val/qwk"].summary.max
-    assert summary["val/qwk"] == {"max": pytest.approx(saved["val/qwk_best"], abs=1e-6)}
-    curve = [row["val/qwk"] for row in wandb_records.history(run_dir) if "val/qwk" in row]
-    assert len(curve) >= 2 and summary["val/qwk"]["max"] == pytest.approx(max(curve))
+    # every val/* of the summary is the tested checkpoint's (metrics.json's), not the last validation's
+    tested = {k: v for k, v in saved.items() if k.startswith("val/") and isinstance(v, int | float)}
+    assert len(tested) > 15 and tested["val/qwk"] == pytest.approx(saved["val/qwk_best"], abs=1e-6)
+    assert {k: summary[k] for k in tested} == {k: pytest.approx(_none_for_nan(v)) if v == v else None
+                                               for k, v in tested.items()}
+    # one step number: the validation curves are drawn at the steps done, the tested one at metrics.json's best/step
+    assert wandb_records.metric_definitions(run_dir)["val/*"].step_metric == "val/step"
+    rows = [row for row in wandb_records.history(run_dir) if "val/qwk" in row]
+    assert [row["val/step"] for row in rows] == [float(s) for s in range(1, saved["train/steps"] + 1)]
+    assert summary["val/step"] == saved["best/step"] == saved["val/step"]
+    best = [row for row in rows if row["val/step"] == saved["best/step"]]
+    assert best[0]["val/qwk"] == pytest.approx(saved["val/qwk_best"], abs=1e-6)
 
     record = summary[SUMMARY_KEY]  # the whole result file, NaN as null (W&B's summary is JSON)
     assert record == {key: _none_for_nan(value) for key, value in saved.items()}
