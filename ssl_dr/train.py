@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from ssl_dr.launch.resolvers import register_resolvers
 from ssl_dr.models.backbone import BackboneWeightsError
 from ssl_dr.models.foundation_weights import FoundationWeightsError
 from ssl_dr.models.heads import check_grade_weights, check_head
+from ssl_dr.run_files import BEST_CHECKPOINT, LAST_CHECKPOINT, SPLIT, write_atomic
 from ssl_dr.training.budget import check_budget, freeze_steps
 from ssl_dr.training.callbacks import NonFiniteLossError
 from ssl_dr.training.environment import describe_environment, loaded_code
@@ -148,7 +148,7 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                             val_protocol=cfg.data.val_protocol)
     folds_path = stored_folds(records, split_cfg.num_folds, split_cfg.split_seed, Path(cfg.paths.cache_dir) / "folds")
     table = split_roles(records, split_cfg, read_folds(folds_path, records))
-    write_split(table, out_dir / "split.csv")
+    write_split(table, out_dir / SPLIT)
     labels = label_counts(table, split_cfg)
     log.info(f"split ({folds_path.name}): {labels['labels/train']} training / {labels['labels/val']} validation / "
              f"{int((table.role == 'test').sum())} test images; labels read {labels['labels/read']} of "
@@ -176,7 +176,7 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if cfg.protocol.name == FINETUNE:
         scores = finetune(cfg, *roles, cache=cache, init_weights=init_weights, out_dir=out_dir, run_record=record)
         if is_launch_rank_zero():  # external validation (test_data=): the checkpoint chosen on validation grades it
-            scores.update(grade_external(cfg, external, out_dir / "checkpoints" / "best.ckpt", out_dir))
+            scores.update(grade_external(cfg, external, out_dir / BEST_CHECKPOINT, out_dir))
         chosen = f"the checkpoint of step {scores.get('best/step')}"
     else:  # frozen features: the probe chosen on validation grades the test fold and the external set
         scores = probe(cfg, *roles, cache=cache, init_weights=init_weights, out_dir=out_dir, external=external,
@@ -197,7 +197,7 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         write_metrics(out_dir / ENVIRONMENT_NAME, describe_environment(cfg))  # why numbers may differ
         write_metrics(out_dir / METRICS_NAME, metrics)
         if not cfg.get("keep_last_checkpoint", False):  # finished: nothing left to resume
-            (out_dir / "checkpoints" / "last.ckpt").unlink(missing_ok=True)
+            (out_dir / LAST_CHECKPOINT).unlink(missing_ok=True)
     log.info(f"done: test/qwk = {metrics.get('test/qwk', float('nan')):.4f}  ({out_dir})")
     return metrics
 
@@ -211,9 +211,7 @@ def _recalls(scores: dict[str, Any]) -> str:
 def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
     """Written whole or not at all (temporary name, then renamed): a job killed while writing leaves no
     half file that a resumed sweep would take for finished or the report would choke on."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str)))
 
 
 def _user_error(err: BaseException) -> Exception | None:

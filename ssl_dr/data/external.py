@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ssl_dr.data.cache import ImageCache, build_cache
 from ssl_dr.data.records import DataError, Record, labelled
+from ssl_dr.run_files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +104,7 @@ def file_hashes(records: Sequence[Record], hashes_dir: Path) -> list[str]:
     except (OSError, ValueError):
         pass  # not hashed yet (or a damaged file): hash again
     digests = [_sha256(rec.path) for rec in records]
-    hashes_dir.mkdir(parents=True, exist_ok=True)
-    tmp = stored.with_name(f".{stored.name}.{os.getpid()}.tmp")  # whole or not at all: parallel jobs race here
-    tmp.write_text(json.dumps(digests))
-    os.replace(tmp, stored)
+    write_atomic(stored, lambda tmp: tmp.write_text(json.dumps(digests)))  # whole or not at all: parallel jobs race
     return digests
 
 

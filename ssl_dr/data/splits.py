@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from ssl_dr.data.records import DataError, Record, labelled
+from ssl_dr.run_files import write_atomic
 
 ROLES = ("train", "val", "test", "unused")
 VAL_PROTOCOLS = ("within_fraction", "fixed")
@@ -159,10 +159,7 @@ def stored_folds(records: Sequence[Record], num_folds: int, split_seed: int, fol
     digest = hashlib.sha256(table[["id_code", "diagnosis", "group"]].to_csv(index=False).encode()).hexdigest()[:12]
     path = Path(folds_dir) / f"folds-k{num_folds}-seed{split_seed}-{digest}.csv"
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, path)
+        write_atomic(path, lambda tmp: table.to_csv(tmp, index=False))
     return path
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from ssl_dr.models.foundation_weights import load_foundation_weights
+from ssl_dr.run_files import write_atomic
 
 WEIGHTS_FORMAT = "ssl_dr.models.backbone/1"
 
@@ -171,18 +171,10 @@ def _mismatch(lines: list[str]) -> str:
 
 def save_backbone(backbone: Backbone, path: Path, meta: dict[str, Any] | None = None) -> None:
     """Write the weights payload atomically (temp file + rename) so a crash never leaves a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": WEIGHTS_FORMAT, "name": backbone.name,
                "state_dict": {k: v.detach().cpu() for k, v in backbone.model.state_dict().items()},
                "meta": meta or {}}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_backbone(backbone: Backbone, path: str | Path) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from ssl_dr.reporting import stats as report_stats
 from ssl_dr.reporting.external import external_facts
 from ssl_dr.reporting.identity import FINETUNE, describe
 from ssl_dr.reporting.screening import screening_facts
+from ssl_dr.run_files import METRICS
 from ssl_dr.run_files import TEST_PREDICTIONS as PREDICTIONS
 
 FINISHED, FAILED, UNFINISHED = "finished", "failed", "unfinished"
@@ -116,7 +117,7 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     if not sweep_dir.is_dir():
         raise ReportError(f"{sweep_dir}: no such folder; give a Hydra multirun folder "
                           "(outputs/<arm>/multiruns/<stamp>)")
-    dirs = [d for d in sweep_dir.iterdir() if (d / ".hydra/config.yaml").is_file() or (d / "metrics.json").is_file()]
+    dirs = [d for d in sweep_dir.iterdir() if (d / ".hydra/config.yaml").is_file() or (d / METRICS).is_file()]
     if not dirs:
         hint = " (this is a single run's folder, not a sweep)" if (sweep_dir / ".hydra").is_dir() else ""
         raise ReportError(f"{sweep_dir}: no job folders (<job>/.hydra/config.yaml or <job>/metrics.json){hint}; "
@@ -166,7 +167,7 @@ def _read_identity(job_dir: Path, metrics: dict | None) -> dict:
                 "num_folds": None if num_folds is None else int(num_folds), "split_follows_seed": follows,
                 "choices": {key.lstrip("+~"): value for key, value in pairs if key.lstrip("+~") in CHOOSERS}}
     except Exception as err:  # yaml / omegaconf / conversion errors all mean: not a readable ssl_dr job
-        source = path if path.is_file() else job_dir / "metrics.json"
+        source = path if path.is_file() else job_dir / METRICS
         raise ReportError(f"{source}: cannot read the job's arm, fraction, fold, seed and split seed "
                           f"({type(err).__name__}: {err}); is this an ssl_dr sweep? Delete the job folder to have "
                           "it reported as missing") from None
@@ -185,7 +186,7 @@ def _job_log(job_dir: Path) -> list[str]:
 
 
 def _read_job(job_dir: Path) -> dict:
-    metrics, unreadable = _read_metrics(job_dir / "metrics.json")
+    metrics, unreadable = _read_metrics(job_dir / METRICS)
     row = {"job": job_dir.name, **_read_identity(job_dir, metrics), "status": FAILED, "test_qwk": math.nan,
            **report_stats.job_facts(metrics, job_dir / PREDICTIONS), **external_facts(metrics, job_dir),
            **screening_facts(metrics),

@@ -9,11 +9,12 @@ either the previous checkpoint or the new one.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from ssl_dr.run_files import write_atomic
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -23,7 +24,4 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in str(path):  # a remote file system: no rename semantics to rely on
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        target = Path(path)
-        tmp = target.with_name(f".{target.name}.tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        os.replace(tmp, target)
+        write_atomic(Path(path), lambda tmp: TorchCheckpointIO.save_checkpoint(self, checkpoint, tmp, storage_options))

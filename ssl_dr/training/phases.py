@@ -47,7 +47,7 @@ from ssl_dr.pretexts.store import (
     stored_weights,
     write_summary,
 )
-from ssl_dr.run_files import VAL_PREDICTIONS
+from ssl_dr.run_files import LAST_CHECKPOINT, VAL_PREDICTIONS
 from ssl_dr.training.budget import budget_record, freeze_steps
 from ssl_dr.training.callbacks import RngStateCallback, StepBudgetProgressBar
 from ssl_dr.training.loggers import build_loggers, close_loggers
@@ -289,7 +289,7 @@ def finetune(cfg: DictConfig, train: list[Record], val: list[Record], test: list
                                   num_workers=cfg.data.num_workers, cache=cache,
                                   **_transforms(cfg, backbone, "finetune"))
     run_name = f"{cfg.arm}-frac{cfg.data.label_fraction}-fold{cfg.data.fold}"
-    last = out_dir / "checkpoints" / "last.ckpt"
+    last = out_dir / LAST_CHECKPOINT
     run_id = f"{cfg.arm}-{hashlib.sha256(str(out_dir.resolve()).encode()).hexdigest()[:12]}"
     callbacks = [*_callbacks(cfg), PredictionWriter(out_dir / PREDICTIONS_NAME),
                  PredictionWriter(out_dir / VAL_PREDICTIONS, stage="validate")]

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ssl_dr.run_files import write_atomic
+
 # Environment variables that carry the global rank before Lightning sets DDP up: torchrun, SLURM (srun), and
 # Lightning's own relaunch of the script (NODE_RANK/LOCAL_RANK in the processes it starts).
 RANK_VARIABLES = ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK")
@@ -78,10 +80,7 @@ class RankZeroHeartbeat:
 
 def publish_choice(out_dir: Path, name: str, choice: dict[str, Any]) -> None:
     """Rank 0: record a choice for the other ranks of this run (written atomically, never read half-done)."""
-    path = _choice_path(out_dir, name)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(choice))
-    os.replace(tmp, path)
+    write_atomic(_choice_path(out_dir, name), lambda tmp: tmp.write_text(json.dumps(choice)))
 
 
 def await_choice(out_dir: Path, name: str, stale_s: float = STALE_AFTER_S) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from ssl_dr.models.screening import (
     temper,
 )
 from ssl_dr.run_files import (
+    BEST_CHECKPOINT,
     CHECKPOINT_SCREENING,
     EXTERNAL_PREDICTIONS,
     RELIABILITY_PLOT,
@@ -100,7 +101,7 @@ def screen(settings: DictConfig, out_dir: Path, groups: Mapping[str, Mapping[str
     if settings.bootstrap.resamples:
         record.update({"bootstrap/resamples": int(settings.bootstrap.resamples),
                        "bootstrap/level": float(settings.bootstrap.level)})
-    _store_in_checkpoint(out_dir / "checkpoints" / "best.ckpt", temperature, threshold, target)
+    _store_in_checkpoint(out_dir / BEST_CHECKPOINT, temperature, threshold, target)
     _say(record, target)
     return record
 
