@@ -12,9 +12,10 @@ global pooling (``backbone.model.features`` for DenseNet121: input size / 32, 2 
 224 px); ``layer=backbone.model.features.denseblock3`` gives twice as fine, less class-specific maps.
 
 Each overlay is the preprocessed fundus (what the network sees: cropped, squared, resized, Ben Graham
-when the checkpoint used it) with the JET heatmap blended over it and the prediction written on top,
-upscaled to at least ``MIN_SIDE`` px so the text stays legible. ``index.csv`` lists them (with the
-probabilities of the predicted and explained grades, or the score for a regression head).
+when the checkpoint used it) with the JET heatmap blended over its field of view (the border stays black)
+and the prediction written on top, upscaled to at least ``MIN_SIDE`` px so the text stays legible.
+``index.csv`` lists them (with the probabilities of the predicted and explained grades, or the score for a
+regression head). A map too coarse to localise anything (under 4 x 4 cells) is still drawn, with a warning.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from ssl_dr.inference import (
     run_cli,
     tensor_batches,
 )
-from ssl_dr.inference.grad_cam import MIN_SIDE, caption, find_target_layer, grad_cam, overlay
+from ssl_dr.inference.grad_cam import MIN_SIDE, caption, coarse_map, find_target_layer, grad_cam, overlay
 from ssl_dr.models.heads import GradeHead
 
 INDEX_NAME = "index.csv"
@@ -84,6 +85,9 @@ def explain(args: ExplainArgs) -> pd.DataFrame:
             for span, images in tensor_batches(dec, eval_transform(spec), args.batch_size):
                 targets = None if fixed is None else torch.full((len(images),), fixed, dtype=torch.long)
                 cams, activated, chosen = grad_cam(model, layer, images.to(device), targets)
+                if not rows and (note := coarse_map(cams, spec.image_size)):
+                    print(f"[ssl_dr] warning: Grad-CAM of {layer_name}: {note} (a model trained at that size, or "
+                          "an earlier layer=): these maps cannot localise a lesion")
                 rows += _write_overlays(args.out, dec.records[span], dec.pixels[span], cams, model.grading,
                                         activated, chosen, side)
                 bar.update(len(images))

@@ -1,17 +1,27 @@
-"""``ssl_dr.explain``: Grad-CAM against a hook-free computation, and one overlay PNG per image."""
+"""``ssl_dr.explain``: Grad-CAM against a hook-free computation, one overlay PNG per image, heat on the field of
+view only, and the captions and coarse-map note the W&B table shares."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import cv2
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from ssl_dr.explain import main as explain_main
 from ssl_dr.inference import InferenceError
-from ssl_dr.inference.grad_cam import MIN_SIDE, find_target_layer, grad_cam
+from ssl_dr.inference.grad_cam import (
+    MIN_SIDE,
+    caption,
+    coarse_map,
+    field_of_view,
+    find_target_layer,
+    grad_cam,
+    overlay,
+)
 from tests.test_predict import TinyRun, one_thread, tiny_run
 
 
@@ -58,7 +68,10 @@ def test_explain_writes_one_overlay_per_image_and_an_index(run, tmp_path, capsys
     for name in index.overlay:
         assert cv2.imread(str(out / name)).shape == (side, side, 3)
     assert (index.pred == index.cam_grade).all() and index.prob.between(0, 1).all()
-    assert "3 Grad-CAM overlay(s)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "3 Grad-CAM overlay(s)" in printed
+    # 32 px: DenseNet121's map is one cell; still drawn (asked for), with a warning
+    assert "warning: Grad-CAM of backbone.model.features: the feature map is 1x1 at 32 px; use >= 128 px" in printed
 
     explain_main([f"ckpt={run.ckpt}", f"images={run.data / 'test.csv'}", f"out={tmp_path / 'g4'}", "grade=4",
                   "limit=2", "device=cpu"])
@@ -127,3 +140,34 @@ def test_grad_cam_of_a_vit_reads_the_patch_tokens_of_its_last_block(name, kwargs
     expected = expected / expected.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
     assert cams.shape == (2, 4, 4) and cams.max() > 0
     torch.testing.assert_close(cams, expected)
+
+
+def test_captions_name_the_true_grade_where_known_and_the_explained_one_where_it_differs():
+    probs = [0.05, 0.12, 0.71, 0.1, 0.02]
+    assert caption(2, 2, probs, true=1) == "true 1 / pred 2 (p=0.71)"
+    assert caption(2, 2, probs) == "pred 2 (p=0.71)"
+    assert caption(2, 1, probs, true=1) == "true 1 / pred 2 (p=0.71) | CAM 1 (p=0.12)"
+    assert caption(2, 3, score=1.834) == "pred 2 (s=1.83) | CAM 3"
+
+
+def test_heat_stays_on_the_field_of_view():
+    """A fundus disc (with a dark lesion inside) on black: the overlay colours the disc, lesion included, and
+    leaves every border pixel as it was, however coarse the map (bilinear upsampling spreads it everywhere)."""
+    fundus = np.zeros((64, 64, 3), dtype=np.uint8)
+    cv2.circle(fundus, (32, 32), 26, (180, 90, 40), -1)
+    cv2.circle(fundus, (38, 30), 4, (0, 0, 0), -1)  # a dark lesion: inside the field of view
+    side = 256
+    drawn = overlay(fundus, np.ones((2, 2), dtype=np.float32), "true 2 / pred 2 (p=0.90)", side)
+    shown = cv2.resize(fundus, (side, side), interpolation=cv2.INTER_NEAREST)
+    fov = field_of_view(shown)
+    assert fov[38 * 4 + 2, 30 * 4 + 2] and not fov[2, 2]  # the lesion in, the corner out
+    below_caption = np.zeros((side, side), dtype=bool)
+    below_caption[40:] = True
+    assert (drawn[~fov & below_caption] == 0).all()  # no heat on the black border
+    assert (drawn[fov & below_caption] != shown[fov & below_caption]).any(axis=1).all()
+
+
+def test_a_map_under_four_cells_a_side_is_called_too_coarse():
+    assert coarse_map(torch.zeros(3, 2, 2), 64) == "the feature map is 2x2 at 64 px; use >= 128 px"
+    assert coarse_map(torch.zeros(1, 1, 1), 32) == "the feature map is 1x1 at 32 px; use >= 128 px"
+    assert coarse_map(torch.zeros(1, 4, 4), 128) is None and coarse_map(torch.zeros(1, 7, 7), 224) is None

@@ -17,6 +17,10 @@ feature map just before global pooling: ``backbone.model.features`` for DenseNet
 224 px). For a ViT it is the last block's first norm (``blocks.<last>.norm1``, as in pytorch-grad-cam): after
 that block a class-token-pooled ViT reads nothing more from the patch tokens, so their gradient there would be
 zero; the patch tokens (class and register tokens left out) are laid out on their grid, input size / patch.
+
+The overlay colours the field of view only (``field_of_view``): bilinear upsampling of a coarse map would
+otherwise spread heat onto the black border, where the network saw nothing. A map under ``MIN_CELLS`` a side
+(DenseNet121 below 128 px) cannot point at a lesion: ``coarse_map`` says so, and the W&B table draws none.
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 import torch
+from scipy.ndimage import binary_fill_holes
 from torch import nn
 
+from ssl_dr.data.fundus_preprocess import bright_mask
 from ssl_dr.inference.errors import InferenceError
 
 if TYPE_CHECKING:
@@ -40,6 +46,8 @@ MIN_SIDE = 256
 """Overlays smaller than this (a 32-64 px model) are upscaled so the written prediction stays legible."""
 ALPHA = 0.45
 """Heatmap weight in the blend (the fundus keeps the rest)."""
+MIN_CELLS = 4
+"""Fewest feature-map cells a side for a map that can localise anything (DenseNet121: 128 px input)."""
 
 
 def find_target_layer(model: nn.Module, backbone: nn.Module, image_size: int, name: str = "auto") -> str:
@@ -129,12 +137,30 @@ def as_feature_map(values: torch.Tensor, prefix_tokens: int) -> torch.Tensor:
 
 
 def overlay(pixels: np.ndarray, cam: np.ndarray, text: str, side: int) -> np.ndarray:
-    """``(side, side, 3)`` RGB: JET heatmap over the fundus, ``text`` on a dark band at the top."""
+    """``(side, side, 3)`` RGB: JET heatmap over the fundus's field of view (outside it the fundus as it is),
+    ``text`` on a dark band at the top."""
     fundus = cv2.resize(pixels, (side, side), interpolation=cv2.INTER_NEAREST)
-    heat = cv2.resize(cam.astype(np.float32), (side, side), interpolation=cv2.INTER_LINEAR)
+    fov = field_of_view(fundus)
+    heat = cv2.resize(cam.astype(np.float32), (side, side), interpolation=cv2.INTER_LINEAR) * fov
     colour = cv2.cvtColor(cv2.applyColorMap(np.uint8(np.clip(heat, 0, 1) * 255), cv2.COLORMAP_JET),
                           cv2.COLOR_BGR2RGB)
-    return captioned(cv2.addWeighted(fundus, 1 - ALPHA, colour, ALPHA, 0), text)
+    blended = np.where(fov[..., None], cv2.addWeighted(fundus, 1 - ALPHA, colour, ALPHA, 0), fundus)
+    return captioned(blended, text)
+
+
+def field_of_view(pixels: np.ndarray) -> np.ndarray:
+    """``(H, W)`` bool: the fundus of a preprocessed image (bright pixels, dark lesions inside included); what
+    ``data.preprocess.mask`` (or the padding) left black is outside."""
+    return binary_fill_holes(bright_mask(pixels))
+
+
+def coarse_map(cams: torch.Tensor, image_size: int) -> str | None:
+    """Why ``cams`` (``(B, h, w)``) cannot localise anything (fewer than ``MIN_CELLS`` cells a side), else None."""
+    height, width = cams.shape[-2:]
+    if min(height, width) >= MIN_CELLS:
+        return None
+    needed = -(-image_size * MIN_CELLS // min(height, width))
+    return f"the feature map is {height}x{width} at {image_size} px; use >= {needed} px"
 
 
 def captioned(image: np.ndarray, text: str, colour: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
@@ -152,10 +178,13 @@ def captioned(image: np.ndarray, text: str, colour: tuple[int, int, int] = (255,
     return image
 
 
-def caption(pred: int, target: int, probs: Sequence[float] | None = None, score: float | None = None) -> str:
-    """``pred 2 p=0.71`` and, when another grade is explained, ``| CAM 3 p=0.12``; a regression head shows
-    its score instead (``pred 2 s=1.83 | CAM 3``)."""
-    text = f"pred {pred} p={probs[pred]:.2f}" if probs is not None else f"pred {pred} s={score:.2f}"
+def caption(pred: int, target: int, probs: Sequence[float] | None = None, score: float | None = None,
+            true: int | None = None) -> str:
+    """``true 1 / pred 2 (p=0.71)`` (``true`` where the grade is known) and, when another grade is explained,
+    ``| CAM 3 (p=0.12)``; a regression head shows its score instead (``pred 2 (s=1.83) | CAM 3``)."""
+    text = f"pred {pred} (p={probs[pred]:.2f})" if probs is not None else f"pred {pred} (s={score:.2f})"
+    if true is not None:
+        text = f"true {true} / {text}"
     if target == pred:
         return text
-    return f"{text} | CAM {target}" + (f" p={probs[target]:.2f}" if probs is not None else "")
+    return f"{text} | CAM {target}" + (f" (p={probs[target]:.2f})" if probs is not None else "")

@@ -4,7 +4,10 @@
   preprocessed fundus the grader saw), true and predicted grade and the probabilities (or the regression
   score), read from the run's own ``test_predictions.csv``; the first ``media.grad_cam`` rows also get a
   Grad-CAM overlay of the predicted grade (``ssl_dr.inference.grad_cam``, the maps ``python -m
-  ssl_dr.explain`` draws).
+  ssl_dr.explain`` draws), captioned ``true 1 / pred 2 (p=0.83)``, or none where the feature map is too
+  coarse to localise anything (the log says why). Beside it the referable-DR ROC and precision-recall
+  curves (``test/roc_referable``, ``test/pr_referable``: ``ssl_dr.training.curves``' points) and the
+  tested checkpoint's recall and precision per grade (``test/per_grade``).
 - **Pretext** (``pretext/examples``): one grid of held-out images exactly as the pretext feeds them to the
   network (masked, then rotated / shuffled / augmented), each captioned ``right answer -> predicted``, green
   where right, red where wrong: a pretext solved from the camera frame or stuck at chance shows at a glance.
@@ -30,8 +33,10 @@ import pandas as pd
 import torch
 
 from ssl_dr.data.datasets import FundusDataset
-from ssl_dr.data.records import NUM_GRADES
-from ssl_dr.inference.grad_cam import caption, captioned, find_target_layer, grad_cam, overlay
+from ssl_dr.data.records import GRADE_NAMES, NUM_GRADES
+from ssl_dr.inference.grad_cam import caption, captioned, coarse_map, find_target_layer, grad_cam, overlay
+from ssl_dr.models.metrics import confusion_summary
+from ssl_dr.training.curves import ReferableCurves
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +81,10 @@ def thumbnail(pixels: np.ndarray) -> np.ndarray:
     return cv2.resize(pixels, (side * factor, side * factor), interpolation=cv2.INTER_NEAREST)
 
 
-def predictions_table(module: Any, dataset: FundusDataset, predictions_csv: Path, size: int, cams: int) -> Any:
-    """``wandb.Table`` of ``size`` test images (``sample_by_grade``) with Grad-CAM on the first ``cams``.
+def predictions_table(module: Any, dataset: FundusDataset, predictions_csv: Path, size: int, cams: int
+                      ) -> tuple[Any, str | None]:
+    """``wandb.Table`` of ``size`` test images (``sample_by_grade``) with Grad-CAM on the first ``cams``, and why
+    there is no Grad-CAM (None where drawn or not asked for).
 
     The grades, predictions and probabilities are the run's ``test_predictions.csv`` rows (the tested
     checkpoint's own output); ``module`` must hold that checkpoint's weights (it does after ``trainer.test``)."""
@@ -88,8 +95,8 @@ def predictions_table(module: Any, dataset: FundusDataset, predictions_csv: Path
     prob_columns = [c for c in (f"p{k}" for k in range(NUM_GRADES)) if c in predictions]
     score_columns = ["score"] if "score" in predictions else []
     position = {rec.id_code: i for i, rec in enumerate(dataset.records)}
-    overlays = _grad_cam_overlays(module, dataset, [position[predictions.at[r, "id_code"]] for r in rows[:cams]],
-                                  predictions.loc[rows[:cams]], prob_columns, score_columns)
+    overlays, note = _grad_cam_overlays(module, dataset, [position[predictions.at[r, "id_code"]] for r in rows[:cams]],
+                                        predictions.loc[rows[:cams]], prob_columns, score_columns)
     table = wandb.Table(columns=["id_code", "image", "grade", "pred", "correct", *prob_columns, *score_columns,
                                  "grad_cam"])
     for n, r in enumerate(rows):
@@ -98,29 +105,70 @@ def predictions_table(module: Any, dataset: FundusDataset, predictions_csv: Path
         image = wandb.Image(thumbnail(pixels)) if pixels is not None else None
         table.add_data(row["id_code"], image, int(row["grade"]), int(row["pred"]), bool(row["grade"] == row["pred"]),
                        *(round(float(row[c]), 4) for c in prob_columns + score_columns),
-                       wandb.Image(overlays[n]) if n < len(overlays) else None)
-    return table
+                       wandb.Image(overlays[n][0], caption=overlays[n][1]) if n < len(overlays) else None)
+    return table, note
 
 
 def _grad_cam_overlays(module: Any, dataset: FundusDataset, positions: list[int], rows: pd.DataFrame,
-                       prob_columns: list[str], score_columns: list[str]) -> list[np.ndarray]:
-    """Overlays explaining each image's predicted grade (as tested), captioned like ``ssl_dr.explain``'s."""
+                       prob_columns: list[str], score_columns: list[str]
+                       ) -> tuple[list[tuple[np.ndarray, str]], str | None]:
+    """``(overlay, caption)`` explaining each image's predicted grade (as tested), captioned like
+    ``ssl_dr.explain``'s with the true grade in front; none, and why, where the feature map is too coarse."""
     if not positions or dataset.cache is None:
-        return []
+        return [], None
     module.eval()  # as tested: batch-norm statistics, no dropout, images independent of each other
     device = next(module.parameters()).device
     images = torch.stack([dataset[i][0] for i in positions]).to(device)
     layer = dict(module.named_modules())[find_target_layer(module, module.backbone.model, images.shape[-1])]
     predicted = torch.tensor(rows["pred"].to_numpy(), dtype=torch.long)
     maps, _, _ = grad_cam(module, layer, images, predicted)
+    if note := coarse_map(maps, images.shape[-1]):
+        return [], f"Grad-CAM not drawn: {note}"
     out = []
     for i, (position, (_, row)) in enumerate(zip(positions, rows.iterrows(), strict=True)):
         pixels = dataset.cache.image(dataset.records[position].id_code)
         probs = [float(row[c]) for c in prob_columns] if prob_columns else None
         score = float(row[score_columns[0]]) if score_columns else None
-        text = caption(int(row["pred"]), int(row["pred"]), probs, score)
-        out.append(overlay(np.asarray(pixels), maps[i].cpu().numpy(), text, max(pixels.shape[0], THUMBNAIL_SIDE * 2)))
-    return out
+        text = caption(int(row["pred"]), int(row["pred"]), probs, score, true=int(row["grade"]))
+        out.append((overlay(np.asarray(pixels), maps[i].cpu().numpy(), text,
+                            max(pixels.shape[0], THUMBNAIL_SIDE * 2)), text))
+    return out, None
+
+
+def curve_charts(curves: ReferableCurves, stage: str) -> dict[str, Any]:
+    """W&B's area-under-curve charts of the referable ROC and precision-recall points, exactly as computed
+    (``wandb.plot.roc_curve`` would round them to 3 decimals, ``pr_curve`` interpolate them)."""
+    title = f"{stage}: {curves.referable} of {curves.images} images referable (grade >= 2)"
+    return {f"{stage}/roc_referable": _area_chart(("fpr", "tpr"), curves.fpr, curves.tpr, f"AUROC {curves.auroc:.3f}",
+                                                  title),
+            f"{stage}/pr_referable": _area_chart(("recall", "precision"), curves.recall, curves.precision,
+                                                 f"average precision {curves.average_precision:.3f}", title)}
+
+
+def _area_chart(axes: tuple[str, str], xs: np.ndarray, ys: np.ndarray, label: str, title: str) -> Any:
+    """One curve as a ``wandb.Table`` (``curve``, x, y) drawn by the preset that ``wandb.plot.roc_curve`` uses."""
+    import wandb
+
+    x, y = axes
+    points = [[label, float(a), float(b)] for a, b in zip(xs, ys, strict=True)]
+    table = wandb.Table(columns=["curve", x, y], data=points)
+    return wandb.plot_table("wandb/area-under-curve/v0", table, {"x": x, "y": y, "class": "curve"},
+                            {"title": title, "x-axis-title": x, "y-axis-title": y})
+
+
+def per_grade_table(confusion: Sequence[Sequence[int]]) -> Any:
+    """``wandb.Table`` of grade, name, support (true images), recall and precision (None without a denominator),
+    read off the confusion matrix (rows true grade) as metrics.json's ``recall_grade<k>``/``precision_grade<k>``."""
+    import wandb
+
+    figures = confusion_summary(np.asarray(confusion))
+    support = np.asarray(confusion).sum(axis=1)
+    table = wandb.Table(columns=["grade", "name", "support", "recall", "precision"])
+    for grade, name in enumerate(GRADE_NAMES):
+        table.add_data(grade, name, int(support[grade]),
+                       *(None if v != v else v for v in (figures[f"recall_grade{grade}"],
+                                                         figures[f"precision_grade{grade}"])))
+    return table
 
 
 def pretext_grid(module: Any, dataset: FundusDataset, size: int, mean: Sequence[float], std: Sequence[float]

@@ -1,5 +1,6 @@
-"""What each phase hands its W&B run once it has finished: pictures (``cfg.media``, ``ssl_dr.training.wandb_media``)
-and, with ``wandb_artifacts=true``, weights and lineage (``ssl_dr.training.wandb_artifacts``).
+"""What each phase hands its W&B run once it has finished: pictures (``cfg.media``, ``ssl_dr.training.wandb_media``),
+the fine-tune's referable ROC/PR curves and per-grade table, and, with ``wandb_artifacts=true``, weights and lineage
+(``ssl_dr.training.wandb_artifacts``).
 
 A publisher is built before the fit (so it closes over the phase's module and data) and called by
 ``phases._fit`` after the phase has succeeded, on rank 0 only, with the phase's W&B runs.
@@ -7,6 +8,7 @@ A publisher is built before the fit (so it closes over the phase's module and da
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from ssl_dr.data.datamodule import FundusDataModule
 from ssl_dr.models.backbone import save_backbone
 from ssl_dr.pretexts.store import WEIGHTS_NAME
 from ssl_dr.run_files import RELIABILITY_PLOT
+from ssl_dr.training.curves import stage_curves
 from ssl_dr.training.predictions import PREDICTIONS_NAME
 from ssl_dr.training.wandb_artifacts import (
     grader_alias,
@@ -26,12 +29,16 @@ from ssl_dr.training.wandb_artifacts import (
     log_pretext_artifact,
     pretext_artifact_name,
 )
-from ssl_dr.training.wandb_media import MediaConfig, predictions_table, pretext_grid
+from ssl_dr.training.wandb_media import MediaConfig, curve_charts, per_grade_table, predictions_table, pretext_grid
 from ssl_dr.training.wandb_run import json_safe
+
+log = logging.getLogger(__name__)
 
 Publish = Callable[[Trainer, list[Any]], None]
 """``publish(trainer, wandb_runs)``: called once, after the phase succeeded."""
 
+GRAD_CAM_NOTE = "media/grad_cam"
+"""Summary key saying why the predictions table has no Grad-CAM (a feature map too coarse), where it has none."""
 ARTIFACT_DIR = "artifact"
 """Folder (inside the pretext's partial entry, removed with it) for the backbone file a pretext artifact holds."""
 
@@ -69,16 +76,25 @@ def pretext_publisher(cfg: DictConfig, module: Any, datamodule: FundusDataModule
 
 def finetune_publisher(cfg: DictConfig, module: Any, datamodule: FundusDataModule, out_dir: Path,
                        run_record: dict[str, Any]) -> Publish:
-    """The predictions table of the tested checkpoint; that checkpoint as an artifact, with its pretext as input."""
+    """The tested checkpoint's predictions table, referable ROC/PR curves and per-grade table; that checkpoint as an
+    artifact, with its pretext as input."""
     media = media_config(cfg)
     key = run_record.get("pretext/key")
 
     def publish(trainer: Trainer, runs: list[Any]) -> None:
         logged: dict[str, Any] = {}
+        notes: dict[str, str] = {}
         if media.predictions and (out_dir / PREDICTIONS_NAME).is_file():
-            logged["test/predictions"] = predictions_table(module, datamodule.datasets["test"],
-                                                           out_dir / PREDICTIONS_NAME, media.predictions,
-                                                           media.grad_cam)
+            logged["test/predictions"], note = predictions_table(module, datamodule.datasets["test"],
+                                                                 out_dir / PREDICTIONS_NAME, media.predictions,
+                                                                 media.grad_cam)
+            if note:  # said once, in the log and on the run page
+                log.info(note)
+                notes[GRAD_CAM_NOTE] = note
+        if (curves := stage_curves(out_dir, "test")) is not None:  # none on a one-sided fold (curves.py says so)
+            logged.update(curve_charts(curves, "test"))
+        if module.confusion_matrices.get("test"):
+            logged["test/per_grade"] = per_grade_table(module.confusion_matrices["test"])
         reliability = out_dir / RELIABILITY_PLOT.format(stage="test")
         if reliability.is_file():  # ssl_dr.training.screening's diagram of the tested checkpoint
             import wandb
@@ -89,6 +105,7 @@ def finetune_publisher(cfg: DictConfig, module: Any, datamodule: FundusDataModul
         for run in runs:
             if logged:
                 run.log(logged)
+            run.summary.update(notes)
             if key is not None:  # offline runs keep the reference here; online ones also draw the lineage edge
                 run.summary["pretext/wandb_run_id"] = f"pretext-{key}"
                 run.summary["pretext/artifact"] = pretext_artifact_name(cfg.pretext.name, key)

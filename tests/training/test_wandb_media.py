@@ -1,6 +1,7 @@
 """W&B pictures and artifacts (``ssl_dr.training.wandb_media``, ``wandb_artifacts``), read back from the offline
-runs' own files: the fine-tune's predictions table (thumbnails, grades, probabilities, Grad-CAM), the pretext's
-grid of what it saw, the weights each phase logs and the fine-tune's reference to its pretext."""
+runs' own files: the fine-tune's predictions table (thumbnails, grades, probabilities, Grad-CAM), its referable
+ROC/PR curves and per-grade table, the pretext's grid of what it saw, the weights each phase logs, the fine-tune's
+reference to its pretext, and the log's last word on where the offline runs are."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import logging
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from hydra.utils import instantiate
+from sklearn.metrics import precision_recall_curve, roc_curve
 from wandb import errors as wandb_errors
 
 from ssl_dr.pretexts import build_pretext
@@ -56,11 +59,13 @@ def _png(path: Path):
     return image
 
 
-def test_a_run_shows_its_test_predictions_with_grad_cam_and_the_pretext_grid(tiny_cfg, wandb_offline):
+def test_a_run_shows_its_test_predictions_curves_per_grade_table_and_the_pretext_grid(tiny_cfg, wandb_offline,
+                                                                                        caplog):
     overrides = [o for o in TINY if not o.startswith("logger=")]
     cfg = tiny_cfg("experiment=rotation", *overrides, "logger=default", "media.predictions=7", "media.grad_cam=3",
                    "media.pretext_grid=3")
-    out = Path(train(cfg)["output_dir"])
+    with caplog.at_level(logging.INFO, logger="ssl_dr"):
+        out = Path(train(cfg)["output_dir"])
     runs = _runs(out)
 
     # the fine-tune: a fixed sample of the test fold, its rows the run's own test_predictions.csv
@@ -74,8 +79,11 @@ def test_a_run_shows_its_test_predictions_with_grad_cam_and_the_pretext_grid(tin
         assert row[2:5] == [expected["grade"], expected["pred"], expected["grade"] == expected["pred"]]
         assert row[5:10] == pytest.approx([expected[f"p{k}"] for k in range(5)], abs=1e-4)
         assert _png(files[row[1]["path"]]).shape == (THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3)  # 32 px, upscaled
-    overlays = [row[-1] for row in logged["data"]]
-    assert all(o is not None for o in overlays[:3]) and all(o is None for o in overlays[3:])
+    # 32 px: DenseNet121's last map is one cell, nothing to localise: no overlay, and the reason said once
+    assert all(row[-1] is None for row in logged["data"])
+    note = "Grad-CAM not drawn: the feature map is 1x1 at 32 px; use >= 128 px"
+    assert [r.getMessage() for r in caplog.records].count(note) == 1
+    assert wandb_records.summary(runs["finetune"])["media/grad_cam"] == note
 
     # the screening figures (issue 33): in the summary as in metrics.json, and the reliability diagram as a picture
     saved = json.loads((out / "metrics.json").read_text())
@@ -84,14 +92,62 @@ def test_a_run_shows_its_test_predictions_with_grad_cam_and_the_pretext_grid(tin
         assert summary[key] == (None if saved[key] != saved[key] else pytest.approx(saved[key]))  # NaN: None
     (reliability,) = [row for row in wandb_records.history(runs["finetune"]) if "test/reliability/path" in row]
     assert _png(runs["finetune"] / "files" / reliability["test/reliability/path"]).shape[2] == 3
-    for o in overlays[:3]:
-        assert _png(files[o["path"]]).shape == (2 * THUMBNAIL_SIDE, 2 * THUMBNAIL_SIDE, 3)
+
+    # the referable curves: scikit-learn's points of test_predictions.csv; the per-grade table: metrics.json's
+    truth, scores = predictions["grade"] >= 2, predictions["referable"]
+    fpr, tpr, _ = roc_curve(truth, scores)
+    precision, recall, _ = precision_recall_curve(truth, scores)
+    for key, points in (("roc_referable", (fpr, tpr)), ("pr_referable", (recall, precision))):
+        curve, _ = wandb_records.table(runs["finetune"], f"test/{key}_table")
+        np.testing.assert_allclose(np.array([row[1:] for row in curve["data"]]), np.column_stack(points))
+        if key == "roc_referable":  # the area it names is metrics.json's (torchmetrics') AUROC
+            assert float(curve["data"][0][0].removeprefix("AUROC ")) == pytest.approx(saved["test/auroc_referable"],
+                                                                                      abs=5e-4)
+    per_grade, _ = wandb_records.table(runs["finetune"], "test/per_grade")
+    assert per_grade["columns"] == ["grade", "name", "support", "recall", "precision"]
+    for grade, row in enumerate(per_grade["data"]):
+        assert row[:3] == [grade, ("none", "mild", "moderate", "severe", "proliferative")[grade],
+                           sum(saved["test/confusion"][grade])]
+        for value, key in zip(row[3:], ("recall", "precision"), strict=True):
+            expected = saved[f"test/{key}_grade{grade}"]
+            assert value == (None if expected != expected else pytest.approx(expected))
 
     # the pretext: one picture, a column per held-out image and a row per rotation
     (logged_grid,) = [row for row in wandb_records.history(runs["pretext"]) if "pretext/examples/path" in row]
     grid = _png(runs["pretext"] / "files" / logged_grid["pretext/examples/path"])
     assert grid.shape == (4 * (THUMBNAIL_SIDE + 2) - 2, 3 * (THUMBNAIL_SIDE + 2) - 2, 3)
     assert "3 held-out images as the pretext sees them" in logged_grid["pretext/examples/caption"]
+
+    # the log (train.log) ends with where each offline run is and the command that uploads it
+    messages = [r.getMessage() for r in caplog.records]
+    sync_lines = [m for m in messages if m.startswith("W&B offline run: ")]
+    folders = [m.split("; upload with: wandb sync ")[-1] for m in sync_lines]
+    assert sync_lines == [f"W&B offline run: {f}; upload with: wandb sync {f}" for f in folders]
+    assert [Path(f).resolve() for f in folders] == [runs["pretext"].resolve(), runs["finetune"].resolve()]
+    assert messages.index(sync_lines[-1]) >= len(messages) - 3  # only the result lines come after it
+
+
+def test_grad_cam_at_128_px_is_captioned_with_the_true_grade_and_stays_off_the_border(tiny_cfg, wandb_offline):
+    """At 128 px DenseNet121's map is 4 x 4: overlays are drawn, captioned ``true g / pred g (p=...)`` from the
+    run's test_predictions.csv, and the black border around the fundus stays black."""
+    overrides = [o for o in TINY if not o.startswith(("logger=", "data.image_size=", "data.source.image_size="))]
+    cfg = tiny_cfg("experiment=baseline", *overrides, "data.image_size=128", "data.source.image_size=128",
+                   "logger=default", "media.predictions=3", "media.grad_cam=2")
+    out = Path(train(cfg)["output_dir"])
+    run = _runs(out)["finetune"]
+    predictions = pd.read_csv(out / "test_predictions.csv", dtype={"id_code": str}).set_index("id_code")
+    logged, files = wandb_records.table(run, "test/predictions")
+    overlays = [(row[0], row[-1]) for row in logged["data"]]
+    assert all(o is not None for _, o in overlays[:2]) and overlays[2][1] is None
+    assert "media/grad_cam" not in wandb_records.summary(run)
+    for id_code, cell in overlays[:2]:
+        expected = predictions.loc[id_code]
+        grade, pred = int(expected["grade"]), int(expected["pred"])
+        assert cell["caption"] == f"true {grade} / pred {pred} (p={expected[f'p{pred}']:.2f})"
+        drawn = _png(files[cell["path"]])
+        assert drawn.shape == (2 * THUMBNAIL_SIDE, 2 * THUMBNAIL_SIDE, 3)
+        corners = np.concatenate([drawn[-8:, :8], drawn[-8:, -8:]])  # outside the disc, below the caption
+        assert (corners == 0).all()
 
 
 def test_media_can_be_turned_off_and_no_artifact_is_logged_by_default(tiny_cfg, wandb_offline):
