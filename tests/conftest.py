@@ -44,9 +44,12 @@ TINY = TINY_SYNTHETIC + TINY_TRAINING
 
 @pytest.fixture(autouse=True, scope="session")
 def wandb_staging_in_tmp(tmp_path_factory) -> None:
-    """W&B stages the files of logged tables and artifacts in ``$WANDB_DATA_DIR`` (default: the home folder)
-    until a sync: under the tests that is a temporary folder, so the suite never fills the home folder."""
+    """W&B stages the files of logged tables and artifacts in ``$WANDB_DATA_DIR`` until a sync (a run's loggers
+    point it at the run folder, ``ssl_dr.training.loggers.stage_in``, unless it is set) and writes its service's
+    debug logs under ``$WANDB_CACHE_DIR``; both default to the home folder. Under the tests both are a temporary
+    folder, so the suite never fills the home folder."""
     os.environ["WANDB_DATA_DIR"] = str(tmp_path_factory.mktemp("wandb-data"))
+    os.environ["WANDB_CACHE_DIR"] = str(tmp_path_factory.mktemp("wandb-cache"))
 
 
 def compose_cfg(root: Path, overrides: list[str], run: str = "run") -> DictConfig:

@@ -86,3 +86,26 @@ def table(run_dir: Path, key: str) -> tuple[dict[str, Any], dict[str, Path]]:
         if artifact.type == "run_table" and f"{key}.table.json" in files:
             return json.loads(files[f"{key}.table.json"].read_text()), files
     raise AssertionError(f"no table {key!r} in {run_dir}")
+
+
+def history_media(run_dir: Path) -> list[Path]:
+    """The file of every picture or table a ``log`` call logged (``<key>/path``, under the run's ``files/``)."""
+    return [Path(run_dir) / "files" / value for row in history(run_dir) for key, value in row.items()
+            if key.endswith("/path") and isinstance(value, str)]
+
+
+def artifact_files(run_dir: Path) -> list[Path]:
+    """The local file of every entry of every artifact the run logged (tables' JSON and images, weights), and
+    each manifest written to a file: absolute paths where the run staged them, which ``wandb sync`` uploads."""
+    files = []
+    for artifact in artifacts(run_dir):
+        files += [Path(entry.local_path) for entry in artifact.manifest.contents if entry.local_path]
+        if artifact.manifest.manifest_file_path:
+            files.append(Path(artifact.manifest.manifest_file_path))
+    return files
+
+
+def run_id(run_dir: Path) -> str | None:
+    """The run id in the run's first ``run`` record (W&B also ends the folder's name with it); None where the file
+    holds no such record (a process killed before W&B wrote past the header)."""
+    return next((r.run.run_id for r in records(run_file(run_dir)) if r.WhichOneof("record_type") == "run"), None)

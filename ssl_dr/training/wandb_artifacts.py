@@ -4,14 +4,16 @@
   key as alias: the key is the hash of everything that shaped the weights (``phases.pretext_description``), so
   ``pretext-rotation:<key>`` names exactly the weights a fine-tune started from.
 - A fine-tune logs its tested checkpoint (``best.ckpt``: weights and the inference spec that ``predict`` /
-  ``export`` / ``explain`` read) as ``grader-<arm>`` (type ``model``), aliased ``frac<f>-fold<k>-seed<s>``, with the
-  run's result record as metadata; and marks the pretext artifact it started from as its input
-  (``use_artifact``), which draws the edge pretext -> fine-tune in W&B's lineage graph.
+  ``export`` / ``explain`` read) as ``grader-<arm>`` (type ``model``), aliased ``frac<f>-fold<k>-split<p>-seed<s>``
+  (``p``: the partition's ``data.split_seed``), with the run's result record as metadata; and marks the pretext
+  artifact it started from as its input (``use_artifact``), which draws the edge pretext -> fine-tune in W&B's
+  lineage graph.
 
 Off by default: a DenseNet121 is about 30 MB per run, which a 50-job sweep uploads 50 times over; the GPU
 preset (``experiment=paper``) turns it on. W&B cannot mark an input while offline (``use_artifact`` needs the
-server), so an offline fine-tune records the pretext's run id (``pretext/wandb_run_id``) and artifact
-(``pretext/artifact``) in its summary instead, and says so once in the log.
+server), so an offline fine-tune names its pretext artifact in its summary (``pretext/artifact``) instead, and says
+so once in the log. Without ``wandb_artifacts`` no artifact is logged and none is named; ``pretext/wandb_run_id``
+(the pretext's W&B run) is named either way.
 """
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ def log_pretext_artifact(run: Any, weights: Path, pretext: str, key: str, metada
     run.log_artifact(artifact, aliases=[key])
 
 
-def grader_alias(label_fraction: float, fold: int, seed: int) -> str:
-    return f"frac{label_fraction}-fold{fold}-seed{seed}"
+def grader_alias(label_fraction: float, fold: int, split_seed: int, seed: int) -> str:
+    """One alias per fraction, fold, partition and seed: two partitions' fold k are different test sets, and a
+    repetition may re-partition with the same ``seed`` (``data.split_seed``), so both are in it."""
+    return f"frac{label_fraction}-fold{fold}-split{split_seed}-seed{seed}"
 
 
 def log_grader_artifact(run: Any, checkpoint: Path, arm: str, alias: str, metadata: dict[str, Any]) -> None:

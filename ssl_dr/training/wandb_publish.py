@@ -106,16 +106,17 @@ def finetune_publisher(cfg: DictConfig, module: Any, datamodule: FundusDataModul
             if logged:
                 run.log(logged)
             run.summary.update(notes)
-            if key is not None:  # offline runs keep the reference here; online ones also draw the lineage edge
+            if key is not None:
                 run.summary["pretext/wandb_run_id"] = f"pretext-{key}"
-                run.summary["pretext/artifact"] = pretext_artifact_name(cfg.pretext.name, key)
             if not cfg.get("wandb_artifacts", False):
                 continue
             if best:
                 log_grader_artifact(run, Path(best), cfg.arm,
-                                    grader_alias(cfg.data.label_fraction, cfg.data.fold, cfg.seed),
+                                    grader_alias(cfg.data.label_fraction, cfg.data.fold, cfg.data.split_seed,
+                                                 cfg.seed),
                                     json_safe({**run_record, **{k: float(v) for k, v in
                                                                 trainer.callback_metrics.items()}}))
-            if key is not None:
-                link_pretext(run, cfg.pretext.name, key)
+            # named where it exists: found online (the lineage edge); offline W&B cannot look, artifacts on then
+            if key is not None and (link_pretext(run, cfg.pretext.name, key) or run.offline):
+                run.summary["pretext/artifact"] = pretext_artifact_name(cfg.pretext.name, key)
     return publish

@@ -200,7 +200,7 @@ def test_artifacts_hold_the_pretext_backbone_and_the_tested_grader(tiny_cfg, wan
     assert stored.keys() == logged.keys() and all(torch.equal(stored[k], logged[k]) for k in stored)
 
     (grader,) = [a for a in wandb_records.artifacts(runs["finetune"]) if a.type == "model"]
-    assert grader.name == "grader-rotation" and "frac1.0-fold0-seed42" in grader.aliases
+    assert grader.name == "grader-rotation" and "frac1.0-fold0-split42-seed42" in grader.aliases
     (entry,) = grader.manifest.contents
     assert Path(entry.local_path).read_bytes() == (out / "checkpoints" / "best.ckpt").read_bytes()
     assert json.loads(grader.metadata)["test/qwk"] == pytest.approx(result["test/qwk"], abs=1e-6)
