@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from ssl_dr.config_dir import config_dir
 from ssl_dr.data.cache import build_cache
 from ssl_dr.data.external import load_external
-from ssl_dr.data.records import NUM_GRADES, DataError, Record
+from ssl_dr.data.records import NUM_GRADES, Record
 from ssl_dr.data.splits import (
     SplitConfig,
     label_counts,
@@ -36,21 +36,19 @@ from ssl_dr.data.splits import (
     stored_folds,
     write_split,
 )
+from ssl_dr.errors import ConfigError, UserError
 from ssl_dr.launch.folders import ENVIRONMENT_NAME, JOB_FAILED, METRICS_NAME, finished_job
-from ssl_dr.launch.guards import ScaleSettingsError, check_multirun_strategy, check_sync_batchnorm
+from ssl_dr.launch.guards import check_multirun_strategy, check_sync_batchnorm
 from ssl_dr.launch.objective import BASIC_SWEEPER, ObjectiveError, check_objective
 from ssl_dr.launch.resolvers import register_resolvers
-from ssl_dr.models.backbone import BackboneWeightsError
-from ssl_dr.models.foundation_weights import FoundationWeightsError
 from ssl_dr.models.heads import check_grade_weights, check_head
 from ssl_dr.run_files import BEST_CHECKPOINT, LAST_CHECKPOINT, SPLIT, write_atomic
 from ssl_dr.training.budget import check_budget, freeze_steps
-from ssl_dr.training.callbacks import NonFiniteLossError
 from ssl_dr.training.environment import describe_environment, loaded_code
 from ssl_dr.training.external import grade_external
 from ssl_dr.training.phases import finetune, pretext_weights
 from ssl_dr.training.probe_phase import FINETUNE, NO_NETWORK, check_protocol, probe
-from ssl_dr.training.ranks import RankZeroGoneError, RankZeroHeartbeat, is_launch_rank_zero
+from ssl_dr.training.ranks import RankZeroHeartbeat, is_launch_rank_zero
 from ssl_dr.training.screening import check_evaluation, patients, screen
 from ssl_dr.training.wandb_publish import media_config
 
@@ -60,9 +58,8 @@ INITS = ("pretext", "random", "imagenet", "foundation", NO_NETWORK)
 """How the grader's backbone starts (``init``, set by the arm): the pretext's weights, random, timm's
 ImageNet weights (``model.backbone.pretrained``), or a foundation model's file (``model.backbone.weights_format``;
 both loaded by ``Backbone`` itself); ``none``: no network (the classical reference arm, probes only)."""
-USER_ERRORS = (DataError, BackboneWeightsError, FoundationWeightsError, NonFiniteLossError, ScaleSettingsError,
-               RankZeroGoneError)
-"""Errors of the user's data or settings: one ``error: ...`` line and exit status 2, no traceback."""
+USER_ERRORS = (UserError,)
+"""Errors of the user's data or settings (``ssl_dr.errors``): one ``error: ...`` line, exit status 2."""
 # arms named after the pretext they use (conf/arm/<name>.yaml chooses conf/pretext/<name>.yaml)
 PRETEXT_ARMS = ("rotation", "jigsaw", "simclr", "mae")
 CONFIG_DIR = config_dir()
@@ -76,28 +73,29 @@ def pretext_pool(records: list[Record], table: pd.DataFrame, pool: str) -> list[
     if pool == "train_only":
         test_ids = set(table.loc[table.role == "test", "id_code"])
         return [r for r in records if r.id_code not in test_ids]
-    raise DataError(f"pretext.pool={pool!r} must be 'all' or 'train_only'")
+    raise ConfigError(f"pretext.pool={pool!r} must be 'all' or 'train_only'")
 
 
 def check_init(cfg: DictConfig) -> None:
     """``init`` must agree with ``model.backbone.pretrained``: metrics and reports trust ``init``, and a run
     that starts from ImageNet weights under ``init=random`` would be reported as the baseline."""
     if cfg.init not in INITS:
-        raise DataError(f"init={cfg.init!r} is not one of {INITS}")
+        raise ConfigError(f"init={cfg.init!r} is not one of {INITS}")
     pretrained = bool(cfg.model.backbone.get("pretrained", False))
     if cfg.init == "imagenet" and not pretrained:
-        raise DataError("init=imagenet needs model.backbone.pretrained=true (arm=imagenet sets it)")
+        raise ConfigError("init=imagenet needs model.backbone.pretrained=true (arm=imagenet sets it)")
     if cfg.init == "pretext" and cfg.arm in PRETEXT_ARMS and cfg.pretext.name != cfg.arm:
-        raise DataError(f"arm={cfg.arm} but pretext={cfg.pretext.name}: the {cfg.pretext.name} pretext's results would "
-                        f"be reported as {cfg.arm}; drop the pretext= override (arm={cfg.arm} chooses its pretext)")
+        raise ConfigError(f"arm={cfg.arm} but pretext={cfg.pretext.name}: the {cfg.pretext.name} pretext's results "
+                          f"would be reported as {cfg.arm}; drop the pretext= override (arm={cfg.arm} chooses its "
+                          "pretext)")
     if cfg.init == "random" and pretrained:
-        raise DataError("init=random but model.backbone.pretrained=true starts from ImageNet weights; "
-                        "use arm=imagenet for that, or drop model.backbone.pretrained=true")
+        raise ConfigError("init=random but model.backbone.pretrained=true starts from ImageNet weights; "
+                          "use arm=imagenet for that, or drop model.backbone.pretrained=true")
     weights_format = cfg.model.backbone.get("weights_format")
     if (cfg.init == "foundation") != bool(weights_format):
-        raise DataError(f"init={cfg.init} with model.backbone.weights_format={weights_format}: a foundation model's "
-                        "file is the init of the foundation arms only (arm=retfound, retfound_dinov2, dinov2), and "
-                        "they need its format")
+        raise ConfigError(f"init={cfg.init} with model.backbone.weights_format={weights_format}: a foundation model's "
+                          "file is the init of the foundation arms only (arm=retfound, retfound_dinov2, dinov2), and "
+                          "they need its format")
 
 
 def weights_source(cfg: DictConfig) -> str | None:
@@ -257,7 +255,7 @@ def main(cfg: DictConfig) -> float:
     searching = _in_multirun() and not sweeper.endswith(BASIC_SWEEPER)  # Optuna & co. use the return value
     try:  # also stops the sweep: every trial would be wrong
         check_objective(cfg.optimized_metric, cfg.get("resume"), sweeper, _in_multirun())
-    except ObjectiveError as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     finished = _finished_in_resumed_sweep(cfg)

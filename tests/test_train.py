@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
-from ssl_dr.data.records import DataError
+from ssl_dr.errors import ConfigError
 from ssl_dr.train import CONFIG_DIR, train
 from tests.conftest import TINY, TINY_TRAINING, compose_cfg
 
@@ -134,7 +134,7 @@ def test_pretext_pool_train_only_excludes_the_test_fold(tiny_cfg):
     assert len(strict) == len(records) - len(test_ids) and not test_ids & {r.id_code for r in strict}
     assert any(r.grade is None for r in strict)  # unlabelled images stay in the pool
     assert pretext_pool(records, table, "all") == records
-    with pytest.raises(DataError, match="pretext.pool='fold'"):
+    with pytest.raises(ConfigError, match="pretext.pool='fold'"):
         pretext_pool(records, table, "fold")
 
 
@@ -199,6 +199,6 @@ def test_grade_weights_come_from_the_training_split(tiny_cfg):
 
 def test_pretext_arm_with_another_pretext_is_refused(tiny_cfg, tmp_path):
     cfg = tiny_cfg("experiment=jigsaw", "pretext=rotation")
-    with pytest.raises(DataError, match="arm=jigsaw but pretext=rotation"):
+    with pytest.raises(ConfigError, match="arm=jigsaw but pretext=rotation"):
         train(cfg)
     assert not (tmp_path / "data").exists()

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ssl_dr.data.csv_source import CsvSource
-from ssl_dr.data.records import DataError
 from ssl_dr.data.synthetic import write_synthetic_dataset
+from ssl_dr.errors import DataError
 
 
 class SyntheticSource(CsvSource):

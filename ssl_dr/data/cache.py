@@ -42,7 +42,8 @@ from tqdm import tqdm
 
 from ssl_dr.data.decode import decode_preprocessed
 from ssl_dr.data.fundus_preprocess import DEFAULT_MASK, MASKS
-from ssl_dr.data.records import DataError, Record, bulleted, duplicate_ids
+from ssl_dr.data.records import Record, bulleted, duplicate_ids
+from ssl_dr.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import pandas as pd
 
 from ssl_dr.data.listing import find_image, folder_images
-from ssl_dr.data.records import NUM_GRADES, DataError, Record, bulleted, duplicate_ids
+from ssl_dr.data.records import NUM_GRADES, Record, bulleted, duplicate_ids
+from ssl_dr.errors import DataError
 
 log = logging.getLogger(__name__)
 

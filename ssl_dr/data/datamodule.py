@@ -19,8 +19,9 @@ from torch.utils.data import DataLoader
 
 from ssl_dr.data.cache import ImageCache
 from ssl_dr.data.datasets import FundusDataset
-from ssl_dr.data.records import DataError, Record
+from ssl_dr.data.records import Record
 from ssl_dr.data.sampling import EpochShuffleSampler, ResumableLoader, loader_generator
+from ssl_dr.errors import DataError
 
 AUTO = "auto"
 CPU_WORKERS = 0

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ssl_dr.data.fundus_preprocess import preprocess
-from ssl_dr.data.records import DataError
+from ssl_dr.errors import DataError
 
 SCALED_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
 """16-bit, 32-bit integer and float images: scaled by their maximum (floats in [0, 1] by 255) to 8 bits;

@@ -27,8 +27,6 @@ class Record:
     group: str | None = None
 
 
-class DataError(ValueError):
-    """Bad user data or settings; the message names the file/field and the fix (shown without traceback)."""
 
 
 def duplicate_ids(ids: Sequence[str]) -> list[str]:

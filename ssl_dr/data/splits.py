@@ -40,7 +40,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from ssl_dr.data.records import DataError, Record, labelled
+from ssl_dr.data.records import Record, labelled
+from ssl_dr.errors import DataError
 from ssl_dr.run_files import write_atomic
 
 ROLES = ("train", "val", "test", "unused")

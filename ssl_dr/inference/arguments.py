@@ -1,6 +1,7 @@
 """``key=value`` arguments of the inference tools, parsed with Hydra's override grammar into an OmegaConf
 structured config built from a dataclass (typed defaults; unknown, missing or mistyped keys are errors naming the
-key), and ``run_cli``, which turns every ``InferenceError`` into one ``error: ...`` line (exit status 2).
+key), and ``run_cli``, which turns every user error (``ssl_dr.errors.UserError``) into one ``error: ...`` line
+(exit status 2).
 
 Same grammar as ``python -m ssl_dr.train``: ``null``, ``true``, quoting (``images='my scans,2024'``). One
 leniency: a file name the grammar cannot read (``scan(1).png``, ``Ärzte/``) is taken verbatim for a path or
@@ -23,7 +24,7 @@ from hydra.errors import OverrideParseException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from ssl_dr.data.records import DataError
+from ssl_dr.errors import UserError
 from ssl_dr.inference.errors import InferenceError
 
 T = TypeVar("T")
@@ -145,7 +146,7 @@ def run_cli(main: Callable[[T], object], cls: type[T], command: str, argv: Seque
         return
     try:
         main(parse_args(cls, argv))
-    except (InferenceError, DataError) as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 

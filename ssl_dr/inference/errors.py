@@ -3,6 +3,8 @@ it without importing the argument parser, and ``run_cli`` prints it as ``error: 
 
 from __future__ import annotations
 
+from ssl_dr.errors import UserError
 
-class InferenceError(ValueError):
+
+class InferenceError(UserError, ValueError):
     """A bad argument, checkpoint or input set: shown as ``error: <message>`` without a traceback."""

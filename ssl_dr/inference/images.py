@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from ssl_dr.data.decode import decode_preprocessed
 from ssl_dr.data.listing import IMAGE_EXTENSIONS, find_image, folder_images
-from ssl_dr.data.records import DataError, Record, duplicate_ids
+from ssl_dr.data.records import Record, duplicate_ids
+from ssl_dr.errors import DataError
 from ssl_dr.inference.checkpoint import InferenceSpec, _first_line
 from ssl_dr.inference.errors import InferenceError
 

@@ -16,10 +16,12 @@ from typing import IO, Any
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
 
+from ssl_dr.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class GpuSlotError(RuntimeError):
+class GpuSlotError(UserError, RuntimeError):
     """No GPU slot became free in time (more parallel jobs than GPUs, or another sweep holds them)."""
 
 

@@ -13,13 +13,15 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from ssl_dr.errors import ConfigError
+
 # Strategies whose extra ranks are started inside this process (no script re-run): safe in any launcher.
 IN_PROCESS_STRATEGY_TAGS = ("spawn", "fork", "notebook")
 # The only Hydra launcher whose scheduler starts one task per rank that Lightning then joins.
 RANK_STARTING_LAUNCHERS = ("SlurmLauncher",)
 
 
-class ScaleSettingsError(ValueError):
+class ScaleSettingsError(ConfigError):
     """Trainer/launcher settings that cannot work together; the message names the key and the fix."""
 
 

@@ -13,10 +13,12 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from ssl_dr.errors import ConfigError
+
 BASIC_SWEEPER = "BasicSweeper"
 
 
-class ObjectiveError(ValueError):
+class ObjectiveError(ConfigError):
     """A hyper-parameter search set up to optimise something it must not; the message says what to use."""
 
 

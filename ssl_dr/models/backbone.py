@@ -23,13 +23,14 @@ import timm
 import torch
 from torch import nn
 
+from ssl_dr.errors import DataError
 from ssl_dr.models.foundation_weights import load_foundation_weights
 from ssl_dr.run_files import write_atomic
 
 WEIGHTS_FORMAT = "ssl_dr.models.backbone/1"
 
 
-class BackboneWeightsError(ValueError):
+class BackboneWeightsError(DataError):
     """A weights file that cannot initialise this backbone (wrong file, other architecture)."""
 
 

@@ -35,6 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ssl_dr.errors import DataError
+
 WEIGHTS_FORMATS = ("retfound_mae", "retfound_dinov2", "timm")
 CHUNKED_BLOCK = re.compile(r"^blocks\.\d+\.(\d+)\.")
 """DINOv2's ``block_chunks`` (4 in its ViT-L/g training configs) nests each block in a chunk, keeping the block's
@@ -43,7 +45,7 @@ FRESH_KEYS = ("head.", "fc_norm.")
 """Keys a foundation file need not hold: the fine-tune trains them from scratch."""
 
 
-class FoundationWeightsError(ValueError):
+class FoundationWeightsError(DataError):
     """A weights file that does not hold this ViT in the named layout."""
 
 

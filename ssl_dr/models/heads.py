@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_dr.data.records import NUM_GRADES, DataError
+from ssl_dr.data.records import NUM_GRADES
+from ssl_dr.errors import ConfigError
 from ssl_dr.models.metrics import quadratic_weighted_kappa
 
 DEFAULT_THRESHOLDS = (0.5, 1.5, 2.5, 3.5)
@@ -253,7 +254,7 @@ class RegressionHead(GradeHead):
 HEADS: dict[str, type[GradeHead]] = {h.name: h for h in (ClassificationHead, OrdinalHead, RegressionHead)}
 
 
-class HeadError(DataError):
+class HeadError(ConfigError):
     """An unknown ``model.head`` (a settings error: one line, exit status 2, like other bad settings)."""
 
 

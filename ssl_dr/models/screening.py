@@ -20,7 +20,8 @@ from scipy.stats import DegenerateDataWarning, bootstrap, rankdata
 from sklearn.metrics import roc_curve
 from torchmetrics.functional.classification import binary_calibration_error, multiclass_calibration_error
 
-from ssl_dr.data.records import NUM_GRADES, DataError
+from ssl_dr.data.records import NUM_GRADES
+from ssl_dr.errors import ConfigError
 from ssl_dr.models.metrics import REFERABLE_GRADE, quadratic_weighted_kappa
 
 TARGETS = ("sensitivity", "specificity")
@@ -33,14 +34,14 @@ def referable_target(setting: Mapping[str, Any] | None) -> tuple[str, float] | N
     operating point) as ``(kind, value)``; anything else is refused naming the field and the fix."""
     given = {k: v for k, v in dict(setting or {}).items() if v is not None}
     if not set(given) <= set(TARGETS) or len(given) > 1:
-        raise DataError(f"evaluation.referable_target={dict(setting or {})} must set one of {', '.join(TARGETS)} and "
-                        "leave the other null, e.g. evaluation.referable_target.sensitivity=null "
-                        "evaluation.referable_target.specificity=0.8")
+        raise ConfigError(f"evaluation.referable_target={dict(setting or {})} must set one of {', '.join(TARGETS)} and "
+                          "leave the other null, e.g. evaluation.referable_target.sensitivity=null "
+                          "evaluation.referable_target.specificity=0.8")
     if not given:
         return None
     kind, value = next(iter(given.items()))
     if not isinstance(value, int | float) or not 0 < float(value) <= 1:
-        raise DataError(f"evaluation.referable_target.{kind}={value!r} must be a share in (0, 1]")
+        raise ConfigError(f"evaluation.referable_target.{kind}={value!r} must be a share in (0, 1]")
     return str(kind), float(value)
 
 
@@ -139,8 +140,8 @@ def auroc_referable(grades: np.ndarray, scores: np.ndarray) -> float:
 
 
 def bootstrap_intervals(grades: Sequence[int] | np.ndarray, preds: Sequence[int] | np.ndarray,
-                        scores: Sequence[float] | np.ndarray, groups: Sequence[str], resamples: int, level: float,
-                        seed: int) -> dict[str, float]:
+                          scores: Sequence[float] | np.ndarray, groups: Sequence[str], resamples: int, level: float,
+                          seed: int) -> dict[str, float]:
     """Percentile bootstrap intervals of QWK and referable AUROC, resampling patients (``groups``: both eyes of a
     patient are drawn together) with scipy.stats.bootstrap, ``resamples`` draws from ``seed``. A resample with one
     side only has no AUROC: the interval is NaN when any has none (too few referable patients to say)."""

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ssl_dr.data.records import DataError
+from ssl_dr.errors import ConfigError
 from ssl_dr.models.backbone import Backbone
 from ssl_dr.pretexts.base import PretextModule, PretextStep, mlp_head
 
@@ -56,8 +56,8 @@ def maximal_hamming_permutations(num_tiles: int, count: int, seed: int) -> np.nd
     else:
         candidates = np.argsort(rng.random((SAMPLED_CANDIDATES, num_tiles)), axis=1).astype(np.int16)
     if count > len(candidates):
-        raise DataError(f"pretext.module.num_permutations={count} exceeds the {len(candidates)} candidate "
-                        f"permutations of {num_tiles} tiles; lower it or raise pretext.module.grid")
+        raise ConfigError(f"pretext.module.num_permutations={count} exceeds the {len(candidates)} candidate "
+                          f"permutations of {num_tiles} tiles; lower it or raise pretext.module.grid")
     chosen = [int(rng.integers(len(candidates)))]
     nearest = (candidates != candidates[chosen[0]]).sum(axis=1)  # distance to the closest chosen permutation
     while len(chosen) < count:
@@ -76,10 +76,10 @@ def cell_geometry(size: int, grid: int, gap: float) -> tuple[int, int]:
     cell = size // grid
     border = round(gap * cell)
     if grid < 2 or not 0 <= gap < 0.5 or cell - 2 * border < MIN_CELL_CONTENT:
-        raise DataError(f"pretext.module.grid={grid} with pretext.module.gap={gap} does not fit a {size} px image "
-                        f"({cell} px cells, {border} px border each side); use grid >= 2 and 0 <= gap < 0.5, and "
-                        f"lower grid or gap or raise data.image_size so every cell keeps {MIN_CELL_CONTENT} px "
-                        "or more of content")
+        raise ConfigError(f"pretext.module.grid={grid} with pretext.module.gap={gap} does not fit a {size} px image "
+                          f"({cell} px cells, {border} px border each side); use grid >= 2 and 0 <= gap < 0.5, and "
+                          f"lower grid or gap or raise data.image_size so every cell keeps {MIN_CELL_CONTENT} px "
+                          "or more of content")
     return cell, border
 
 
@@ -129,9 +129,9 @@ class JigsawPretext(PretextModule):
         super().__init__(backbone, optimizer, scheduler, lr_scaling)
         cell_geometry(image_size, grid, gap)  # fail on a bad grid/gap now, not mid-training
         if num_permutations < 2:
-            raise DataError(f"pretext.module.num_permutations={num_permutations} must be at least 2")
+            raise ConfigError(f"pretext.module.num_permutations={num_permutations} must be at least 2")
         if not 0 < crop <= 1:
-            raise DataError(f"pretext.module.crop={crop} must be in (0, 1] (1 = the whole image)")
+            raise ConfigError(f"pretext.module.crop={crop} must be in (0, 1] (1 = the whole image)")
         self.grid = grid
         self.gap = gap
         self.crop = crop

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from ssl_dr.data.records import DataError
+from ssl_dr.errors import ConfigError
 from ssl_dr.models.backbone import Backbone, is_vit
 from ssl_dr.pretexts.base import PretextExamples, PretextModule, PretextStep
 
@@ -62,15 +62,15 @@ class MAEPretext(PretextModule):
         super().__init__(backbone, optimizer, scheduler, lr_scaling)
         vit = backbone.model
         if not is_vit(vit):
-            raise DataError(f"pretext=mae needs a ViT backbone (model.backbone.name=vit_*; arm=mae sets one), not "
-                            f"{backbone.name}")
+            raise ConfigError(f"pretext=mae needs a ViT backbone (model.backbone.name=vit_*; arm=mae sets one), not "
+                              f"{backbone.name}")
         if not 0 < mask_ratio < 1:
-            raise DataError(f"pretext.module.mask_ratio={mask_ratio} must be in (0, 1) (MAE: 0.75)")
+            raise ConfigError(f"pretext.module.mask_ratio={mask_ratio} must be in (0, 1) (MAE: 0.75)")
         self.patch = vit.patch_embed.patch_size[0]
         self.num_patches = vit.patch_embed.num_patches
         self.keep = max(1, round(self.num_patches * (1 - mask_ratio)))
         if self.keep >= self.num_patches:
-            raise DataError(f"pretext.module.mask_ratio={mask_ratio} hides no patch of {self.num_patches}")
+            raise ConfigError(f"pretext.module.mask_ratio={mask_ratio} hides no patch of {self.num_patches}")
         self.norm_pix_loss = norm_pix_loss
         self.head = MAEDecoder(vit.embed_dim, self.num_patches, self.patch, decoder_dim, decoder_depth, decoder_heads)
 

@@ -19,7 +19,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from ssl_dr.data.records import DataError
+from ssl_dr.errors import ConfigError
 from ssl_dr.models.backbone import Backbone
 from ssl_dr.pretexts.base import PretextModule, PretextStep, mlp_head
 
@@ -57,7 +57,7 @@ class SimCLRPretext(PretextModule):
                  lr_scaling: str = "auto") -> None:
         super().__init__(backbone, optimizer, scheduler, lr_scaling)
         if temperature <= 0:
-            raise DataError(f"pretext.module.temperature={temperature} must be positive (0.1 to 0.5 is usual)")
+            raise ConfigError(f"pretext.module.temperature={temperature} must be positive (0.1 to 0.5 is usual)")
         self.temperature = temperature
         self.head = mlp_head(backbone.num_features, head_hidden, projection_dim)
 

@@ -21,7 +21,8 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from ssl_dr.data.records import NUM_GRADES, DataError
+from ssl_dr.data.records import NUM_GRADES
+from ssl_dr.errors import DataError
 from ssl_dr.models.metrics import quadratic_weighted_kappa
 
 log = logging.getLogger(__name__)

@@ -25,6 +25,7 @@ import pandas as pd
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from ssl_dr.errors import UserError
 from ssl_dr.launch.folders import JOB_FAILED
 from ssl_dr.launch.resolvers import register_resolvers
 from ssl_dr.reporting import stats as report_stats
@@ -52,7 +53,7 @@ ARM_CHOOSERS = ("arm", "experiment")
 CHOOSERS = (*ARM_CHOOSERS, PROTOCOL_CHOOSER)  # the config-group overrides a job's `choices` keep
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """The sweep folder cannot be reported on (missing, no jobs, a malformed file); the message says what to do."""
 
 

@@ -20,38 +20,38 @@ import torch
 from lightning import Trainer
 from omegaconf import DictConfig
 
-from ssl_dr.data.records import DataError
+from ssl_dr.errors import ConfigError
 
 
 def check_budget(cfg: DictConfig) -> None:
-    """One ``DataError`` naming the key and the fix for a budget that is not a fixed number of steps, a last
+    """One ``ConfigError`` naming the key and the fix for a budget that is not a fixed number of steps, a last
     stretch of steps that would never be validated, or a warm-up/freeze that outlasts the budget."""
     trainer = cfg.trainer
     max_steps = trainer.get("max_steps")
     if max_steps is None or int(max_steps) < 1:
-        raise DataError(f"trainer.max_steps={max_steps}: the fine-tune needs a budget of optimiser steps "
-                        "(e.g. trainer.max_steps=200), the same for every arm and label fraction")
+        raise ConfigError(f"trainer.max_steps={max_steps}: the fine-tune needs a budget of optimiser steps "
+                          "(e.g. trainer.max_steps=200), the same for every arm and label fraction")
     if trainer.get("max_epochs") is not None:
-        raise DataError(f"trainer.max_epochs={trainer.max_epochs}: the fine-tune's budget is trainer.max_steps "
-                        "(epochs would give small label fractions fewer optimiser steps); drop trainer.max_epochs "
-                        "and set trainer.max_steps (the pretext has pretext.max_epochs)")
+        raise ConfigError(f"trainer.max_epochs={trainer.max_epochs}: the fine-tune's budget is trainer.max_steps "
+                          "(epochs would give small label fractions fewer optimiser steps); drop trainer.max_epochs "
+                          "and set trainer.max_steps (the pretext has pretext.max_epochs)")
     interval = trainer.get("val_check_interval")
     if not isinstance(interval, int) or interval < 1 or trainer.get("check_val_every_n_epoch") is not None:
-        raise DataError(f"trainer.val_check_interval={interval}: validate every N optimiser steps (an integer, "
-                        "with trainer.check_val_every_n_epoch=null), e.g. trainer.val_check_interval=20")
+        raise ConfigError(f"trainer.val_check_interval={interval}: validate every N optimiser steps (an integer, "
+                          "with trainer.check_val_every_n_epoch=null), e.g. trainer.val_check_interval=20")
     if max_steps % interval:
-        raise DataError(f"trainer.max_steps={max_steps} is not a multiple of trainer.val_check_interval={interval}: "
-                        f"the last {max_steps % interval} steps would never be validated; make it a multiple")
+        raise ConfigError(f"trainer.max_steps={max_steps} is not a multiple of trainer.val_check_interval={interval}: "
+                          f"the last {max_steps % interval} steps would never be validated; make it a multiple")
     classifier = cfg.model.classifier
     warmup = (classifier.get("scheduler") or {}).get("warmup_steps", 0)
     if not 0 <= int(warmup) < max_steps:
-        raise DataError(f"model.classifier.scheduler.warmup_steps={warmup} must be in "
-                        f"[0, trainer.max_steps={max_steps})")
+        raise ConfigError(f"model.classifier.scheduler.warmup_steps={warmup} must be in "
+                          f"[0, trainer.max_steps={max_steps})")
     # freeze_steps == max_steps is a linear probe: the head alone trains on a frozen learned encoder
     freeze = classifier.get("freeze_steps", 0)
     if not 0 <= int(freeze) <= max_steps:
-        raise DataError(f"model.classifier.freeze_steps={freeze} must be in [0, trainer.max_steps={max_steps}] "
-                        f"({max_steps}: a linear probe)")
+        raise ConfigError(f"model.classifier.freeze_steps={freeze} must be in [0, trainer.max_steps={max_steps}] "
+                          f"({max_steps}: a linear probe)")
 
 
 def freeze_steps(cfg: DictConfig) -> int:

@@ -19,7 +19,8 @@ from omegaconf import DictConfig
 
 from ssl_dr.data.cache import ImageCache
 from ssl_dr.data.external import ExternalSet
-from ssl_dr.data.records import DataError, Record
+from ssl_dr.data.records import Record
+from ssl_dr.errors import ConfigError
 from ssl_dr.models.backbone import Backbone, load_backbone
 from ssl_dr.probes.classical import extract_classical
 from ssl_dr.probes.evaluate import PROTOCOLS, evaluate_probe
@@ -39,9 +40,9 @@ def check_protocol(cfg: DictConfig) -> None:
     """A known protocol, and one the arm can run: the classical arm has no network to fine-tune."""
     name = cfg.protocol.name
     if name not in (FINETUNE, *PROTOCOLS):
-        raise DataError(f"protocol={name!r} is not one of {FINETUNE}, {', '.join(PROTOCOLS)}")
+        raise ConfigError(f"protocol={name!r} is not one of {FINETUNE}, {', '.join(PROTOCOLS)}")
     if cfg.init == NO_NETWORK and name == FINETUNE:
-        raise DataError(f"arm={cfg.arm} has no network to fine-tune; use protocol=linear or protocol=knn")
+        raise ConfigError(f"arm={cfg.arm} has no network to fine-tune; use protocol=linear or protocol=knn")
 
 
 def probe(cfg: DictConfig, train: list[Record], val: list[Record], test: list[Record], cache: ImageCache,

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ssl_dr.errors import UserError
 from ssl_dr.run_files import write_atomic
 
 # Environment variables that carry the global rank before Lightning sets DDP up: torchrun, SLURM (srun), and
@@ -107,5 +108,5 @@ def await_file(path: Path, heartbeat: Path, stale_s: float = STALE_AFTER_S, poll
     return path
 
 
-class RankZeroGoneError(RuntimeError):
+class RankZeroGoneError(UserError, RuntimeError):
     """A DDP rank waited for rank 0's hand-off and rank 0 is gone."""

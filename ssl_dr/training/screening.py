@@ -2,8 +2,8 @@
 
 The temperature and the referable operating point are fitted on ``val_predictions.csv`` only, then applied to the
 test fold and the external set, each read once; ECE per stage, bootstrap intervals of the test (and external) QWK
-and referable AUROC by patient, and a reliability diagram per stage beside the run. A fine-tune stores the
-temperature and the threshold in ``checkpoints/best.ckpt`` so ``predict`` applies exactly them.
+and referable AUROC by patient, and a reliability diagram, ROC and PR curves per stage beside the run. A fine-tune
+stores the temperature and the threshold in ``checkpoints/best.ckpt`` so ``predict`` applies exactly them.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from ssl_dr.data.records import NUM_GRADES, DataError, Record
+from ssl_dr.data.records import NUM_GRADES, Record
+from ssl_dr.errors import ConfigError
 from ssl_dr.models.screening import (
     at_threshold,
     bootstrap_intervals,
@@ -40,6 +41,7 @@ from ssl_dr.run_files import (
     VAL_PREDICTIONS,
     write_atomic,
 )
+from ssl_dr.training.curves import write_curves
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +55,14 @@ def check_evaluation(cfg: DictConfig) -> None:
     settings = cfg.evaluation
     referable_target(settings.referable_target)
     if settings.temperature_scaling and cfg.protocol.name == "finetune" and cfg.model.head != "classification":
-        raise DataError(f"evaluation.temperature_scaling=true needs grade probabilities: model.head={cfg.model.head} "
-                        "has none (use model.head=classification, or a probe protocol)")
+        raise ConfigError(f"evaluation.temperature_scaling=true needs grade probabilities: model.head={cfg.model.head} "
+                          "has none (use model.head=classification, or a probe protocol)")
     for field, value, low in (("calibration_bins", settings.calibration_bins, 1),
                               ("bootstrap.resamples", settings.bootstrap.resamples, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise DataError(f"evaluation.{field}={value!r} must be an integer >= {low}")
+            raise ConfigError(f"evaluation.{field}={value!r} must be an integer >= {low}")
     if not 0 < float(settings.bootstrap.level) < 1:
-        raise DataError(f"evaluation.bootstrap.level={settings.bootstrap.level} must lie in (0, 1), e.g. 0.95")
+        raise ConfigError(f"evaluation.bootstrap.level={settings.bootstrap.level} must lie in (0, 1), e.g. 0.95")
 
 
 def screen(settings: DictConfig, out_dir: Path, groups: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
@@ -93,6 +95,8 @@ def screen(settings: DictConfig, out_dir: Path, groups: Mapping[str, Mapping[str
     for stage, table in tables.items():
         if has_probs:
             record.update(_calibration(stage, table, temperature, settings.calibration_bins, out_dir))
+        if stage != "val":
+            write_curves(out_dir, stage)  # roc_<stage>.png, pr_<stage>.png of the referable score
         if stage != "val" and settings.bootstrap.resamples:
             ids = table.id_code.astype(str)
             record.update({f"{stage}/{k}": v for k, v in bootstrap_intervals(

@@ -20,7 +20,8 @@ from ssl_dr.data import decode as decode_module
 from ssl_dr.data.cache import ImageCache, build_cache, cache_key
 from ssl_dr.data.decode import read_rgb
 from ssl_dr.data.fundus_preprocess import ben_graham, crop_to_fundus, preprocess
-from ssl_dr.data.records import DataError, Record
+from ssl_dr.data.records import Record
+from ssl_dr.errors import DataError
 
 SIZE = 16
 

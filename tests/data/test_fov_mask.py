@@ -24,7 +24,8 @@ from ssl_dr.data.fundus_preprocess import (
     fundus_box,
     preprocess,
 )
-from ssl_dr.data.records import DataError, Record
+from ssl_dr.data.records import Record
+from ssl_dr.errors import DataError
 from ssl_dr.inference import InferenceSpec, decoded_images, read_spec
 from ssl_dr.train import train
 from tests.camera_cue_images import camera_cue_fundus

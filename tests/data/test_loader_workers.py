@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from ssl_dr.data.datamodule import GPU_WORKERS_CAP, FundusDataModule, loader_settings, resolve_num_workers
-from ssl_dr.data.records import DataError, Record
+from ssl_dr.data.records import Record
 from ssl_dr.data.transforms import AugmentConfig, build_transform
+from ssl_dr.errors import DataError
 from tests.launch.configs import compose_train
 
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from ssl_dr.data.csv_source import CsvSource
 from ssl_dr.data.decode import read_rgb
-from ssl_dr.data.records import DataError
+from ssl_dr.errors import DataError
 
 
 def write_image(path: Path, mode: str = "RGB", size: tuple[int, int] = (40, 40)) -> None:

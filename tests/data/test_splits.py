@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ssl_dr.data.records import DataError, Record
+from ssl_dr.data.records import Record
 from ssl_dr.data.splits import (
     SplitConfig,
     assign_folds,
@@ -20,6 +20,7 @@ from ssl_dr.data.splits import (
     stored_folds,
     val_count,
 )
+from ssl_dr.errors import DataError
 
 MIX = np.array([0.49, 0.10, 0.27, 0.05, 0.08]) / 0.99
 

@@ -272,7 +272,7 @@ def test_thresholds_come_from_validation_predictions_only(tmp_path):
     (thresholds_a, outputs_a), (thresholds_b, outputs_b) = results
     assert torch.equal(thresholds_a, thresholds_b) and torch.equal(thresholds_a, stored["grading.thresholds"])
     for a, b in zip(outputs_a, outputs_b, strict=True):
-        assert set(a) == {"preds", "score"} and a["preds"].dtype == torch.long and a["score"].shape == (4,)
+        assert set(a) == {"preds", "referable", "score"} and a["preds"].dtype == torch.long and a["score"].shape == (4,)
         assert torch.equal(a["preds"], b["preds"]) and torch.equal(a["score"], b["score"])
         assert torch.equal(a["preds"], cut(a["score"], thresholds_a))
 

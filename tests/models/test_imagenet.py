@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from ssl_dr.data.records import DataError
+from ssl_dr.errors import ConfigError
 from ssl_dr.models.backbone import Backbone, BackboneWeightsError
 from ssl_dr.train import check_init, train, weights_source
 from tests.conftest import TINY, compose_cfg
@@ -204,7 +204,7 @@ def test_imagenet_config(choice, tmp_path, monkeypatch):
     (["experiment=baseline", "init=imagenetx"], "init='imagenetx' is not one of"),
 ])
 def test_init_and_pretrained_must_agree(overrides, message, tmp_path):
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(ConfigError, match=message):
         check_init(compose_cfg(tmp_path, overrides))
 
 

@@ -9,7 +9,7 @@ import pytest
 from scipy.special import softmax
 from sklearn.metrics import roc_auc_score
 
-from ssl_dr.data.records import DataError
+from ssl_dr.errors import ConfigError
 from ssl_dr.models.screening import (
     at_threshold,
     auroc_referable,
@@ -58,7 +58,7 @@ def test_a_one_sided_slice_has_no_operating_point_nan_not_zero():
 @pytest.mark.parametrize("setting", [{"sensitivity": 1.5}, {"recall": 0.9}, {"sensitivity": 0.9, "specificity": 0.8},
                                      {"sensitivity": "high", "specificity": None}])
 def test_a_bad_target_is_refused_naming_the_field(setting):
-    with pytest.raises(DataError, match="evaluation.referable_target"):
+    with pytest.raises(ConfigError, match="evaluation.referable_target"):
         referable_target(setting)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from ssl_dr.data.records import DataError
+from ssl_dr.errors import ConfigError
 from ssl_dr.pretexts import build_pretext
 from ssl_dr.pretexts.mae import MAEPretext
 from ssl_dr.train import train
@@ -65,7 +65,7 @@ def test_validation_masks_are_fixed_and_training_masks_are_drawn(mae):
 
 def test_a_densenet_backbone_is_refused(tiny_cfg):
     cfg = tiny_cfg("experiment=rotation", "pretext=mae")
-    with pytest.raises(DataError, match=r"pretext=mae needs a ViT backbone .* not densenet121"):
+    with pytest.raises(ConfigError, match=r"pretext=mae needs a ViT backbone .* not densenet121"):
         build_pretext(cfg, instantiate(cfg.model.backbone))
 
 

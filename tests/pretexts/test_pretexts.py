@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from ssl_dr.data.records import DataError, Record
+from ssl_dr.data.records import Record
 from ssl_dr.data.transforms import ContrastiveAugment, ContrastiveViews, build_contrastive_transform
+from ssl_dr.errors import ConfigError
 from ssl_dr.models.backbone import Backbone
 from ssl_dr.pretexts import build_pretext
 from ssl_dr.pretexts.jigsaw import (
@@ -54,7 +55,7 @@ def test_permutation_set_is_valid_far_apart_and_fixed():
 
 
 def test_too_many_permutations_is_one_clear_error():
-    with pytest.raises(DataError, match=r"pretext.module.num_permutations=25 exceeds the 24"):
+    with pytest.raises(ConfigError, match=r"pretext.module.num_permutations=25 exceeds the 24"):
         maximal_hamming_permutations(4, 25, 0)
 
 
@@ -98,10 +99,10 @@ def test_central_crop_takes_the_middle_and_keeps_the_size():
 
 
 def test_jigsaw_grid_too_big_for_the_image_is_one_clear_error(tmp_path):
-    with pytest.raises(DataError, match=r"pretext.module.grid=3 with pretext.module.gap=0.2 .* data.image_size"):
+    with pytest.raises(ConfigError, match=r"pretext.module.grid=3 with pretext.module.gap=0.2 .* data.image_size"):
         cell_geometry(16, 3, 0.2)
     cfg = compose_cfg(tmp_path, ["arm=jigsaw", "data.image_size=32", "pretext.module.grid=10"])
-    with pytest.raises(DataError, match=r"pretext.module.grid=10"):  # Hydra's wrapper removed
+    with pytest.raises(ConfigError, match=r"pretext.module.grid=10"):  # Hydra's wrapper removed
         build_pretext(cfg, Backbone("resnet18"))
 
 
@@ -149,7 +150,7 @@ def test_nt_xent_matches_a_hand_computed_example():
 
 
 def test_simclr_temperature_must_be_positive():
-    with pytest.raises(DataError, match="pretext.module.temperature=0"):
+    with pytest.raises(ConfigError, match="pretext.module.temperature=0"):
         SimCLRPretext(Backbone("resnet18"), optimizer=torch.optim.SGD, temperature=0)
 
 
@@ -169,9 +170,9 @@ def test_contrastive_views_two_different_views_fixed_on_held_out_images():
 
 
 def test_pretext_transform_must_exist_and_fit_the_module(tmp_path):
-    with pytest.raises(DataError, match=r"pretext.transform='views' is not one of"):
+    with pytest.raises(ConfigError, match=r"pretext.transform='views' is not one of"):
         build_pretext(compose_cfg(tmp_path, ["arm=simclr", "pretext.transform=views"]), Backbone("resnet18"))
-    with pytest.raises(DataError, match=r"SimCLRPretext, which needs pretext.transform='contrastive'"):
+    with pytest.raises(ConfigError, match=r"SimCLRPretext, which needs pretext.transform='contrastive'"):
         build_pretext(compose_cfg(tmp_path, ["arm=simclr", "pretext.transform=pretext"]), Backbone("resnet18"))
 
 

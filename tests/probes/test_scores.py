@@ -83,7 +83,7 @@ def test_an_empty_slice_scores_nan_not_a_crash():
 
 
 def test_linear_probe_with_no_validation_image_names_the_fix():
-    from ssl_dr.data.records import DataError
+    from ssl_dr.errors import DataError
     from ssl_dr.probes.linear import fit_linear_probe
 
     x = np.random.default_rng(0).normal(size=(6, 3))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssl_dr.data.records import DataError
+from ssl_dr.errors import ConfigError
 from ssl_dr.models.optim import WarmupCosineFactor, warmup_cosine
 from ssl_dr.train import train
 from ssl_dr.training.budget import check_budget, freeze_steps
@@ -49,7 +49,7 @@ def test_schedule_survives_a_checkpoint_round_trip():
 def test_budget_settings_are_checked_with_the_key_to_change(tmp_path, override, message):
     from tests.conftest import compose_cfg
 
-    with pytest.raises(DataError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         check_budget(compose_cfg(tmp_path, ["experiment=rotation", override]))
 
 

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
-from ssl_dr.data.records import NUM_GRADES, DataError
+from ssl_dr.data.records import NUM_GRADES
+from ssl_dr.errors import ConfigError
 from ssl_dr.train import train
 from tests.conftest import REPO, TINY, compose_cfg
 
@@ -46,7 +47,7 @@ def test_classical_linear_probe_job_leaves_the_fine_tunes_files_and_scores(tmp_p
 
 
 def test_classical_arm_has_no_fine_tune(tmp_path):
-    with pytest.raises(DataError, match="protocol=linear or protocol=knn"):
+    with pytest.raises(ConfigError, match="protocol=linear or protocol=knn"):
         train(compose_cfg(tmp_path, [*TINY, "arm=classical"]))
 
 

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from scipy.special import softmax
 from sklearn.metrics import cohen_kappa_score
 
-from ssl_dr.data.records import DataError
+from ssl_dr.errors import ConfigError
 from ssl_dr.models.screening import at_threshold, calibration_errors, choose_threshold, nll, temper
 from ssl_dr.train import train
 from ssl_dr.training.screening import CHECKPOINT_KEY, check_evaluation, screen
@@ -63,7 +63,8 @@ def test_the_threshold_is_chosen_on_validation_and_read_on_test(tmp_path):
     assert record["test/ece"] == pytest.approx(calibration_errors(test.grade, test[PROBS].to_numpy(), 10)["ece"])
     assert record["test/qwk_ci_low"] < cohen_kappa_score(test.grade, test.pred, weights="quadratic") \
         < record["test/qwk_ci_high"]
-    assert (tmp_path / "reliability_test.png").stat().st_size > 0
+    for picture in ("reliability_test.png", "roc_test.png", "pr_test.png"):
+        assert (tmp_path / picture).stat().st_size > 0
 
 
 def test_changing_the_test_labels_cannot_move_the_threshold(tmp_path):
@@ -133,7 +134,7 @@ def test_without_prediction_files_there_is_nothing_to_screen(tmp_path):
     ("evaluation.temperature_scaling=true model.head=regression", "evaluation.temperature_scaling"),
 ])
 def test_bad_evaluation_settings_are_refused_before_training(tmp_path, override, field):
-    with pytest.raises(DataError, match=field.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         check_evaluation(compose_cfg(tmp_path, [*TINY, *override.split()]))
 
 
