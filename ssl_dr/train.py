@@ -42,7 +42,7 @@ from ssl_dr.launch.guards import check_multirun_strategy, check_sync_batchnorm
 from ssl_dr.launch.objective import BASIC_SWEEPER, ObjectiveError, check_objective
 from ssl_dr.launch.resolvers import register_resolvers
 from ssl_dr.models.heads import check_grade_weights, check_head
-from ssl_dr.run_files import BEST_CHECKPOINT, LAST_CHECKPOINT, SPLIT, write_atomic
+from ssl_dr.run_contract import BEST_CHECKPOINT, LAST_CHECKPOINT, SPLIT, JobIdentity, write_atomic
 from ssl_dr.training.budget import check_budget, freeze_steps
 from ssl_dr.training.environment import describe_environment, loaded_code
 from ssl_dr.training.external import grade_external
@@ -163,9 +163,8 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         pool = pretext_pool(records, table, cfg.pretext.pool)
         init_weights, pretext_info = pretext_weights(cfg, pool, cache, out_dir)
     init_source = str(init_weights) if cfg.init == "pretext" else initial  # random: None
-    record = {"arm": cfg.arm, "protocol": cfg.protocol.name, "init": cfg.init, "init/weights": init_source,
-              "folds_file": str(folds_path.resolve()), "label_fraction": cfg.data.label_fraction, "fold": cfg.data.fold,
-              "seed": cfg.seed, "split_seed": cfg.data.split_seed,
+    record = {**JobIdentity.from_config(cfg).record(), "init": cfg.init, "init/weights": init_source,
+              "folds_file": str(folds_path.resolve()),
               "num_train": int((table.role == "train").sum()), "num_val": int((table.role == "val").sum()),
               "num_test": int((table.role == "test").sum()), **labels,
               "output_dir": str(out_dir), "finetune/freeze_steps": freeze_steps(cfg), **pretext_info}

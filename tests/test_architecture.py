@@ -113,7 +113,7 @@ def test_no_import_cycle_between_ssl_dr_modules():
     assert cycles(graph) == []
 
 
-LAYERS = ("config_dir", "errors", "run_files", "data", "models", "pretexts", "inference", "launch", "probes",
+LAYERS = ("config_dir", "errors", "run_contract", "data", "models", "pretexts", "inference", "launch", "probes",
           "training", "reporting", "commands")
 """``ssl_dr``'s layers, lowest first (docs/architecture.md): a module may import its own layer and those below."""
 

@@ -43,7 +43,7 @@ from ssl_dr.inference.checkpoint import Screening, read_checkpoint
 from ssl_dr.models.screening import temper
 from ssl_dr.predict import PROB_COLUMNS, REFERABLE_COLUMN, REFERABLE_SCORE_COLUMN, SCORE_COLUMN, PredictArgs
 from ssl_dr.predict import main as predict_main
-from ssl_dr.run_files import VAL_PREDICTIONS
+from ssl_dr.run_contract import VAL_PREDICTIONS
 from ssl_dr.train import train
 from ssl_dr.training.screening import CHECKPOINT_KEY
 from tests.conftest import TINY, compose_cfg

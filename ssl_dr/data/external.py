@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from ssl_dr.data.cache import ImageCache, build_cache
 from ssl_dr.data.records import Record, labelled
 from ssl_dr.errors import DataError
-from ssl_dr.run_files import write_atomic
+from ssl_dr.run_contract import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from ssl_dr.data.records import Record, labelled
 from ssl_dr.errors import DataError
-from ssl_dr.run_files import write_atomic
+from ssl_dr.run_contract import write_atomic
 
 ROLES = ("train", "val", "test", "unused")
 VAL_PROTOCOLS = ("within_fraction", "fixed")

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from ssl_dr.models.classifier import DRClassifier
 
 from ssl_dr.inference.errors import InferenceError
-from ssl_dr.run_files import CHECKPOINT_SCREENING
+from ssl_dr.run_contract import CHECKPOINT_SCREENING
 
 
 @dataclass(frozen=True)

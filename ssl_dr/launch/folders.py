@@ -21,10 +21,10 @@ from typing import Any
 
 import yaml
 
-from ssl_dr.run_files import ENVIRONMENT, METRICS
+from ssl_dr.run_contract import ENVIRONMENT, METRICS
 
 RESUME_KEY = "resume"
-METRICS_NAME, ENVIRONMENT_NAME = METRICS, ENVIRONMENT  # the run folder's files (ssl_dr.run_files)
+METRICS_NAME, ENVIRONMENT_NAME = METRICS, ENVIRONMENT  # the run folder's files (ssl_dr.run_contract)
 SWEEP_CONFIG = "multirun.yaml"  # written by Hydra's sweepers into every sweep folder
 SWEEP_REPORT = "report.md"  # ssl_dr.report's markdown, written when a sweep ends
 JOB_FAILED = "job failed:"

@@ -25,7 +25,7 @@ from torch import nn
 
 from ssl_dr.errors import DataError
 from ssl_dr.models.foundation_weights import load_foundation_weights
-from ssl_dr.run_files import write_atomic
+from ssl_dr.run_contract import write_atomic
 
 WEIGHTS_FORMAT = "ssl_dr.models.backbone/1"
 

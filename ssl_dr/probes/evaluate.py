@@ -15,7 +15,7 @@ from ssl_dr.probes.knn import DEFAULT_K, DEFAULT_TEMPERATURE, knn_probabilities
 from ssl_dr.probes.linear import DEFAULT_C_GRID, DEFAULT_MAX_ITER, fit_linear_probe
 from ssl_dr.probes.scores import PREDICTIONS_NAME, probe_scores, write_predictions
 from ssl_dr.probes.store import FeatureSet
-from ssl_dr.run_files import EXTERNAL_PREDICTIONS, VAL_PREDICTIONS
+from ssl_dr.run_contract import EXTERNAL_PREDICTIONS, VAL_PREDICTIONS
 
 PROTOCOLS = ("linear", "knn")
 EXTERNAL = "external"

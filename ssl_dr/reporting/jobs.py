@@ -30,10 +30,10 @@ from ssl_dr.launch.folders import JOB_FAILED
 from ssl_dr.launch.resolvers import register_resolvers
 from ssl_dr.reporting import stats as report_stats
 from ssl_dr.reporting.external import external_facts
-from ssl_dr.reporting.identity import FINETUNE, describe
+from ssl_dr.reporting.identity import describe
 from ssl_dr.reporting.screening import screening_facts
-from ssl_dr.run_files import METRICS
-from ssl_dr.run_files import TEST_PREDICTIONS as PREDICTIONS
+from ssl_dr.run_contract import FINETUNE, METRICS, JobIdentity
+from ssl_dr.run_contract import TEST_PREDICTIONS as PREDICTIONS
 
 FINISHED, FAILED, UNFINISHED = "finished", "failed", "unfinished"
 FAILURE_MARKS = (JOB_FAILED, "[ERROR]")
@@ -41,8 +41,7 @@ FAILURE_MARKS = (JOB_FAILED, "[ERROR]")
 a job folder without ``metrics.json`` and without either mark is UNFINISHED: still running (a report made
 while the sweep runs) or killed mid-job, and ``resume=last`` continues it."""
 # what identifies a job (its name in metrics.json) -> the config key / sweep override key that sets it
-CONFIG_KEYS = {"arm": "arm", "label_fraction": "data.label_fraction", "fold": "data.fold", "seed": "seed",
-               "split_seed": "data.split_seed"}
+CONFIG_KEYS = {name: key for name, key in JobIdentity.CONFIG_KEYS.items() if name != "protocol"}
 # the protocol is read apart: its config key (protocol.name) is not its sweep key (the `protocol` config group)
 IDENTITY = ("arm", "protocol", "label_fraction", "fold", "seed", "split_seed")
 PROTOCOL_KEY, PROTOCOL_CHOOSER = "protocol.name", "protocol"

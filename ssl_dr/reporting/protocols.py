@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ssl_dr.reporting import stats as report_stats
-from ssl_dr.reporting.identity import CLASSICAL, FINETUNE
+from ssl_dr.reporting.identity import CLASSICAL
 from ssl_dr.reporting.jobs import SweepResults
+from ssl_dr.run_contract import FINETUNE
 
 
 @dataclass(frozen=True)

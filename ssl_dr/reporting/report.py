@@ -32,8 +32,8 @@ import pandas as pd
 from ssl_dr.reporting import external, protocols, screening
 from ssl_dr.reporting import stats as report_stats
 from ssl_dr.reporting.environments import environment_lines
-from ssl_dr.reporting.identity import FINETUNE
 from ssl_dr.reporting.jobs import Gap, SweepResults, collect
+from ssl_dr.run_contract import FINETUNE
 
 if TYPE_CHECKING:  # matplotlib is imported when a plot is drawn, not with the report
     from matplotlib.figure import Figure

@@ -14,7 +14,7 @@ from typing import Any
 
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ssl_dr.run_files import write_atomic
+from ssl_dr.run_contract import write_atomic
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from ssl_dr.models.metrics import REFERABLE_GRADE
-from ssl_dr.run_files import EXTERNAL_PREDICTIONS, PR_PLOT, ROC_PLOT, TEST_PREDICTIONS, write_atomic
+from ssl_dr.run_contract import EXTERNAL_PREDICTIONS, PR_PLOT, ROC_PLOT, TEST_PREDICTIONS, write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from ssl_dr.data.records import NUM_GRADES, Record
 from ssl_dr.inference import Decoded, eval_transform, load_classifier, predict_activated, read_spec, tensor_batches
 from ssl_dr.models.heads import GradeHead
 from ssl_dr.models.metrics import KaggleKappa, ReferableAUROC, confusion_summary, grades_predicted
-from ssl_dr.run_files import EXTERNAL_PREDICTIONS
+from ssl_dr.run_contract import EXTERNAL_PREDICTIONS
 from ssl_dr.training.predictions import write_csv
 
 log = logging.getLogger(__name__)

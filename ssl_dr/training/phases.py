@@ -47,7 +47,7 @@ from ssl_dr.pretexts.store import (
     stored_weights,
     write_summary,
 )
-from ssl_dr.run_files import LAST_CHECKPOINT, VAL_PREDICTIONS
+from ssl_dr.run_contract import LAST_CHECKPOINT, VAL_PREDICTIONS, JobIdentity
 from ssl_dr.training.budget import budget_record, freeze_steps
 from ssl_dr.training.callbacks import RngStateCallback, StepBudgetProgressBar
 from ssl_dr.training.loggers import build_loggers, close_loggers
@@ -288,7 +288,7 @@ def finetune(cfg: DictConfig, train: list[Record], val: list[Record], test: list
     datamodule = FundusDataModule(train, val, test, with_grades=True, batch_size=cfg.data.batch_size, seed=cfg.seed,
                                   num_workers=cfg.data.num_workers, cache=cache,
                                   **_transforms(cfg, backbone, "finetune"))
-    run_name = f"{cfg.arm}-frac{cfg.data.label_fraction}-fold{cfg.data.fold}"
+    run_name = JobIdentity.from_config(cfg).run_name()
     last = out_dir / LAST_CHECKPOINT
     run_id = f"{cfg.arm}-{hashlib.sha256(str(out_dir.resolve()).encode()).hexdigest()[:12]}"
     callbacks = [*_callbacks(cfg), PredictionWriter(out_dir / PREDICTIONS_NAME),

@@ -26,12 +26,12 @@ from ssl_dr.probes.classical import extract_classical
 from ssl_dr.probes.evaluate import PROTOCOLS, evaluate_probe
 from ssl_dr.probes.features import extract_features
 from ssl_dr.probes.store import FeatureSet
+from ssl_dr.run_contract import FINETUNE, JobIdentity
 from ssl_dr.training.loggers import build_loggers, close_loggers
 from ssl_dr.training.wandb_run import publish_finetune_record
 
 log = logging.getLogger(__name__)
 
-FINETUNE = "finetune"
 NO_NETWORK = "none"
 """``init`` of the classical arm: nothing to fine-tune, features computed from the pixels."""
 
@@ -54,7 +54,7 @@ def probe(cfg: DictConfig, train: list[Record], val: list[Record], test: list[Re
     params = {k: v for k, v in cfg.protocol.items() if k in ("k", "temperature", "max_iter")}
     if "c_grid" in cfg.protocol:
         params["c_grid"] = [float(c) for c in cfg.protocol.c_grid]
-    run_name = f"{cfg.arm}-{cfg.protocol.name}-frac{cfg.data.label_fraction}-fold{cfg.data.fold}"
+    run_name = JobIdentity.from_config(cfg).run_name()
     loggers = build_loggers(cfg, "probe", run_name, f"{cfg.arm}-{cfg.protocol.name}-{out_dir.name}")
     failed = True
     try:

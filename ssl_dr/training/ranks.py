@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ssl_dr.errors import UserError
-from ssl_dr.run_files import write_atomic
+from ssl_dr.run_contract import write_atomic
 
 # Environment variables that carry the global rank before Lightning sets DDP up: torchrun, SLURM (srun), and
 # Lightning's own relaunch of the script (NODE_RANK/LOCAL_RANK in the processes it starts).

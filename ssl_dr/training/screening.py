@@ -32,7 +32,7 @@ from ssl_dr.models.screening import (
     reliability_bins,
     temper,
 )
-from ssl_dr.run_files import (
+from ssl_dr.run_contract import (
     BEST_CHECKPOINT,
     CHECKPOINT_SCREENING,
     EXTERNAL_PREDICTIONS,

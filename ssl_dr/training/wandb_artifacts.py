@@ -43,12 +43,6 @@ def log_pretext_artifact(run: Any, weights: Path, pretext: str, key: str, metada
     run.log_artifact(artifact, aliases=[key])
 
 
-def grader_alias(label_fraction: float, fold: int, split_seed: int, seed: int) -> str:
-    """One alias per fraction, fold, partition and seed: two partitions' fold k are different test sets, and a
-    repetition may re-partition with the same ``seed`` (``data.split_seed``), so both are in it."""
-    return f"frac{label_fraction}-fold{fold}-split{split_seed}-seed{seed}"
-
-
 def log_grader_artifact(run: Any, checkpoint: Path, arm: str, alias: str, metadata: dict[str, Any]) -> None:
     """The tested checkpoint as a new version of ``grader-<arm>``."""
     import wandb

@@ -19,11 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 from ssl_dr.data.datamodule import FundusDataModule
 from ssl_dr.models.backbone import save_backbone
 from ssl_dr.pretexts.store import WEIGHTS_NAME
-from ssl_dr.run_files import RELIABILITY_PLOT
+from ssl_dr.run_contract import RELIABILITY_PLOT, JobIdentity
 from ssl_dr.training.curves import stage_curves
 from ssl_dr.training.predictions import PREDICTIONS_NAME
 from ssl_dr.training.wandb_artifacts import (
-    grader_alias,
     link_pretext,
     log_grader_artifact,
     log_pretext_artifact,
@@ -112,8 +111,7 @@ def finetune_publisher(cfg: DictConfig, module: Any, datamodule: FundusDataModul
                 continue
             if best:
                 log_grader_artifact(run, Path(best), cfg.arm,
-                                    grader_alias(cfg.data.label_fraction, cfg.data.fold, cfg.data.split_seed,
-                                                 cfg.seed),
+                                    JobIdentity.from_config(cfg).alias(),
                                     json_safe({**run_record, **{k: float(v) for k, v in
                                                                 trainer.callback_metrics.items()}}))
             # named where it exists: found online (the lineage edge); offline W&B cannot look, artifacts on then

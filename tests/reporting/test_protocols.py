@@ -231,12 +231,6 @@ def test_no_classical_arm_no_reference_line(tmp_path):
     assert "is the reference without a network" not in write_report(sweep).markdown.read_text()
 
 
-def test_protocol_names_are_the_ones_training_uses():
-    from ssl_dr.reporting.identity import FINETUNE
-    from ssl_dr.training.probe_phase import FINETUNE as TRAINING_FINETUNE
-
-    assert FINETUNE == TRAINING_FINETUNE
-
 
 def job_dir_of(sweep: Path, arm: str, protocol: str, fraction: float, fold: int, seed: int = 42) -> Path:
     """The folder of one job of a probe sweep (``job_dir`` without the protocol would match two)."""

@@ -13,7 +13,7 @@ import pytest
 from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 
 from ssl_dr.models.metrics import confusion_summary
-from ssl_dr.run_files import PR_PLOT, ROC_PLOT, TEST_PREDICTIONS
+from ssl_dr.run_contract import PR_PLOT, ROC_PLOT, TEST_PREDICTIONS
 from ssl_dr.training.curves import pr_figure, referable_curves, roc_figure, write_curves
 from ssl_dr.training.wandb_media import per_grade_table
 

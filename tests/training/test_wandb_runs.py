@@ -18,9 +18,9 @@ from types import SimpleNamespace
 import pytest
 from wandb import errors as wandb_errors
 
+from ssl_dr.run_contract import JobIdentity
 from ssl_dr.train import train
 from ssl_dr.training.loggers import STAGING_VARIABLE, stage_in, unstage
-from ssl_dr.training.wandb_artifacts import grader_alias
 from ssl_dr.training.wandb_publish import finetune_publisher
 from tests import wandb_records
 from tests.conftest import TINY
@@ -116,8 +116,8 @@ def test_the_pretext_artifact_is_named_only_where_it_was_logged(tiny_cfg, tmp_pa
 
 
 def test_a_grader_alias_tells_two_partitions_of_one_seed_apart():
-    assert grader_alias(0.1, 2, 43, 42) == "frac0.1-fold2-split43-seed42"
-    assert grader_alias(0.1, 2, 44, 42) != grader_alias(0.1, 2, 43, 42)
+    assert JobIdentity("rotation", 0.1, 2, 42, 43).alias() == "frac0.1-fold2-split43-seed42"
+    assert JobIdentity("rotation", 0.1, 2, 42, 44).alias() != JobIdentity("rotation", 0.1, 2, 42, 43).alias()
 
 
 def _train(cwd: Path, *overrides: str) -> list[str]:
