@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from ssl_dr.models.classifier import DRClassifier
 
-from ssl_dr.inference.errors import InferenceError
+from ssl_dr.inference.errors import InferenceError, first_line
 from ssl_dr.run_contract import CHECKPOINT_SCREENING
 
 
@@ -84,7 +84,7 @@ def read_checkpoint(ckpt: Path) -> tuple[InferenceSpec, Screening | None]:
         payload = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch raises many types for foreign or damaged files
         raise InferenceError(f"{ckpt} is not a readable PyTorch checkpoint ({type(err).__name__}: "
-                             f"{_first_line(err)})") from None
+                             f"{first_line(err)})") from None
     hparams = payload.get("hyper_parameters") if isinstance(payload, dict) else None
     state = payload.get("state_dict", {}) if isinstance(payload, dict) else {}
     if not isinstance(hparams, dict) or "head.1.weight" not in state:
@@ -113,11 +113,11 @@ def load_classifier(ckpt: Path, spec: InferenceSpec) -> DRClassifier:
     try:
         backbone = Backbone(spec.backbone, model_kwargs=spec.model_kwargs)
     except RuntimeError as err:  # timm: unknown model name
-        raise InferenceError(f"{ckpt}: backbone {spec.backbone!r} cannot be built ({_first_line(err)})") from None
+        raise InferenceError(f"{ckpt}: backbone {spec.backbone!r} cannot be built ({first_line(err)})") from None
     try:
         model = DRClassifier.load_from_checkpoint(ckpt, map_location="cpu", backbone=backbone, weights_only=True)
     except (RuntimeError, KeyError, TypeError) as err:
-        raise InferenceError(f"{ckpt} does not fit a {spec.backbone} DRClassifier ({_first_line(err)})") from None
+        raise InferenceError(f"{ckpt} does not fit a {spec.backbone} DRClassifier ({first_line(err)})") from None
     return model.eval()
 
 
@@ -132,11 +132,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InferenceError(f"device={name} but no CUDA GPU is visible (use device=auto or device=cpu)")
     return device
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0][:300] if lines else type(err).__name__
 
 
 # ----------------------------------------------------------------------------- images

@@ -8,3 +8,9 @@ from ssl_dr.errors import UserError
 
 class InferenceError(UserError, ValueError):
     """A bad argument, checkpoint or input set: shown as ``error: <message>`` without a traceback."""
+
+
+def first_line(err: BaseException) -> str:
+    """A library error's first line (at most 300 characters), to quote inside one of ours."""
+    lines = str(err).strip().splitlines()
+    return lines[0][:300] if lines else type(err).__name__

@@ -24,8 +24,8 @@ from ssl_dr.data.decode import decode_preprocessed
 from ssl_dr.data.listing import IMAGE_EXTENSIONS, find_image, folder_images
 from ssl_dr.data.records import Record, duplicate_ids
 from ssl_dr.errors import DataError
-from ssl_dr.inference.checkpoint import InferenceSpec, _first_line
-from ssl_dr.inference.errors import InferenceError
+from ssl_dr.inference.checkpoint import InferenceSpec
+from ssl_dr.inference.errors import InferenceError, first_line
 
 DECODE_CHUNK = 16
 """Images per decoding task: amortises inter-process traffic, keeps the progress bar smooth."""
@@ -61,7 +61,7 @@ def _csv_records(csv_path: Path, image_dir: Path | None) -> list[Record]:
     try:
         table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise InferenceError(f"{csv_path} is not a readable CSV ({_first_line(err)})") from None
+        raise InferenceError(f"{csv_path} is not a readable CSV ({first_line(err)})") from None
     if "id_code" not in table.columns:
         raise InferenceError(f"{csv_path} has no id_code column (it has {list(table.columns)})")
     ids = [i.strip() for i in table["id_code"]]

@@ -21,11 +21,11 @@ IN_PROCESS_STRATEGY_TAGS = ("spawn", "fork", "notebook")
 RANK_STARTING_LAUNCHERS = ("SlurmLauncher",)
 
 
-class ScaleSettingsError(ConfigError):
-    """Trainer/launcher settings that cannot work together; the message names the key and the fix."""
+class DistributedSettingsError(ConfigError):
+    """Multi-process (DDP) trainer and launcher settings that cannot work together; names the key and the fix."""
 
 
-class MultirunStrategyError(ScaleSettingsError):
+class MultirunStrategyError(DistributedSettingsError):
     """A multi-process training strategy inside a Hydra multirun whose launcher cannot host it."""
 
 
@@ -62,7 +62,7 @@ def check_sync_batchnorm(trainer_cfg: DictConfig, cuda_available: bool | None = 
     cuda = cuda_available
     accelerator = str(trainer_cfg.get("accelerator", "auto"))
     if accelerator == "cpu" or (accelerator == "auto" and not cuda):
-        raise ScaleSettingsError(
+        raise DistributedSettingsError(
             "trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm does not run on CPU processes); "
             "for DDP on the CPU add trainer.sync_batchnorm=false (each process then keeps its own BatchNorm "
             "statistics)")

@@ -22,7 +22,7 @@ import torch
 from sklearn.metrics import accuracy_score, cohen_kappa_score
 
 from ssl_dr.data.datamodule import _evaluation_sampler
-from ssl_dr.launch.guards import ScaleSettingsError, check_sync_batchnorm
+from ssl_dr.launch.guards import DistributedSettingsError, check_sync_batchnorm
 from ssl_dr.models.backbone import Backbone
 from ssl_dr.models.optim import lr_scale
 from ssl_dr.pretexts.rotation import RotationPretext
@@ -113,7 +113,7 @@ def test_the_optimiser_is_built_with_the_learning_rate_of_the_trainers_world_siz
 
 def test_sync_batchnorm_on_cpu_processes_is_refused_with_the_fix(tiny_cfg):
     cfg = tiny_cfg("trainer=ddp", "trainer.accelerator=cpu")
-    with pytest.raises(ScaleSettingsError, match="trainer.sync_batchnorm=false"):
+    with pytest.raises(DistributedSettingsError, match="trainer.sync_batchnorm=false"):
         check_sync_batchnorm(cfg.trainer)
     check_sync_batchnorm(tiny_cfg("trainer=ddp", "trainer.accelerator=cpu", "trainer.sync_batchnorm=false").trainer)
     check_sync_batchnorm(tiny_cfg("trainer=ddp").trainer, cuda_available=True)  # GPUs: allowed
