@@ -16,9 +16,7 @@ from typing import Any
 
 import hydra
 import lightning as L
-import pandas as pd
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -26,7 +24,7 @@ from omegaconf import DictConfig
 from ssl_dr.config_dir import config_dir
 from ssl_dr.data.cache import build_cache
 from ssl_dr.data.external import load_external
-from ssl_dr.data.records import NUM_GRADES, Record
+from ssl_dr.data.records import NUM_GRADES
 from ssl_dr.data.splits import (
     SplitConfig,
     label_counts,
@@ -36,83 +34,28 @@ from ssl_dr.data.splits import (
     stored_folds,
     write_split,
 )
-from ssl_dr.errors import ConfigError, UserError
+from ssl_dr.errors import UserError
 from ssl_dr.launch.folders import ENVIRONMENT_NAME, JOB_FAILED, METRICS_NAME, finished_job
 from ssl_dr.launch.guards import check_multirun_strategy, check_sync_batchnorm
 from ssl_dr.launch.objective import BASIC_SWEEPER, ObjectiveError, check_objective
 from ssl_dr.launch.resolvers import register_resolvers
 from ssl_dr.models.heads import check_grade_weights, check_head
 from ssl_dr.run_contract import BEST_CHECKPOINT, LAST_CHECKPOINT, SPLIT, JobIdentity, write_atomic
+from ssl_dr.training.arms import check_init, pretext_pool, weights_source
 from ssl_dr.training.budget import check_budget, freeze_steps
 from ssl_dr.training.environment import describe_environment, loaded_code
 from ssl_dr.training.external import grade_external
 from ssl_dr.training.phases import finetune, pretext_weights
-from ssl_dr.training.probe_phase import FINETUNE, NO_NETWORK, check_protocol, probe
+from ssl_dr.training.probe_phase import FINETUNE, check_protocol, probe
 from ssl_dr.training.ranks import RankZeroHeartbeat, is_launch_rank_zero
 from ssl_dr.training.screening import check_evaluation, patients, screen
 from ssl_dr.training.wandb_publish import media_config
 
 log = logging.getLogger(__name__)
 register_resolvers()  # before @hydra.main composes: hydra.run.dir uses ${ssl_dr.run_dir:...}
-INITS = ("pretext", "random", "imagenet", "foundation", NO_NETWORK)
-"""How the grader's backbone starts (``init``, set by the arm): the pretext's weights, random, timm's
-ImageNet weights (``model.backbone.pretrained``), or a foundation model's file (``model.backbone.weights_format``;
-both loaded by ``Backbone`` itself); ``none``: no network (the classical reference arm, probes only)."""
 USER_ERRORS = (UserError,)
 """Errors of the user's data or settings (``ssl_dr.errors``): one ``error: ...`` line, exit status 2."""
-# arms named after the pretext they use (conf/arm/<name>.yaml chooses conf/pretext/<name>.yaml)
-PRETEXT_ARMS = ("rotation", "jigsaw", "simclr", "mae")
 CONFIG_DIR = config_dir()
-
-
-def pretext_pool(records: list[Record], table: pd.DataFrame, pool: str) -> list[Record]:
-    """``all``: every image, labelled or not, labels unread (the paper's protocol); ``train_only``: without
-    the held-out test fold (strict protocol: the pretext never sees a test image)."""
-    if pool == "all":
-        return list(records)
-    if pool == "train_only":
-        test_ids = set(table.loc[table.role == "test", "id_code"])
-        return [r for r in records if r.id_code not in test_ids]
-    raise ConfigError(f"pretext.pool={pool!r} must be 'all' or 'train_only'")
-
-
-def check_init(cfg: DictConfig) -> None:
-    """``init`` must agree with ``model.backbone.pretrained``: metrics and reports trust ``init``, and a run
-    that starts from ImageNet weights under ``init=random`` would be reported as the baseline."""
-    if cfg.init not in INITS:
-        raise ConfigError(f"init={cfg.init!r} is not one of {INITS}")
-    pretrained = bool(cfg.model.backbone.get("pretrained", False))
-    if cfg.init == "imagenet" and not pretrained:
-        raise ConfigError("init=imagenet needs model.backbone.pretrained=true (arm=imagenet sets it)")
-    if cfg.init == "pretext" and cfg.arm in PRETEXT_ARMS and cfg.pretext.name != cfg.arm:
-        raise ConfigError(f"arm={cfg.arm} but pretext={cfg.pretext.name}: the {cfg.pretext.name} pretext's results "
-                          f"would be reported as {cfg.arm}; drop the pretext= override (arm={cfg.arm} chooses its "
-                          "pretext)")
-    if cfg.init == "random" and pretrained:
-        raise ConfigError("init=random but model.backbone.pretrained=true starts from ImageNet weights; "
-                          "use arm=imagenet for that, or drop model.backbone.pretrained=true")
-    weights_format = cfg.model.backbone.get("weights_format")
-    if (cfg.init == "foundation") != bool(weights_format):
-        raise ConfigError(f"init={cfg.init} with model.backbone.weights_format={weights_format}: a foundation model's "
-                          "file is the init of the foundation arms only (arm=retfound, retfound_dinov2, dinov2), and "
-                          "they need its format")
-
-
-def weights_source(cfg: DictConfig) -> str | None:
-    """Where the initial weights of ``init=imagenet`` (file path or hub id) or ``init=foundation`` (the file)
-    come from, checked by loading them once before any data work, so a missing or wrong file ends the run in
-    seconds, not after the cache."""
-    if cfg.init not in ("imagenet", "foundation"):
-        return None
-    try:
-        source = instantiate(cfg.model.backbone).weights_source
-    except InstantiationException as err:  # Hydra wraps what the constructor raised: raise that instead
-        cause = _user_error(err)
-        if cause is None:
-            raise
-        raise cause from None
-    log.info("%s weights: %s", "ImageNet" if cfg.init == "imagenet" else "foundation-model", source)
-    return source
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

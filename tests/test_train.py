@@ -122,7 +122,7 @@ def test_aptos_folder_through_real_config(tmp_path):
 
 def test_pretext_pool_train_only_excludes_the_test_fold(tiny_cfg):
     from ssl_dr.data.splits import SplitConfig, split_roles
-    from ssl_dr.train import pretext_pool
+    from ssl_dr.training.arms import pretext_pool
 
     cfg = tiny_cfg("experiment=rotation")
     source = instantiate(cfg.data.source)
@@ -195,6 +195,12 @@ def test_grade_weights_come_from_the_training_split(tiny_cfg):
     hparams = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["hyper_parameters"]
     assert hparams["grade_weights"] == "balanced" and hparams["grade_counts"] == trained
     assert sum(trained) < len(split)
+
+
+def test_the_pretext_arms_are_read_from_the_pretext_configs():
+    from ssl_dr.training.arms import pretext_arms
+
+    assert pretext_arms() == ("jigsaw", "mae", "rotation", "simclr")  # conf/pretext/*.yaml, _common.yaml left out
 
 
 def test_pretext_arm_with_another_pretext_is_refused(tiny_cfg, tmp_path):

@@ -23,7 +23,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ssl_dr.errors import ConfigError
 from ssl_dr.models.backbone import Backbone, BackboneWeightsError
-from ssl_dr.train import check_init, train, weights_source
+from ssl_dr.train import train
+from ssl_dr.training.arms import check_init, weights_source
 from tests.conftest import TINY, compose_cfg
 
 HUB_ID = "timm/densenet121.tv_in1k"
