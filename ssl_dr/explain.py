@@ -2,20 +2,11 @@
 
 ``python -m ssl_dr.explain ckpt=.../best.ckpt images=<folder or CSV> out=<folder> [grade=pred|0..4] [limit=N]``
 
-Why: a kappa says how often the grader is right, not why. A heatmap on the optic disc or on the black
-border instead of on haemorrhages and exudates is a shortcut that a held-out score on the same kind of
-data cannot reveal.
-
-The method (Grad-CAM, Selvaraju et al., 2017) and the layer it reads live in ``ssl_dr.inference.grad_cam``,
-shared with the fine-tune's W&B predictions table. ``layer=auto`` reads the last 4-D feature map before
-global pooling (``backbone.model.features`` for DenseNet121: input size / 32, 2 x 2 at 64 px, 7 x 7 at
-224 px); ``layer=backbone.model.features.denseblock3`` gives twice as fine, less class-specific maps.
-
-Each overlay is the preprocessed fundus (what the network sees: cropped, squared, resized, Ben Graham
-when the checkpoint used it) with the JET heatmap blended over its field of view (the border stays black)
-and the prediction written on top, upscaled to at least ``MIN_SIDE`` px so the text stays legible.
-``index.csv`` lists them (with the probabilities of the predicted and explained grades, or the score for a
-regression head). A map too coarse to localise anything (under 4 x 4 cells) is still drawn, with a warning.
+Why: a kappa says how often the grader is right, not why; a heatmap on the optic disc or the black border instead
+of on the lesions is a shortcut that a held-out score on the same kind of data cannot reveal. The method and the
+layer it reads live in ``ssl_dr.inference.grad_cam`` (shared with the W&B predictions table). Each overlay is the
+preprocessed fundus with the heatmap blended over its field of view and the prediction written on top, upscaled to
+at least ``MIN_SIDE`` px; ``index.csv`` lists them. Layers, examples and files: docs/inference.md.
 """
 
 from __future__ import annotations

@@ -1,36 +1,12 @@
 """Export a fine-tuned grader through a supported route, plus a JSON description of its input pipeline.
 
 ``python -m ssl_dr.export ckpt=.../checkpoints/best.ckpt out=grader.pt2`` writes ``grader.pt2`` and ``grader.json``;
-the suffix of ``out`` picks the route:
-
-- ``.pt2``: ``torch.export`` (``torch.export.export`` + ``torch.export.save``). Runs with torch alone
-  (``torch.export.load(path).module()``: no ssl_dr, Lightning or timm), and is what AOTInductor compiles for C++
-  deployment without Python.
-- ``.onnx``: ONNX (``torch.onnx.export(..., dynamo=True)``, built from the same ``torch.export`` graph). Runs
-  without torch at all (onnxruntime, TensorRT, ...). Needs the ``onnx`` extra (onnx, onnxscript, onnxruntime).
-
-Why not TorchScript any more: ``torch.jit`` is deprecated (torch 2.14 warns on every call) in favour of
-``torch.export`` and only maintained; ``out=grader.pt`` (the name it used) stops with a pointer to the two above.
-Why the JSON: a model is only correct with the exact preprocessing it was trained with, which the tensor graph
-cannot carry (crop to the fundus, pad, resize, mask, optional Ben Graham, then mean/std). It is also stored inside
-the file (``.pt2``: the extra file ``ssl_dr.json``; ``.onnx``: the metadata property ``ssl_dr.json``), so it
-cannot get lost.
-
-The model maps ``N x 3 x S x S`` float32 RGB, ``(pixel / 255 - mean) / std``, to the head's raw outputs
-(the checkpoint's ``head``; the JSON's ``output`` says how to decode them):
-
-- classification: ``N x 5`` logits; grade = argmax, probabilities = softmax;
-- ordinal: ``N x 4`` logits of P(grade >= k), k = 1..4; grade = number of logits > 0 (sigmoid > 0.5);
-- regression: ``N x 1`` continuous grade; grade = number of the JSON's ``thresholds`` (tuned on the
-  validation split, read from the checkpoint) strictly below it.
-
-Decoding stays outside the graph so the file exposes what the network computes (a user can average TTA
-views or re-calibrate) and the thresholds stay readable in the JSON. So does what a fine-tune fitted on its
-validation slice and stored in the checkpoint: the JSON's ``calibration`` (the temperature of the probabilities)
-and ``referable`` (the referable-DR score, threshold and target), for the deployer to apply. The graph is
-captured in eval mode on the CPU with a dynamic batch size, and the exported program itself (read back, for ONNX
-run by onnxruntime) is checked against the checkpoint on a random batch of another size before the command reports
-success.
+the suffix of ``out`` picks the route: ``.pt2`` (``torch.export``: runs with torch alone, and AOTInductor compiles
+it for C++) or ``.onnx`` (runs without torch; needs the ``onnx`` extra). ``.pt`` (TorchScript, deprecated) is
+refused with a pointer to the two. The graph maps normalised ``N x 3 x S x S`` images to the head's raw outputs;
+what it cannot carry (the preprocessing, the decoding rule, the calibration and the referable threshold) goes in
+the JSON, which is also stored inside the file. Before reporting success the exported program is read back and
+checked against the checkpoint on a batch of another size. Formats, decoding and an example: docs/inference.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The layout stays readable: no import cycle between ``ssl_dr`` modules, no layer importing a higher one, no
-module over 400 lines, the launch side and the report free of torch (they run while Hydra composes, or on a
-laptop without a GPU)."""
+module over 400 lines, no module docstring over 15 lines, the launch side and the report free of torch (they run
+while Hydra composes, or on a laptop without a GPU)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ssl_dr"
 MAX_LINES = 400
+MAX_DOCSTRING_LINES = 15
 
 
 def _module_name(path: Path) -> str:
@@ -147,6 +148,25 @@ def test_the_layer_rule_catches_an_upward_import():
 def test_no_module_over_400_lines():
     long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert long == {}, f"split these along their seams: {long}"
+
+
+def docstring_lines(source: str) -> int:
+    """Lines a module's docstring spans, its closing quotes included (0 without one)."""
+    doc = ast.get_docstring(ast.parse(source), clean=False)
+    return 0 if doc is None else doc.count("\n") + 1
+
+
+def test_the_docstring_count_sees_every_line():
+    assert docstring_lines('"""One line."""\nx = 1\n') == 1
+    assert docstring_lines('"""' + "".join(f"line {i}\n" for i in range(16)) + '"""\nx = 1\n') == 17
+    assert docstring_lines("x = 1\n") == 0
+
+
+def test_module_docstrings_are_a_few_lines():
+    """A module docstring says what the module does and why; history, measurements and derivations go to docs/."""
+    long = {name: n for name, path in _modules().items()
+            if (n := docstring_lines(path.read_text())) > MAX_DOCSTRING_LINES}
+    assert long == {}, f"shorten these module docstrings to a few lines, the detail to docs/: {long}"
 
 
 @pytest.mark.parametrize("module", ["ssl_dr.report", "ssl_dr.reporting.report", "ssl_dr.reporting.sweep_end",

@@ -1,22 +1,13 @@
 """Preprocessed-image cache: decode and preprocess each fundus photograph once, reuse it everywhere.
 
-Full-size fundus photographs are 2-10 megapixels; decoding them every epoch starves a GPU. So the
-images of a record list are decoded, cropped, resized, masked to the field of view (``mask``, see
-``fundus_preprocess.fov_mask``: the pretext, every fine-tuned arm and ``predict`` then see the same pixels)
-and optionally Ben-Graham normalised ONCE per (images, preprocessing, size) into one uint8 ``.npy`` array,
-which every later run, fold and DDP rank memory-maps: reading a row is a page-cache copy, and the OS
-shares those pages between processes.
-
-Entries are content addressed (``cache_key``): the key hashes the preprocessing settings and every
-file's id, path, size and mtime, so a changed setting or a rewritten file gives a new entry and a stale
-one is never served. An entry is built in a temporary sibling folder and renamed into place only when
-complete, so a killed build never leaves a half entry that a later run trusts. Decoding every image
-also validates the whole set: all unreadable files are reported in one ``DataError``.
-
-Processes that ask for the same entry at once (parallel sweep jobs, DDP ranks started together by
-SLURM) build it once: the first takes a file lock beside the entry (``filelock``, as the pretext store
-does), the others wait for it and open what it published. A builder that dies drops its lock with its
-process, and the next one builds. The lock file is removed by the builder, so the root holds only entries.
+Decoding 2-10 megapixel photographs every epoch starves a GPU, so a record list's images are decoded, preprocessed
+(``fundus_preprocess``) and stored once per (images, preprocessing, size) in one uint8 ``.npy`` array that every
+later run, fold and DDP rank memory-maps (the OS shares the pages). Entries are content addressed (``cache_key``:
+the settings and every file's id, path, size and mtime), so a stale entry is never served; each is built in a
+temporary sibling folder and renamed into place when complete, and decoding every image reports all unreadable
+files in one ``DataError``. Processes asking for the same entry at once build it once: the first holds a file lock
+beside it (``filelock``, removed afterwards), the others wait and open what it published; a dead builder's lock
+goes with its process.
 """
 
 from __future__ import annotations

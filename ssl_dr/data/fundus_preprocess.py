@@ -1,38 +1,15 @@
 """Fundus-specific preprocessing, done once per image before caching (see ``cache``).
 
-Fundus photographs are a bright disc on a black field whose size, position and aspect ratio vary by
-camera. Cropping to the disc and padding to a square makes every image the same geometry, so a plain
-resize keeps a round fundus round and spends the pixels on the retina rather than on the border.
-Ben Graham's normalisation (Kaggle DR 2015 winner) subtracts the local average colour, which removes
-the large lighting and pigmentation differences between cameras and patients while keeping lesions.
+Cropping to the bright disc and padding to a square gives every camera's photograph the same geometry, so a plain
+resize keeps the fundus round and spends the pixels on the retina. Ben Graham's normalisation (Kaggle DR 2015
+winner) subtracts the local average colour: it removes lighting and pigmentation differences and keeps lesions.
+``fov_mask`` (``data.preprocess.mask``) blacks out all but a field of view whose outline is the same under quarter
+turns, so a rotation pretext cannot read "up" from the camera's clipped edges, rim notch or halo; applied here, in
+the cache, it gives the pretext, every arm and ``predict`` the same pixels. The mask's design and measurements
+(and why the augmentations after the cache add no orientation): docs/camera_cues.md.
 
-Camera cues (``fov_mask``, ``data.preprocess.mask``). A rotation pretext must learn which way is up from
-the retina, but a photograph says it without one: cameras clip the circular field of view (FOV) flat at
-top and bottom (the padding turns that into black bars that turn with the image), print a notch marker on
-the rim at a fixed place, and ring the rim with a bright halo. On anatomy-free discs carrying only those
-cues, the real rotation pretext reached 100 % held-out accuracy in 3 epochs at 64 px; on 1,199 EyePACS
-photographs (64 px, 8 epochs) 0.892 unmasked vs 0.817 with an inscribed circle (docs/camera_cues.md). So the
-mask is applied here, once, into the cache that the pretext, every fine-tuned arm and ``predict`` read:
-every arm sees the same pixels, and nothing outside the mask survives (black). A circle inscribed in the
-padded square is not enough: a photograph clipped flat at top and bottom keeps its flat edges inside it.
-``rotation_invariant`` (default) keeps the FOV intersected with its own 90/180/270-degree rotations
-about the square's centre, so the mask's outline is the same whichever way the image is turned, after
-shrinking it by ``MASK_MARGIN`` of the radius so rim notches, the halo and the anti-aliased clipped edges
-fall outside. ``inscribed_circle`` keeps the largest centred circle inside the FOV, shrunk likewise
-(loses more retina on clipped photographs). ``none``: the crop and pad only, as before. Both masks centre
-the disc itself in the square, not its bounding box (``disc_square``), since the rotations turn the image
-about the square's centre.
-
-The augmentations applied after the cache (``data.transforms`` kind ``pretext``) add no orientation,
-because each is symmetric under the 90-degree rotations that ``rotate_batch`` applies after it: the
-horizontal flip maps a rotation-invariant mask onto a rotation-invariant mask (a flip conjugates a quarter
-turn into its inverse), brightness/contrast act per pixel, and ``RandomResizedCrop`` places its window
-uniformly at random with a width/height ratio drawn log-uniformly from (0.95, 1.05), which is symmetric
-under swapping width and height up to ``log(0.95) + log(1.05) = -0.0025`` (51.2 % vs 48.8 % of crops
-are taller than wide): at most a 1-point edge from the stretch direction, measured as none on the probe.
-
-Everything here is a pure function on uint8 RGB arrays ``(H, W, 3)`` so it runs the same in a cache
-build worker, a test or a notebook.
+Everything here is a pure function on uint8 RGB arrays ``(H, W, 3)``, so it runs the same in a cache build
+worker, a test or a notebook.
 """
 
 from __future__ import annotations

@@ -2,24 +2,11 @@
 killed at any step and resumed from its checkpoint trains on exactly the batches, and the augmentations, of
 an uninterrupted run.
 
-Why not torch's ``RandomSampler`` plus augmentation seeds from the global generator (what we had): a run
-resumed mid-epoch then differs from an uninterrupted one in three ways, each measured to move a 200-step
-fine-tune's ``test/qwk`` (0.558 uninterrupted vs 0.637 resumed at step 60, issue 19):
-
-- the epoch's permutation was drawn from the global generator when the epoch *started*; a resumed run draws
-  a new one from the generator state of the checkpoint, and Lightning restarts the epoch's iterator from
-  its first batch while counting on from the saved batch index;
-- Lightning fetches one batch ahead, so the checkpoint's generator state already includes the augmentation
-  draws of a batch that the resumed run fetches again, with other draws;
-- every DataLoader iterator (a validation pass too) takes a base seed from the global generator, so the
-  dropout masks after a resume depend on how many iterators were made since the start.
-
-Here the permutation of epoch ``e`` is ``default_rng([seed, e])``, the augmentation seed of the sample at
-position ``p`` of that epoch is derived from ``(seed, e, p)`` (the sampler yields ``(index, seed)`` pairs,
-``FundusDataset`` applies them), and ``ResumableLoader`` tells Lightning how many batches of the epoch were
-trained (Lightning saves ``state_dict()`` in the checkpoint and hands it back to ``load_state_dict()``
-when resuming), so the resumed epoch skips exactly those. Every loader also gets its own generator, so
-making one never draws from the global generator that dropout uses.
+The permutation of epoch ``e`` is ``default_rng([seed, e])``; the sampler yields ``(index, seed)`` pairs whose
+augmentation seed derives from ``(seed, e, position)``, and ``FundusDataset`` applies them; ``ResumableLoader``
+saves how many batches of the epoch were trained (Lightning's ``state_dict`` / ``load_state_dict``), so a resumed
+epoch skips exactly those; every loader has its own generator, so none draws from the global one that dropout
+uses. Why torch's ``RandomSampler`` was not enough: docs/architecture.md, "Design notes".
 """
 
 from __future__ import annotations

@@ -1,31 +1,13 @@
 """Who is train, val, test or unused in one run — the same for every arm, so comparisons are paired.
 
-Everything below works in units of *patients*: a record's ``group`` is its patient, and a record without
-one is its own patient. No patient ever has images in two of train / val / test / unused, because one
-eye scored against a model trained on the other eye inflates every score.
-
-* folds: ``StratifiedKFold`` over the labelled records, or ``StratifiedGroupKFold`` as soon as any record
-  carries a patient group; seeded by ``split_seed``; the held-out fold is the test set;
-* strata: a patient is stratified by their *worst* (max) grade — the grade a screening programme acts on,
-  and the only per-patient grade that keeps every severe image in its severe stratum;
-* order: the training folds' patients are ranked once by a permutation seeded by ``(split_seed, fold)``
-  (nothing else: identical for every arm and fraction); per stratum the order is that ranking;
-* label fraction: per stratum, the longest *prefix* of the order whose image count does not exceed
-  ``floor(fraction * images of the stratum)`` — a prefix of one fixed order, so the 5 % subset lies inside
-  the 10 % one, and so on. Exception, the per-grade minimum: a stratum always contributes at least its
-  first patient, and a grade that is nobody's worst grade (only a better eye of a worse patient) gets one
-  patient that has it, moved to the front of their stratum; both are always training patients, so training
-  sees every grade present in the training folds;
-* validation (``val_protocol``):
-  - ``within_fraction`` (default): the slice is drawn *inside* the fraction's patients — per stratum about
-    ``val_fraction`` of the prefix's patients, at least one once the prefix has a patient beyond the
-    minimum — so a run reads train + val <= fraction x available labels (plus the minimum above). The
-    val/train mark of a patient depends only on their place in the order, so train, val and their union
-    are each nested across fractions;
-  - ``fixed``: ``val_fraction`` of each stratum's patients (the end of the order, never a minimum patient),
-    the same for every fraction; the fraction is then taken from the rest. A run reads more labels than
-    its fraction says (optimistic for small fractions); kept to compare with the older protocol;
-* everything else labelled is ``unused`` (kept in ``split.csv`` so nothing disappears silently).
+Everything works in units of patients (a record's ``group``; a record without one is its own patient): no patient
+ever has images in two roles, because one eye scored against a model trained on the other eye inflates every
+score. Folds are stratified by grade (by patient once records carry one) and seeded by ``split_seed``; the
+held-out fold is the test set. A label fraction is, per worst-grade stratum, a prefix of one seeded order of the
+training patients, so 5 % lies inside 10 % and so on, and every grade of the training folds keeps a training
+patient. The validation slice (``val_protocol``) is drawn inside the fraction by default, so a run reads at most
+its fraction of the labels; ``fixed`` keeps the older layout. Every other labelled record is ``unused`` (kept in
+``split.csv``). The rules in full: docs/protocol.md, "How a split is drawn".
 """
 
 from __future__ import annotations

@@ -1,23 +1,11 @@
 """Albumentations pipelines, built from ``data.augment`` (and, for SimCLR, ``pretext.augment``) in config.
 
-The ``pretext`` pipeline (rotation, jigsaw) never rotates or flips vertically: for the rotation pretext
-the rotation *is* the label, so any extra rotation would corrupt it. Horizontal flips are safe (they
-turn a left eye into a right eye, which stays upright).
-
-The ``pretext`` pipeline also adds no orientation that the rotation pretext could read after it rotates
-the batch: flips, brightness/contrast and a uniformly placed crop of near-square ratio are symmetric under
-quarter turns (``fundus_preprocess`` module docstring, docs/camera_cues.md).
-
-The ``contrastive`` pipeline (SimCLR) is the opposite: a fundus has no canonical orientation to keep,
-so it rotates by any angle and flips both ways. Its colour jitter is SimCLR's own at strength 1
-(brightness, contrast, saturation 0.8, hue 0.2, p 0.8, then grayscale p 0.2), although colour is what tells
-lesions apart (red haemorrhages, yellow exudates): each camera and fundus gives a whole photograph its own
-colour cast, and with the former mild jitter (0.3/0.3/0.2, hue 0, no grey) SimCLR matched views by that
-cast: 0.43 held-out top-1 (chance 1/63 at batch 32) on anatomy-free discs that differ in little else, 0.04
-with this jitter (0.06 masked; docs/camera_cues.md). Chen et al. 2020 saw the same on ImageNet: without colour
-distortion the views are matched by their colour histograms. The grader still sees colour: the invariance
-is taught to the projection head, and the fine-tune adapts the backbone. ``ContrastiveViews`` turns it into
-two views per image without touching the dataset.
+The ``pretext`` pipeline (rotation, jigsaw) never rotates or flips vertically, because for the rotation pretext the
+rotation is the label (a horizontal flip only turns a left eye into an upright right eye), and it adds no
+orientation the pretext could read after turning the batch (docs/camera_cues.md). The ``contrastive`` pipeline
+(SimCLR) is the opposite: any rotation, both flips, and SimCLR's own strong colour jitter plus grayscale, because
+with a mild jitter SimCLR matched views by each photograph's colour cast (docs/arms.md, docs/camera_cues.md).
+``ContrastiveViews`` turns it into two views per image without touching the dataset.
 """
 
 from __future__ import annotations

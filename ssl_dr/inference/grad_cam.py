@@ -1,26 +1,12 @@
 """Grad-CAM (Selvaraju et al., 2017): which part of the fundus pushed a grader towards a grade.
 
-Used by ``python -m ssl_dr.explain`` (overlays for a folder of photographs) and by a fine-tune's W&B
-predictions table (overlays for a few test images): one implementation, so both show the same maps.
-
-Implemented with a forward hook and a tensor backward hook on the backbone's last feature map: with
-activations ``A`` (``C x h x w``) and the gradient ``dy/dA`` of a scalar ``y`` for the chosen grade, each
-channel's weight is its gradient averaged over the map, and the heatmap is ``ReLU(sum_c weight_c * A_c)``,
-scaled to [0, 1] by its maximum and upsampled bilinearly to the image. ``y`` depends on the grader's head
-(``GradeHead.evidence``): classification, the grade's logit; ordinal, the logit of "grade >= g" for g >= 1
-and minus the logit of "grade >= 1" for grade 0; regression, the score for g >= 1 and minus the score for
-grade 0 (one output: every g >= 1 gives the same map, the evidence that raised the score).
-
-The layer (``auto``) is the last module whose output is 4-D while timm's ``forward_features`` runs, i.e. the
-feature map just before global pooling: ``backbone.model.features`` for DenseNet121 (its last child is
-``norm5``, the final BatchNorm + ReLU). Its resolution is the input size / 32 (2 x 2 at 64 px, 7 x 7 at
-224 px). For a ViT it is the last block's first norm (``blocks.<last>.norm1``, as in pytorch-grad-cam): after
-that block a class-token-pooled ViT reads nothing more from the patch tokens, so their gradient there would be
-zero; the patch tokens (class and register tokens left out) are laid out on their grid, input size / patch.
-
-The overlay colours the field of view only (``field_of_view``): bilinear upsampling of a coarse map would
-otherwise spread heat onto the black border, where the network saw nothing. A map under ``MIN_CELLS`` a side
-(DenseNet121 below 128 px) cannot point at a lesion: ``coarse_map`` says so, and the W&B table draws none.
+One implementation for ``python -m ssl_dr.explain`` and the fine-tune's W&B predictions table, so both show the
+same maps. Hooks on the backbone's last feature map ``A`` give the gradient of the grade's evidence ``y``
+(``GradeHead.evidence``, per head); each channel is weighted by its mean gradient, and ``ReLU(sum_c w_c A_c)`` is
+scaled to [0, 1] and upsampled to the image. The layer (``auto``) is the last 4-D output before global pooling
+(DenseNet121: ``backbone.model.features``, input / 32), or a ViT's last ``norm1`` with the patch tokens laid on
+their grid. The overlay colours the field of view only, and ``coarse_map`` flags maps under ``MIN_CELLS`` a side,
+which cannot point at a lesion. Details and examples: docs/inference.md, "explain: Grad-CAM".
 """
 
 from __future__ import annotations

@@ -1,24 +1,13 @@
 """DRClassifier: the shared backbone plus a grade head (``model.head``), scored by quadratic weighted kappa.
 
-The encoder can be frozen for the first ``freeze_steps`` optimiser steps (in ``eval`` mode, so BatchNorm
-statistics learnt in pre-training are not overwritten by a randomly initialised head's first noisy
-gradients), then everything trains end to end. Only an encoder that starts from learned weights is ever
-frozen (``phases.finetune`` passes 0 for the random-init baseline): freezing a random encoder spends the
-highest-learning-rate steps fitting a head on noise. The budget is counted in steps, not epochs, so that
-every arm and label fraction gets the same number of optimiser updates (an epoch at 5 % is 20x shorter
-than at 100 %), and the learning-rate schedule steps per optimiser step too.
-
-``head`` picks how outputs become grades (``ssl_dr.models.heads``: classification, ordinal, regression). The
-linear layer stays ``self.head`` (so checkpoints written before heads existed still load); the head's
-loss and decoding live in ``self.grading``. For regression, the cut points are tuned at the end of every
-validation epoch on that epoch's predictions from every DDP rank and kept in a buffer, so the checkpoint
-chosen on ``val/qwk`` carries the thresholds that produced its ``val/qwk``, and testing it uses them:
-the test fold never shapes a threshold.
-
-``grade_weights`` (``none`` | ``balanced`` | ``sqrt``) weighs the *training* loss by each image's grade,
-from ``grade_counts``, the training split's images per grade (``phases.finetune`` passes them): against a
-set that is 73 % grade 0, where an unweighted network can sit on the majority grade. ``val/loss`` stays the
-plain mean, comparable across weightings.
+A learned encoder is frozen, in ``eval`` mode, for the first ``freeze_steps`` optimiser steps, so a random head's
+first noisy gradients do not overwrite its pre-trained BatchNorm statistics; a random encoder never is (freezing it
+only fits a head on noise). Budget and schedule count optimiser steps, so every arm and label fraction gets the
+same number of updates. The linear layer stays ``self.head`` (older checkpoints still load); the head's loss and
+decoding live in ``self.grading``. Regression cut points are tuned on every validation epoch's gathered predictions
+and kept in a buffer, so the checkpoint chosen on ``val/qwk`` carries its own thresholds and the test fold never
+shapes one. ``grade_weights`` weighs the training loss by grade; ``val/loss`` stays the plain mean. The reasons
+and numbers: docs/protocol.md (freezing, "Budget") and docs/arms.md ("Grade heads").
 """
 
 from __future__ import annotations

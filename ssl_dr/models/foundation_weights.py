@@ -1,29 +1,13 @@
 """Foundation-model weight files, read in the layout their projects publish them, into a timm ViT.
 
-``model.backbone.weights_format`` names the layout (the file comes from ``model.backbone.weights_file``; nothing
-is downloaded):
-
-- ``retfound_mae``: RETFound (Zhou et al., Nature 2023), an MAE-pretrained ViT-L/16. The encoder's state dict sits
-  under ``model``, beside MAE's ``mask_token`` and ``decoder_*`` (the pixel decoder, discarded after pretraining),
-  and maybe a ``head.*`` of a fine-tuned copy. RETFound fine-tunes with global average pooling and a fresh
-  ``fc_norm``, so the encoder's final ``norm.*`` is unused there (timm's ``global_pool="avg"`` model has none).
-- ``retfound_dinov2``: RETFound's DINOv2 successors: the DINOv2 training checkpoint, weights of the ``teacher``
-  under a ``backbone.`` prefix (its ``dino_head``/``ibot_head`` are discarded), in DINOv2's own layout
-  (``mask_token``, ``register_tokens`` for the ``_reg`` variants, layer scale ``ls1.gamma``/``ls2.gamma``, and
-  ``blocks.<chunk>.<i>.`` when trained with ``block_chunks``, un-chunked here to ``blocks.<i>.``).
-- ``timm``: a state dict as timm writes it (``.safetensors`` or a torch file; also what the DINOv2 and
-  RETFound-Green releases on the Hugging Face hub hold), or Meta's own DINOv2 release (``dinov2_vit*14*_pretrain.pth``:
-  ``mlp.fc1``/``fc2``, ``mask_token``, ``register_tokens``), which timm's filter converts.
-
-DINOv2's feed-forward is a plain MLP (``mlp.fc1``/``fc2``) in ViT-S/B/L, a fused SwiGLU (``mlp.w12``/``w3``) only in
-ViT-g/14; timm maps the latter onto its ``vit_giant_patch14_dinov2`` (packed SwiGLU), and a SwiGLU file given to a
-plain-MLP ViT is refused in one line (it cannot compute the same function).
-
-Every layout ends in timm's own ``vision_transformer.checkpoint_filter_fn`` (DINOv2 renames, register tokens,
-``pos_embed`` resampled to the model's input grid with ``resample_abs_pos_embed``), then a non-strict load whose
-outcome is checked here: the only keys allowed to be missing are the ones the fine-tune adds (``head.*``,
-``fc_norm.*``); anything else missing, or any key left over, means the file is not this network's, and that is
-one ``FoundationWeightsError`` naming the file, the format and the first keys, before any training.
+``model.backbone.weights_format`` names the layout of ``model.backbone.weights_file`` (nothing is downloaded):
+``retfound_mae`` (RETFound, Zhou et al., Nature 2023: an MAE encoder under ``model``), ``retfound_dinov2`` (the
+``teacher`` of a DINOv2 training checkpoint, chunked blocks un-chunked) or ``timm`` (timm's own layout, or Meta's
+DINOv2 release). Each layout is reduced to the encoder's tensors and passed through timm's
+``vision_transformer.checkpoint_filter_fn``; the non-strict load that follows may miss only the keys the fine-tune
+adds (``head.*``, ``fc_norm.*``). Anything else missing or left over means the file is not this network's: one
+``FoundationWeightsError`` naming the file, the format and the first keys, before any training. What each layout
+holds and drops: docs/arms.md, "Foundation-model arms".
 """
 
 from __future__ import annotations

@@ -1,18 +1,12 @@
 """The three ways to read a grade out of the network (``model.head``): one class per head.
 
-A head owns what sits after the linear layer: how many outputs that layer has, the training loss, and
-how outputs become a grade. Everything downstream goes through the head's *activation* (``activate``):
-the quantity test-time augmentation averages before decoding (softmax probabilities, threshold
-sigmoids, or the regression score), so a single forward pass and a TTA average are decoded the same way.
-
-- ``classification``: 5 logits, cross-entropy, grade = argmax. Ignores that grades are ordered.
-- ``ordinal``: 4 logits, one per threshold "grade >= k" (k = 1..4), binary cross-entropy on cumulative
-  targets (grade k -> k leading ones). A 1-to-3 error now costs two wrong thresholds, a 1-to-2 one.
-- ``regression``: 1 output, the grade as a number (MSE), cut into grades at 4 thresholds that are tuned
-  on the validation split to maximise QWK (``tune_thresholds``) and stored in the checkpoint.
-
-Each head also gives the cumulative probabilities P(grade >= k), k = 0..4, that ``metrics.KaggleKappa``
-reads, so the paper's ``qw_kappa_kaggle`` can be logged for every head.
+A head owns what sits after the linear layer: its number of outputs, the training loss, and how outputs become a
+grade. Everything downstream decodes the head's activation (``activate``: softmax probabilities, threshold
+sigmoids or the regression score), the quantity test-time augmentation averages, so one pass and a TTA average
+decode alike. ``classification``: 5 logits, cross-entropy, argmax (ignores the grades' order). ``ordinal``: 4
+logits of "grade >= k", binary cross-entropy on cumulative targets. ``regression``: 1 score (MSE), cut at 4
+thresholds tuned on validation (``tune_thresholds``). Each head also gives P(grade >= k), k = 0..4, for
+``metrics.KaggleKappa``. Tables and the reasons: docs/arms.md, "Grade heads".
 """
 
 from __future__ import annotations

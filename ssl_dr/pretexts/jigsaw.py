@@ -1,28 +1,13 @@
 """JigsawPretext: cut an image into grid x grid cells, shuffle them by one of a fixed set of
 permutations, and classify which permutation was applied (Noroozi & Favaro 2016).
 
-Whole-image variant, on purpose: the original feeds every tile through the network on its own and
-concatenates the features, but DenseNet121 downsamples 32x, so the 21 px tiles of a 64 px image (or the
-10 px tiles of a 32 px one) would shrink to nothing. Here the shuffled cells are put back together into
-one image of the original size and the backbone sees the whole puzzle. Every cell keeps a blank border
-(``gap``, a share of the cell side, set to 0 = the normalised mean colour) so the network cannot solve the
-puzzle by matching the pixels on either side of a cut; pixels left over when the size is not a multiple
-of ``grid`` are blanked too, so they say nothing about the permutation.
-
-Fundus-specific: the puzzle is cut from the centre of the image (``crop``, a share of the side, resized
-back to full size), by default about the square inside the circular fundus. Cut from the whole
-photograph, every border cell shows its own piece of the disc's rim against the black surround, which
-gives its place away: on the built-in set (64 px, defaults) the whole-image puzzle reached 100% held-out
-accuracy after two epochs, solved from the outline; cut from the centre it climbs to about 20% (chance:
-1 in 24) in ten epochs, learning from the retina itself.
-
-Convention (``jigsaw_batch``): cells are numbered row-major, and cell ``j`` of the output holds cell
-``perm[j]`` of the input, ``perm = permutations[label]``.
-
-The permutation set is part of the task: it is chosen greedily for maximal minimum Hamming distance
-(so no two answers differ by a swap or two) from a seeded numpy generator, which makes it the same in
-every process, rank and run with the same ``grid``, ``num_permutations`` and ``seed``; those settings are
-in the pretext config and so in the pretext store's key.
+Whole-image variant: the shuffled cells are put back into one image that the backbone sees whole, because
+DenseNet121's 32x downsampling would shrink single small tiles to nothing. Each cell keeps a blank border
+(``gap``) and leftover pixels are blanked, so no cut can be solved by matching pixels. The puzzle is cut from the
+centre of the fundus (``crop``): cut from the whole photograph, the disc's rim gives every border cell's place
+away. The permutation set (greedy maximal minimum Hamming distance, seeded) is the same in every process and run.
+Convention (``jigsaw_batch``): cells are numbered row-major, and cell ``j`` of the output holds cell ``perm[j]``
+of the input, ``perm = permutations[label]``. Measurements: docs/arms.md ("Jigsaw"), docs/camera_cues.md.
 """
 
 from __future__ import annotations

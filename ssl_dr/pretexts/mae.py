@@ -1,18 +1,12 @@
 """MAEPretext: masked autoencoding (He et al., CVPR 2022), the pretext RETFound was trained with, in small.
 
-Most patches of each image are hidden (``mask_ratio``, 75 % as in MAE); the ViT encoder (the backbone the grader
-keeps) sees only the visible ones, and a light decoder (``decoder_depth`` transformer blocks of width
-``decoder_dim``, discarded afterwards) rebuilds the hidden patches' pixels from the encoded visible tokens plus a
-shared mask token at every hidden position. The loss is the mean squared error on hidden patches only, against
-pixels normalised per patch (``norm_pix_loss``, MAE's better-performing target). So a user with no downloaded
-weights can compare a masked-image-modelling start with rotation on their own images.
-
-Accuracy, which every pretext logs as ``pretext/*_acc``: for each hidden patch, whether its reconstruction is
-closer to its own pixels than to every other hidden patch of the same image (top-1 retrieval among the image's
-hidden patches). Chance is 1 / hidden patches; a decoder that outputs the image's mean patch stays there.
-
-Masks are drawn from torch's generator in training (seeded, and restored on resume by ``RngStateCallback``);
-validation draws from a generator seeded by the batch index, so every epoch is scored on the same masks.
+Most patches are hidden (``mask_ratio``, 75 %); the ViT encoder (kept for the grader) sees only the visible ones,
+and a light decoder (discarded afterwards) rebuilds the hidden patches' pixels from them plus a shared mask token.
+The loss is the MSE on hidden patches against per-patch normalised pixels (``norm_pix_loss``). So a user with no
+downloaded weights can compare a masked-image-modelling start with rotation on their own images. ``pretext/*_acc``
+is the share of hidden patches whose reconstruction is nearer their own pixels than any other hidden patch of the
+image (chance 1 / hidden patches). Training masks come from torch's seeded generator (restored on resume);
+validation masks from a generator seeded by the batch index, the same every epoch. More: docs/arms.md ("MAE").
 """
 
 from __future__ import annotations

@@ -1,24 +1,13 @@
 """Sweep folder -> the paper's table (MIN / AVG / MAX test QWK over folds and seeds) + a QWK-vs-fraction plot.
 
-Why a module of its own: a sweep where a job crashed or was deleted must never turn quietly into a 4-fold
-average printed next to 5-fold ones. Every expected job (arm x label fraction x fold x seed x split seed, from
-``multirun.yaml`` and the job configs; ``ssl_dr.reporting.jobs`` reads them) without a result is named at the top
-of the report, and the CLI exits 1. Beside QWK each arm x fraction shows its spread over folds and over seeds,
-and what makes it trustworthy: how many runs collapsed to one grade (``test_predictions.csv``), the labels read
-(train + validation; a ``val_protocol=fixed`` run reads more than its fraction, and the report says so at the
-top) and the training budget (optimiser steps, the step of the chosen checkpoint). Arms are compared with the
-``baseline`` arm run by run (same split seed, fold and seed: paired) with the corrected repeated k-fold t
-interval (Bouckaert & Frank; Nadeau & Bengio's correction over k folds x r repetitions), because the folds'
-training sets overlap (see ``ssl_dr.reporting.stats``), its assumptions stated beside it; where seeds share a
-partition (one split seed) the report says that assumption is not met and adds the stricter interval over the
-fold means. The naive t interval stands beside them, labelled. A sweep of protocols (``protocol=linear,knn``)
-gets a row per arm x protocol, paired within the protocol (``ssl_dr.reporting.protocols``); jobs that graded an
-external set (``test_data=``) add its QWK and referable AUROC beside the test QWK (``ssl_dr.reporting.external``);
-jobs with the screening evaluation add a section of their own (``ssl_dr.reporting.screening``).
-
-``write_report`` writes ``report.md``, ``report.csv``, ``report_paired.csv``, ``report_screening.csv`` and
-``qwk_vs_fraction.png`` into the sweep folder; two thin callers run it: ``python -m ssl_dr.report <sweep_dir>``
-and, when a multirun ends, the Hydra callback ``ssl_dr.reporting.sweep_end``.
+A module of its own so that a sweep with a crashed or deleted job never turns quietly into a 4-fold average: every
+expected job (from ``multirun.yaml`` and the job configs, ``ssl_dr.reporting.jobs``) without a result is named at
+the top, and the CLI exits 1. Each arm x fraction also shows its spread over folds and seeds, collapsed runs, the
+labels read and the training budget; arms are paired with the ``baseline`` run by run under the corrected repeated
+k-fold t interval (``ssl_dr.reporting.stats``), with protocol, external-set and screening sections where jobs have
+them. ``write_report`` writes ``report.md``, ``report.csv``, ``report_paired.csv``, ``report_screening.csv`` and
+``qwk_vs_fraction.png``; its callers are ``python -m ssl_dr.report`` and the Hydra callback
+``ssl_dr.reporting.sweep_end``. What the report says and why: docs/protocol.md, "Seeds and the paired interval".
 """
 
 from __future__ import annotations

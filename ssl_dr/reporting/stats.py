@@ -2,19 +2,11 @@
 beyond its test QWK (did it collapse to one grade, how many labels it read, how long it trained), their per
 arm x fraction aggregates (over folds and seeds), and the paired arm-minus-baseline intervals.
 
-Why apart from the report module: that one finds a sweep's jobs, their gaps and writes the files; here are the
-numbers, functions of a job's metrics (and its ``test_predictions.csv``) or of the job table, each checked
-against a hand computation in ``tests/test_report.py``.
-
-The paired interval (derivation, assumptions and numbers: docs/protocol.md, "Seeds and the paired interval").
-The folds' training sets overlap, so the plain t over folds is too narrow; the headline is the corrected
-repeated k-fold t of Bouckaert & Frank (2004), Nadeau & Bengio's (2003) correction over all n = k x r paired
-differences: variance of the mean (1/n + n_test/n_train) s^2, t on n-1 degrees of freedom, n_test/n_train =
-1/(k-1) of the fold sizes (not of the labelled images a fraction trains on). A repetition is one (seed, split
-seed), so pairs by split seed, fold and seed are pairs by repetition and fold. It assumes each repetition is a
-new random partition; seeds swept on one split seed share their test folds, and for those rows the report
-adds ``partition_interval`` (the seeds averaged per fold, the same correction over the fold means). A
-heuristic, not exact; the naive interval is shown only beside it.
+Apart from the report module, which finds a sweep's jobs and writes the files: here are the numbers, functions of
+a job's metrics (and its ``test_predictions.csv``) or of the job table, each checked against a hand computation
+(``tests/test_report.py``, ``tests/reporting/test_report_stats.py``). The headline interval is the corrected
+repeated k-fold t (Bouckaert & Frank 2004, Nadeau & Bengio's correction), with ``partition_interval`` where seeds
+share a partition; derivation, assumptions and numbers: docs/protocol.md, "Seeds and the paired interval".
 """
 
 from __future__ import annotations

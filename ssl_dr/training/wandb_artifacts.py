@@ -1,19 +1,12 @@
 """Weights as W&B artifacts, and the lineage between the runs that made and used them (``wandb_artifacts=true``).
 
-- A trained pretext logs its backbone as ``pretext-<pretext.name>`` (type ``pretext-backbone``) with its store
-  key as alias: the key is the hash of everything that shaped the weights (``phases.pretext_description``), so
-  ``pretext-rotation:<key>`` names exactly the weights a fine-tune started from.
-- A fine-tune logs its tested checkpoint (``best.ckpt``: weights and the inference spec that ``predict`` /
-  ``export`` / ``explain`` read) as ``grader-<arm>`` (type ``model``), aliased ``frac<f>-fold<k>-split<p>-seed<s>``
-  (``p``: the partition's ``data.split_seed``), with the run's result record as metadata; and marks the pretext
-  artifact it started from as its input (``use_artifact``), which draws the edge pretext -> fine-tune in W&B's
-  lineage graph.
-
-Off by default: a DenseNet121 is about 30 MB per run, which a 50-job sweep uploads 50 times over; the GPU
-preset (``experiment=paper``) turns it on. W&B cannot mark an input while offline (``use_artifact`` needs the
-server), so an offline fine-tune names its pretext artifact in its summary (``pretext/artifact``) instead, and says
-so once in the log. Without ``wandb_artifacts`` no artifact is logged and none is named; ``pretext/wandb_run_id``
-(the pretext's W&B run) is named either way.
+A trained pretext logs its backbone as ``pretext-<pretext.name>`` (type ``pretext-backbone``) aliased by its store
+key, the hash of everything that shaped the weights. A fine-tune logs its tested ``best.ckpt`` as ``grader-<arm>``
+(type ``model``, its result record as metadata) aliased ``frac<f>-fold<k>-split<p>-seed<s>``, and marks the
+pretext artifact it started from as its input: the edge pretext -> fine-tune in W&B's lineage graph. Off by
+default: a DenseNet121 is about 30 MB per run (``experiment=paper`` turns it on). Offline, W&B cannot mark an input
+(``use_artifact`` needs the server), so the fine-tune names its pretext artifact in its summary
+(``pretext/artifact``) instead; ``pretext/wandb_run_id`` is named either way.
 """
 
 from __future__ import annotations

@@ -1,22 +1,12 @@
 """Pictures a W&B run shows, where a person would rather look than read (``cfg.media``).
 
-- **Fine-tune** (``test/predictions``): a table of a fixed sample of test images with their thumbnail (the
-  preprocessed fundus the grader saw), true and predicted grade and the probabilities (or the regression
-  score), read from the run's own ``test_predictions.csv``; the first ``media.grad_cam`` rows also get a
-  Grad-CAM overlay of the predicted grade (``ssl_dr.inference.grad_cam``, the maps ``python -m
-  ssl_dr.explain`` draws), captioned ``true 1 / pred 2 (p=0.83)``, or none where the feature map is too
-  coarse to localise anything (the log says why). Beside it the referable-DR ROC and precision-recall
-  curves (``test/roc_referable``, ``test/pr_referable``: ``ssl_dr.training.curves``' points) and the
-  tested checkpoint's recall and precision per grade (``test/per_grade``).
-- **Pretext** (``pretext/examples``): one grid of held-out images exactly as the pretext feeds them to the
-  network (masked, then rotated / shuffled / augmented), each captioned ``right answer -> predicted``, green
-  where right, red where wrong: a pretext solved from the camera frame or stuck at chance shows at a glance.
-
-Why a fixed sample: the same images in every run of a fold, so two arms (or fractions) can be compared picture
-by picture, and a handful of images keeps W&B fast. The fine-tune's sample takes the test images in their
-order, one grade after another (the first image of each grade, then the second, ...), so rare grades, where
-graders fail first, are always in it. Everything here runs once, after the phase has finished: never on the
-hot path, and only on the process that writes the W&B run (rank 0 under DDP).
+Fine-tune: ``test/predictions``, a table of a fixed sample of test images (thumbnail, true and predicted grade,
+probabilities or score, a Grad-CAM overlay on the first ``media.grad_cam`` rows where the map is fine enough), the
+referable ROC and precision-recall curves and the per-grade recall and precision. Pretext: ``pretext/examples``, a
+grid of held-out images as the pretext feeds them, captioned ``right answer -> predicted`` (green right, red wrong).
+The sample is fixed, the same images in every run of a fold, taking each grade in turn so rare grades are always in
+it: two arms compare picture by picture, and a handful keeps W&B fast. Everything runs once after the phase, on
+the process that writes the W&B run (rank 0 under DDP).
 """
 
 from __future__ import annotations
