@@ -40,6 +40,7 @@ from ssl_dr.launch.guards import check_multirun_strategy, check_sync_batchnorm
 from ssl_dr.launch.objective import BASIC_SWEEPER, ObjectiveError, check_objective
 from ssl_dr.launch.resolvers import register_resolvers
 from ssl_dr.models.heads import check_grade_weights, check_head
+from ssl_dr.ranks import RankZeroHeartbeat, is_launch_rank_zero
 from ssl_dr.run_contract import BEST_CHECKPOINT, LAST_CHECKPOINT, SPLIT, JobIdentity, write_atomic
 from ssl_dr.training.arms import check_init, pretext_pool, weights_source
 from ssl_dr.training.budget import check_budget, freeze_steps
@@ -47,7 +48,6 @@ from ssl_dr.training.environment import describe_environment, loaded_code
 from ssl_dr.training.external import grade_external
 from ssl_dr.training.phases import finetune, pretext_weights
 from ssl_dr.training.probe_phase import FINETUNE, check_protocol, probe
-from ssl_dr.training.ranks import RankZeroHeartbeat, is_launch_rank_zero
 from ssl_dr.training.screening import check_evaluation, patients, screen
 from ssl_dr.training.wandb_publish import media_config
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from ssl_dr.training.ranks import is_launch_rank_zero
+from ssl_dr.ranks import is_launch_rank_zero
 
 
 class RankZeroOnly(logging.Filter):

@@ -10,23 +10,21 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from filelock import FileLock
 from hydra.utils import instantiate
 from lightning import Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 from omegaconf import DictConfig, OmegaConf
 
-from ssl_dr.data.cache import PREPROCESS_VERSION, ImageCache
+from ssl_dr.data.cache import ImageCache
 from ssl_dr.data.datamodule import FundusDataModule
-from ssl_dr.data.records import NUM_GRADES, Record, pool_fingerprint
+from ssl_dr.data.records import NUM_GRADES, Record
 from ssl_dr.data.transforms import (
     AugmentConfig,
     ContrastiveAugment,
@@ -35,24 +33,15 @@ from ssl_dr.data.transforms import (
     build_transform,
 )
 from ssl_dr.launch.folders import requeued_by_slurm
-from ssl_dr.models.backbone import Backbone, load_backbone, save_backbone
+from ssl_dr.models.backbone import Backbone, load_backbone
 from ssl_dr.models.metrics import grades_predicted
 from ssl_dr.pretexts import build_pretext
-from ssl_dr.pretexts.store import (
-    LOCK_NAME,
-    PARTIAL_DIR,
-    WEIGHTS_NAME,
-    entry_dir,
-    pretext_key,
-    stored_weights,
-    write_summary,
-)
+from ssl_dr.pretexts.store import stored_or_trained
 from ssl_dr.run_contract import LAST_CHECKPOINT, VAL_PREDICTIONS, JobIdentity
 from ssl_dr.training.budget import budget_record, freeze_steps
 from ssl_dr.training.callbacks import RngStateCallback, StepBudgetProgressBar
 from ssl_dr.training.loggers import build_loggers, close_loggers
 from ssl_dr.training.predictions import PREDICTIONS_NAME, PredictionWriter
-from ssl_dr.training.ranks import await_choice, await_file, heartbeat_path, is_launch_rank_zero, publish_choice
 from ssl_dr.training.screening import patients, screen
 from ssl_dr.training.wandb_publish import Publish, finetune_publisher, pretext_publisher
 from ssl_dr.training.wandb_run import VAL_STEP, define_finetune_metrics, publish_finetune_record, wandb_runs
@@ -155,86 +144,13 @@ def _callbacks(cfg: DictConfig) -> list[Callback]:
     return callbacks
 
 
-DEBUG_LIMITS = ("fast_dev_run", "overfit_batches")
-"""Trainer debug modes that cut the pretext short: in its store key when on (and only then, so the keys of
-pretexts stored before they existed stay valid)."""
-SPEED_ONLY_PREPROCESS = ("num_workers",)
-VIT_BACKBONE_KEYS = ("weights_format", "model_kwargs", "mean", "std")
-"""``model.backbone`` keys of the ViT arms (null / empty by default)."""
-"""``data.preprocess`` keys that change how fast the cache is built, never its pixels: not in the store key."""
-
-
-def pretext_description(cfg: DictConfig, pool: list[Record]) -> dict[str, Any]:
-    """Everything that shapes the pretext's weights, and nothing that only changes speed: the store key is
-    its hash, so a missing entry would serve stale weights and a speed setting would retrain for nothing.
-
-    In: the pretext config, the backbone, image size, preprocessing (its pixel settings and the code's
-    ``PREPROCESS_VERSION``), augmentation, ``seed`` and ``data.split_seed`` (it draws the pretext's held-out
-    slice), the pool (ids, file sizes and modification times), precision, batch limits, and the number of
-    processes with the learning-rate rule (the global batch and its learning rate shape the weights), and the
-    trainer's batch limits and debug modes (a ``debug=fdr`` pretext of one batch must never be reused).
-    Out: cache-building workers, loader workers, compile, channels_last and gradient checkpointing. The
-    ImageNet-weights keys count only for a pretrained backbone: a sweep naming
-    ``model.backbone.weights_file`` for its imagenet arm must not retrain the other arms' pretexts."""
-    backbone = OmegaConf.to_container(cfg.model.backbone, resolve=True)
-    if not backbone.get("pretrained", False) and not backbone.get("weights_format"):
-        backbone = {k: v for k, v in backbone.items() if k not in ("weights_file", "pretrained_tag")}
-    # keys added with the ViT backbones count only when set, so pretexts stored before them keep their keys
-    backbone = {k: v for k, v in backbone.items() if not (k in VIT_BACKBONE_KEYS and v in (None, {}))}
-    preprocess = {k: v for k, v in OmegaConf.to_container(cfg.data.preprocess, resolve=True).items()
-                  if k not in SPEED_ONLY_PREPROCESS}
-    return {"pretext": OmegaConf.to_container(cfg.pretext, resolve=True),
-            "backbone": backbone,
-            "image_size": cfg.data.image_size,
-            "preprocess": {**preprocess, "version": PREPROCESS_VERSION},
-            "augment": OmegaConf.to_container(cfg.data.augment, resolve=True),
-            "seed": cfg.seed, "split_seed": cfg.data.split_seed,
-            "pool_size": len(pool), "pool": pool_fingerprint(pool),
-            "precision": str(cfg.trainer.get("precision")),
-            "processes": {k: cfg.trainer.get(k) for k in ("devices", "num_nodes")},
-            "limits": {**{k: cfg.trainer.get(k) for k in ("limit_train_batches", "limit_val_batches")},
-                       **{k: cfg.trainer.get(k) for k in DEBUG_LIMITS if cfg.trainer.get(k)}}}
-
-
 def pretext_weights(cfg: DictConfig, records: list[Record], cache: ImageCache, out_dir: Path
                     ) -> tuple[Path, dict[str, Any]]:
-    """Weights of the configured pretext (``cfg.pretext``) over the pool (all images; labels never read)."""
+    """Weights of the configured pretext (``cfg.pretext``) over the pool (all images; labels never read): reused
+    from the store (``ssl_dr.pretexts.store``) when an identical pretext ran, trained here otherwise."""
     pool = list(records)
-    description = pretext_description(cfg, pool)
-    key = pretext_key(description)
-    cache_dir = Path(cfg.paths.cache_dir).resolve()
-    entry_dir(cache_dir, key).mkdir(parents=True, exist_ok=True)
-    if not is_launch_rank_zero():  # another DDP rank of this run: rank 0 holds the lock while training with it
-        return _follow_rank_zero(cfg, pool, cache, out_dir, key)
-    # Parallel sweep jobs: one trains, the others wait here and then reuse. The OS drops the lock of a
-    # crashed job, and its weights were never renamed into place, so the next job retrains.
-    with FileLock(entry_dir(cache_dir, key) / LOCK_NAME):
-        found = stored_weights(cache_dir, key)
-        publish_choice(out_dir, f"pretext-{key}", {"reuse": found is not None})
-        if found is not None:
-            meta = load_backbone(instantiate(cfg.model.backbone), found)
-            log.info("reusing pretext %s from %s", key, found)
-            return found, {"pretext/key": key, "pretext/reused": True, **meta}
-        partial = entry_dir(cache_dir, key) / PARTIAL_DIR
-        meta = _train_pretext(cfg, pool, cache, out_dir, key, partial)
-        path = entry_dir(cache_dir, key) / WEIGHTS_NAME
-        save_backbone(meta.pop("backbone"), path, meta=meta)
-        write_summary(cache_dir, key, {"key": key, "description": description, **meta})
-        shutil.rmtree(partial, ignore_errors=True)
-    log.info(f"pretext {key}: held-out {cfg.pretext.name} accuracy {meta['pretext/val_acc']:.3f}; "
-             f"saved {path}")
-    return path, {"pretext/key": key, "pretext/reused": False, **meta}
-
-
-def _follow_rank_zero(cfg: DictConfig, pool: list[Record], cache: ImageCache, out_dir: Path, key: str
-                      ) -> tuple[Path, dict[str, Any]]:
-    """A DDP rank other than 0: reuse when rank 0 reuses, else train in the same DDP fit; rank 0 saves."""
-    entry = entry_dir(Path(cfg.paths.cache_dir).resolve(), key)
-    reuse = await_choice(out_dir, f"pretext-{key}")["reuse"]
-    if not reuse:
-        _train_pretext(cfg, pool, cache, out_dir, key, entry / PARTIAL_DIR)
-    path = await_file(entry / WEIGHTS_NAME, heartbeat_path(out_dir))
-    return path, {"pretext/key": key, "pretext/reused": reuse, **load_backbone(instantiate(cfg.model.backbone), path)}
+    return stored_or_trained(cfg, pool, out_dir,
+                             lambda key, partial: _train_pretext(cfg, pool, cache, out_dir, key, partial))
 
 
 def _train_pretext(cfg: DictConfig, pool: list[Record], cache: ImageCache, out_dir: Path, key: str,

@@ -269,8 +269,7 @@ def test_cli_without_usable_weights_ends_in_one_line(weights, message, tmp_path)
 
 
 def test_weights_file_does_not_change_other_arms_pretext_key(tiny_cfg):
-    from ssl_dr.pretexts.store import pretext_key
-    from ssl_dr.training.phases import pretext_description
+    from ssl_dr.pretexts.store import pretext_description, pretext_key
 
     keys = {pretext_key(pretext_description(tiny_cfg("experiment=rotation", *extra), []))
             for extra in ([], ["model.backbone.weights_file=/x/densenet121.safetensors"],

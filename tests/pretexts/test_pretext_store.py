@@ -1,12 +1,22 @@
-"""The pretext store key: every setting that shapes the weights, none that only changes speed."""
+"""The pretext store: its key (every setting that shapes the weights, none that only changes speed) and reuse."""
 
 from __future__ import annotations
 
+import json
 import os
 
+import pytest
+
 from ssl_dr.data.records import Record
-from ssl_dr.pretexts.store import pretext_key
-from ssl_dr.training.phases import pretext_description
+from ssl_dr.models.backbone import BackboneWeightsError
+from ssl_dr.pretexts.store import (
+    SUMMARY_NAME,
+    WEIGHTS_NAME,
+    entry_dir,
+    pretext_description,
+    pretext_key,
+    stored_meta,
+)
 
 
 def _key(tiny_cfg, pool, *overrides: str) -> str:
@@ -38,3 +48,15 @@ def test_settings_that_shape_the_weights_change_the_key(tiny_cfg, tmp_path):
 def _file(path):
     path.write_bytes(b"not an image, only its size and time count here")
     return path
+
+
+def test_a_reusing_job_takes_the_metrics_from_the_summary_not_the_weights_file(tiny_cfg, tmp_path):
+    entry = entry_dir(tmp_path, "k")
+    entry.mkdir(parents=True)
+    (entry / WEIGHTS_NAME).write_bytes(b"not read")  # the fine-tune loads the weights; reuse must not read them too
+    (entry / SUMMARY_NAME).write_text(json.dumps({"key": "k", "description": {}, "pretext/val_acc": 0.8}))
+    cfg = tiny_cfg("experiment=rotation")
+    assert stored_meta(tmp_path, "k", cfg) == {"pretext/val_acc": 0.8}
+    (entry / SUMMARY_NAME).unlink()  # killed between the two writes: the weights file's own meta, read once
+    with pytest.raises(BackboneWeightsError, match="not a readable weights file"):
+        stored_meta(tmp_path, "k", cfg)

@@ -30,9 +30,8 @@ from ssl_dr.pretexts.jigsaw import (
     maximal_hamming_permutations,
 )
 from ssl_dr.pretexts.simclr import SimCLRPretext, nt_xent_logits, pair_views, positive_indices
-from ssl_dr.pretexts.store import pretext_key
+from ssl_dr.pretexts.store import pretext_description, pretext_key
 from ssl_dr.train import train
-from ssl_dr.training.phases import pretext_description
 from tests.conftest import TINY_SYNTHETIC, compose_cfg
 
 # --- jigsaw: the permutation set ---------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from ssl_dr.training.ranks import (
+from ssl_dr.ranks import (
     RANK_VARIABLES,
     RankZeroGoneError,
     RankZeroHeartbeat,
