@@ -32,7 +32,7 @@ from ssl_dr.reporting import stats as report_stats
 from ssl_dr.reporting.external import external_facts
 from ssl_dr.reporting.identity import describe
 from ssl_dr.reporting.screening import screening_facts
-from ssl_dr.run_contract import FINETUNE, METRICS, JobIdentity
+from ssl_dr.run_contract import FINETUNE, METRICS, TRAIN_LOG, JobIdentity
 from ssl_dr.run_contract import TEST_PREDICTIONS as PREDICTIONS
 
 FINISHED, FAILED, UNFINISHED = "finished", "failed", "unfinished"
@@ -181,7 +181,7 @@ def _split_follows_seed(cfg: DictConfig) -> bool:
 
 def _job_log(job_dir: Path) -> list[str]:
     """The non-blank lines of the job's log (``train.log``, else its newest ``*.log``)."""
-    logs = sorted(job_dir.glob("*.log"), key=lambda p: (p.name == "train.log", p.stat().st_mtime))
+    logs = sorted(job_dir.glob("*.log"), key=lambda p: (p.name == TRAIN_LOG, p.stat().st_mtime))
     return [line.strip() for line in logs[-1].read_text(errors="replace").splitlines() if line.strip()] if logs else []
 
 
