@@ -132,7 +132,8 @@ def _calibration(stage: str, table: pd.DataFrame, temperature: float | None, bin
         record.update({f"{stage}/{k}_before_temperature": v for k, v in calibration_errors(grades, raw, bins).items()})
     if stage != "val" and len(grades):
         plot_reliability(out_dir / RELIABILITY_PLOT.format(stage=stage), grades, probs, bins,
-                         f"{stage}: ECE {record[f'{stage}/ece']:.3f}"
+                         f"{stage}: ECE {record[f'{stage}/ece']:.3f} (top grade), "
+                         f"{record[f'{stage}/ece_referable']:.3f} (P(referable))"
                          + (f" (temperature {temperature:.2f})" if temperature is not None else ""))
     return record
 
