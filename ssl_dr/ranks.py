@@ -79,7 +79,7 @@ class RankZeroHeartbeat:
             self.path.unlink(missing_ok=True)  # a finished rank 0 is not a live one
 
 
-def publish_choice(out_dir: Path, name: str, choice: dict[str, Any]) -> None:
+def share_choice(out_dir: Path, name: str, choice: dict[str, Any]) -> None:
     """Rank 0: record a choice for the other ranks of this run (written atomically, never read half-done)."""
     write_atomic(_choice_path(out_dir, name), lambda tmp: tmp.write_text(json.dumps(choice)))
 

@@ -1,6 +1,6 @@
 """``python -m ssl_dr.report <sweep_dir> [--no-paper-reference] [--publish results/<name>]``: (re)write a sweep's
 report (the paper's table, paired comparisons with the baseline, the QWK-vs-fraction plot;
-``ssl_dr.reporting.report``) and print it. ``--publish DEST``: first copy the sweep's per-job records (metrics,
+``ssl_dr.reporting.writer``) and print it. ``--publish DEST``: first copy the sweep's per-job records (metrics,
 environment, Hydra config and overrides, logs, predictions; no checkpoints, images or W&B folders:
 ``ssl_dr.reporting.publish``) into DEST, a new folder to commit, and write the report there, from the copy.
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ssl_dr.reporting.jobs import ReportError
 from ssl_dr.reporting.publish import publish
-from ssl_dr.reporting.report import write_report
+from ssl_dr.reporting.writer import write_report
 
 
 def main(argv: list[str] | None = None) -> int:

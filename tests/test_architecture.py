@@ -169,7 +169,7 @@ def test_module_docstrings_are_a_few_lines():
     assert long == {}, f"shorten these module docstrings to a few lines, the detail to docs/: {long}"
 
 
-@pytest.mark.parametrize("module", ["ssl_dr.report", "ssl_dr.reporting.report", "ssl_dr.reporting.sweep_end",
+@pytest.mark.parametrize("module", ["ssl_dr.report", "ssl_dr.reporting.writer", "ssl_dr.reporting.sweep_end",
                                     "ssl_dr.launch.resolvers", "ssl_dr.launch.sweep_progress",
                                     "ssl_dr.launch.gpu_slots", "ssl_dr.launch.guards", "ssl_dr.launch.objective"])
 def test_launch_side_and_report_import_without_torch(module):

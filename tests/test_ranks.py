@@ -16,7 +16,7 @@ from ssl_dr.ranks import (
     await_file,
     heartbeat_path,
     is_launch_rank_zero,
-    publish_choice,
+    share_choice,
 )
 
 
@@ -37,7 +37,7 @@ def test_rank_zero_is_known_from_the_launchers_environment(variable, monkeypatch
 
 def test_other_ranks_read_the_choice_of_rank_zero(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "41")
-    publish_choice(tmp_path, "pretext-abc", {"reuse": True})
+    share_choice(tmp_path, "pretext-abc", {"reuse": True})
     assert await_choice(tmp_path, "pretext-abc", stale_s=0) == {"reuse": True}
     monkeypatch.setenv("SLURM_JOB_ID", "42")  # a later attempt never reads an older attempt's choice
     with pytest.raises(RankZeroGoneError, match="rank 0 has shown no sign of life"):

@@ -18,7 +18,7 @@ from scipy import stats
 
 from ssl_dr.report import main
 from ssl_dr.reporting.jobs import collect
-from ssl_dr.reporting.report import write_report
+from ssl_dr.reporting.writer import write_report
 
 # test QWK per (arm, fraction): folds 0, 1, 2
 QWK = {

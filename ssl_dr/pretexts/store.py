@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from ssl_dr.data.cache import PREPROCESS_VERSION
 from ssl_dr.data.records import Record, pool_fingerprint
 from ssl_dr.models.backbone import load_backbone, save_backbone
-from ssl_dr.ranks import await_choice, await_file, heartbeat_path, is_launch_rank_zero, publish_choice
+from ssl_dr.ranks import await_choice, await_file, heartbeat_path, is_launch_rank_zero, share_choice
 from ssl_dr.run_contract import write_atomic
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def stored_or_trained(cfg: DictConfig, pool: list[Record], out_dir: Path, train:
     # crashed job, and its weights were never renamed into place, so the next job retrains.
     with FileLock(entry_dir(cache_dir, key) / LOCK_NAME):
         found = stored_weights(cache_dir, key)
-        publish_choice(out_dir, f"pretext-{key}", {"reuse": found is not None})
+        share_choice(out_dir, f"pretext-{key}", {"reuse": found is not None})
         if found is not None:
             meta = stored_meta(cache_dir, key, cfg)
             log.info("reusing pretext %s from %s", key, found)

@@ -1,4 +1,4 @@
-"""Hydra callback: when a multirun ends, write the report into its folder (``ssl_dr.reporting.report``) and log it
+"""Hydra callback: when a multirun ends, write the report into its folder (``ssl_dr.reporting.writer``) and log it
 to W&B.
 
 Registered in ``conf/hydra/default.yaml``, so every sweep (``experiment=paper`` or any ``-m``) ends with
@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ssl_dr.launch.objective import BASIC_SWEEPER
 from ssl_dr.reporting.jobs import ReportError
-from ssl_dr.reporting.report import ReportFiles, write_report
+from ssl_dr.reporting.writer import ReportFiles, write_report
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from ssl_dr.reporting.external import COLUMNS
-from ssl_dr.reporting.report import write_report
+from ssl_dr.reporting.writer import write_report
 from tests.reporting.test_protocols import probe_sweep
 from tests.test_report import QWK, edit_metrics, job_dir, make_sweep
 

@@ -16,7 +16,7 @@ from scipy import stats
 
 from ssl_dr.report import main
 from ssl_dr.reporting.jobs import ReportError, collect
-from ssl_dr.reporting.report import write_report
+from ssl_dr.reporting.writer import write_report
 from tests.test_report import write_job
 
 ARMS = ("baseline", "rotation", "classical")
@@ -198,7 +198,7 @@ def test_only_a_duplicate_including_the_protocol_is_refused(tmp_path):
 
 def test_the_plot_draws_one_line_per_arm_and_protocol(tmp_path):
     """One colour per arm and one line style per protocol, one legend entry per row."""
-    from ssl_dr.reporting.report import plot
+    from ssl_dr.reporting.writer import plot
 
     sweep = probe_sweep(tmp_path, folds=(0,), seeds=(42,))
     files = write_report(sweep)

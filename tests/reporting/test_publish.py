@@ -10,7 +10,7 @@ import pytest
 
 from ssl_dr.report import main
 from ssl_dr.reporting.publish import publish
-from ssl_dr.reporting.report import write_report
+from ssl_dr.reporting.writer import write_report
 from tests.reporting.test_environments import HERE
 from tests.test_report import edit_metrics, job_dir, make_sweep
 

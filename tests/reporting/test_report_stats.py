@@ -14,7 +14,6 @@ import pytest
 from omegaconf import OmegaConf
 from scipy import stats
 
-from ssl_dr.reporting.report import write_report
 from ssl_dr.reporting.stats import (
     corrected_resampled_t_interval,
     job_facts,
@@ -24,6 +23,7 @@ from ssl_dr.reporting.stats import (
     predicted_grades,
     shares_partitions,
 )
+from ssl_dr.reporting.writer import write_report
 from tests.test_report import edit_metrics, job_dir, make_sweep, write_job, write_predictions
 
 # ---------------------------------------------------------------- the interval, by hand

@@ -11,8 +11,8 @@ import statistics
 import pandas as pd
 import pytest
 
-from ssl_dr.reporting.report import write_report
 from ssl_dr.reporting.screening import screening_facts
+from ssl_dr.reporting.writer import write_report
 from tests.reporting.test_external_report import TABLE, graded_sweep
 from tests.reporting.test_protocols import probe_sweep
 from tests.test_report import QWK, edit_metrics, job_dir, make_sweep

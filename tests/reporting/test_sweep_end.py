@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from ssl_dr.reporting.report import write_report
 from ssl_dr.reporting.sweep_end import _log_to_wandb
+from ssl_dr.reporting.writer import write_report
 from tests import wandb_records
 from tests.conftest import compose_cfg
 from tests.test_report import edit_metrics, job_dir, make_sweep
