@@ -132,7 +132,7 @@ def build_cache(records: Sequence[Record], cache_root: str | Path, size: int, be
         workers = (os.cpu_count() or 1) if num_workers is None else num_workers
         with temp_entry(root, key) as tmp:
             _write_entry(tmp, _sorted_unique(records), size, ben_graham, mask, key, workers)
-            publish_entry(tmp, final, lambda: _is_complete(final, key))
+            move_entry_into_place(tmp, final, lambda: _is_complete(final, key))
     return ImageCache(final)
 
 
@@ -150,7 +150,7 @@ def build_lock(root: Path, key: str, is_built: Callable[[], bool], what: str) ->
     removes the lock file before releasing it, so the root keeps only entries. That is safe because filelock
     (4.3 checked) re-opens a lock file removed while it waited and locks the file at the path again: a third
     process still waits for the second. Were it not, the worst case would be a second build, never a wrong
-    entry (``publish_entry`` keeps whichever is complete)."""
+    entry (``move_entry_into_place`` keeps whichever is complete)."""
     lock = FileLock(lock_file(root, key))
     try:
         lock.acquire(timeout=0)
@@ -237,7 +237,7 @@ def _fill_rows(array_path: Path, start: int, paths: list[Path], size: int, ben_g
     return len(paths), errors
 
 
-def publish_entry(tmp: Path, final: Path, is_complete: Callable[[], bool]) -> None:
+def move_entry_into_place(tmp: Path, final: Path, is_complete: Callable[[], bool]) -> None:
     """Rename the finished build into place; if a racing process published first, keep theirs."""
     tmp.chmod(0o755)  # mkdtemp made it private; other users' runs must be able to read the entry
     try:

@@ -13,7 +13,7 @@ import torch
 from filelock import FileLock
 
 from ssl_dr.data import cache as cache_module
-from ssl_dr.data.cache import lock_file, publish_entry, temp_entry
+from ssl_dr.data.cache import lock_file, move_entry_into_place, temp_entry
 from ssl_dr.data.transforms import AugmentConfig, build_transform
 from ssl_dr.models.backbone import Backbone, load_backbone, save_backbone
 from ssl_dr.probes import store
@@ -110,7 +110,7 @@ def test_a_job_waiting_on_the_lock_reuses_what_the_builder_published(tiny_cache,
             assert waiting.wait(60)
             with temp_entry(root, key) as tmp:  # the builder publishes as stored_features does
                 store._write(tmp, key, description, ["a", "b"], np.arange(6.0).reshape(2, 3))
-                publish_entry(tmp, root / key, lambda: False)
+                move_entry_into_place(tmp, root / key, lambda: False)
             lock.release()
             thread.join(60)
     finally:
