@@ -7,12 +7,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ssl_dr.data.synthetic.anatomy import _SHIFT, _STEP, _Anatomy, _fix, _grow, _Vessel
+from ssl_dr.data.synthetic.anatomy import SHIFT, STEP, Anatomy, Vessel, fixed_point, grow
 
 
-def _lesions(
-    rng: np.random.Generator, grade: int, anat: _Anatomy, vessels: list[_Vessel]
-) -> tuple[dict[str, np.ndarray], list[_Vessel]]:
+def draw_lesions(
+    rng: np.random.Generator, grade: int, anat: Anatomy, vessels: list[Vessel]
+) -> tuple[dict[str, np.ndarray], list[Vessel]]:
     """The grade's lesion layers and the vessel list (beaded / with new vessels). One per-image
     visibility factor fades all lesions together (early, faint disease or a poor photograph)."""
     visibility = rng.uniform(0.6, 1.0)
@@ -22,8 +22,8 @@ def _lesions(
 
 
 def _grade_lesions(
-    rng: np.random.Generator, grade: int, layers: dict[str, np.ndarray], anat: _Anatomy, vessels: list[_Vessel]
-) -> list[_Vessel]:
+    rng: np.random.Generator, grade: int, layers: dict[str, np.ndarray], anat: Anatomy, vessels: list[Vessel]
+) -> list[Vessel]:
     """Draw the grade's lesions into ``layers``. Counts are random with overlapping ranges between
     neighbouring grades; grade 4 adds proliferative signs on top of a moderate-or-severe background."""
     if grade == 0:
@@ -52,7 +52,7 @@ def _layer(layers: dict[str, np.ndarray], name: str, size: int) -> np.ndarray:
     return layers[name]
 
 
-def _place(anat: _Anatomy, pts: np.ndarray) -> np.ndarray:
+def _place(anat: Anatomy, pts: np.ndarray) -> np.ndarray:
     """Pull points inside the field of view and push them off the optic disc."""
     off = pts - anat.centre
     dist = np.maximum(np.linalg.norm(off, axis=1, keepdims=True), 1e-6)
@@ -64,7 +64,7 @@ def _place(anat: _Anatomy, pts: np.ndarray) -> np.ndarray:
 
 
 def _scatter(
-    rng: np.random.Generator, anat: _Anatomy, n: int, r_min: float, r_max: float, quadrants: bool = False
+    rng: np.random.Generator, anat: Anatomy, n: int, r_min: float, r_max: float, quadrants: bool = False
 ) -> np.ndarray:
     """``n`` points around the fovea, uniform in area between radii (FOV diameters); with
     ``quadrants`` the angles are stratified so all four quadrants get lesions."""
@@ -78,10 +78,10 @@ def _scatter(
 
 def _dots(mask: np.ndarray, centres: np.ndarray, radii: np.ndarray, values: np.ndarray) -> None:
     for c, r, v in zip(centres, radii, values, strict=True):
-        cv2.circle(mask, _fix(c), int(r * (1 << _SHIFT)), int(v), -1, cv2.LINE_AA, _SHIFT)
+        cv2.circle(mask, fixed_point(c), int(r * (1 << SHIFT)), int(v), -1, cv2.LINE_AA, SHIFT)
 
 
-def _lesions_microaneurysms(rng: np.random.Generator, layers: dict[str, np.ndarray], anat: _Anatomy, n: int) -> None:
+def _lesions_microaneurysms(rng: np.random.Generator, layers: dict[str, np.ndarray], anat: Anatomy, n: int) -> None:
     """Tiny dark-red dots in the posterior pole, about 2-2.7 % of the FOV across."""
     pts = _scatter(rng, anat, n, 0.03, 0.33)
     radii = rng.uniform(0.0095, 0.0135, n) * anat.diam
@@ -89,7 +89,7 @@ def _lesions_microaneurysms(rng: np.random.Generator, layers: dict[str, np.ndarr
 
 
 def _lesions_haemorrhages(
-    rng: np.random.Generator, layers: dict[str, np.ndarray], anat: _Anatomy, n: int, all_quadrants: bool
+    rng: np.random.Generator, layers: dict[str, np.ndarray], anat: Anatomy, n: int, all_quadrants: bool
 ) -> None:
     """Dot, blot (clustered circles) and flame (radial ellipses) haemorrhages."""
     mask = _layer(layers, "red", anat.size)
@@ -107,10 +107,10 @@ def _lesions_haemorrhages(
             direction = p - anat.disc
             angle = float(np.rad2deg(np.arctan2(direction[1], direction[0])))
             axes = np.array([rng.uniform(0.022, 0.04), rng.uniform(0.007, 0.012)]) * anat.diam
-            cv2.ellipse(mask, _fix(p), _fix(axes), angle, 0, 360, value, -1, cv2.LINE_AA, _SHIFT)
+            cv2.ellipse(mask, fixed_point(p), fixed_point(axes), angle, 0, 360, value, -1, cv2.LINE_AA, SHIFT)
 
 
-def _lesions_exudates(rng: np.random.Generator, layers: dict[str, np.ndarray], anat: _Anatomy, clusters: int) -> None:
+def _lesions_exudates(rng: np.random.Generator, layers: dict[str, np.ndarray], anat: Anatomy, clusters: int) -> None:
     """Clusters (sometimes partial rings) of small yellow hard exudates near the macula."""
     mask = _layer(layers, "exudate", anat.size)
     dd_px = anat.disc_diam * anat.diam
@@ -129,7 +129,7 @@ def _lesions_exudates(rng: np.random.Generator, layers: dict[str, np.ndarray], a
 
 
 def _lesions_cotton_wool(
-    rng: np.random.Generator, layers: dict[str, np.ndarray], anat: _Anatomy, vessels: list[_Vessel], n: int
+    rng: np.random.Generator, layers: dict[str, np.ndarray], anat: Anatomy, vessels: list[Vessel], n: int
 ) -> None:
     """Fluffy pale patches (blurred when composited) along the arcades / around the disc."""
     if n == 0:
@@ -141,28 +141,29 @@ def _lesions_cotton_wool(
         major = rng.uniform(0.026, 0.045) * anat.diam
         axes = np.array([major, major * rng.uniform(0.55, 0.9)])
         cv2.ellipse(
-            mask, _fix(p), _fix(axes), rng.uniform(0, 180), 0, 360, int(rng.uniform(190, 255)), -1, cv2.LINE_AA, _SHIFT
+            mask, fixed_point(p), fixed_point(axes), rng.uniform(0, 180), 0, 360, int(rng.uniform(190, 255)), -1,
+            cv2.LINE_AA, SHIFT
         )
 
 
-def _venous_beading(rng: np.random.Generator, vessels: list[_Vessel]) -> list[_Vessel]:
+def _venous_beading(rng: np.random.Generator, vessels: list[Vessel]) -> list[Vessel]:
     """Irregular, sausage-like swelling of some larger veins."""
     out = []
     for v in vessels:
         if v.vein and v.widths[0] > 0.01 and rng.random() < 0.6:
-            s = np.arange(len(v.widths)) * _STEP
+            s = np.arange(len(v.widths)) * STEP
             period = rng.uniform(0.03, 0.05)
             phase = rng.uniform(0, 2 * np.pi) + rng.normal(0, 0.4, len(s)).cumsum() * 0.3
             bead = (0.5 + 0.5 * np.sin(2 * np.pi * s / period + phase)) ** 3
             onset = s > rng.uniform(0.05, 0.2)
-            v = _Vessel(v.points, v.widths * (1 + rng.uniform(0.6, 1.0) * bead * onset), True, v.arcade)
+            v = Vessel(v.points, v.widths * (1 + rng.uniform(0.6, 1.0) * bead * onset), True, v.arcade)
         out.append(v)
     return out
 
 
 def _lesions_proliferative(
-    rng: np.random.Generator, layers: dict[str, np.ndarray], anat: _Anatomy, vessels: list[_Vessel]
-) -> list[_Vessel]:
+    rng: np.random.Generator, layers: dict[str, np.ndarray], anat: Anatomy, vessels: list[Vessel]
+) -> list[Vessel]:
     """At least one of: new vessels (at the disc or along an arcade), a boat-shaped pre-retinal
     haemorrhage, or rings of laser scars."""
     signs = rng.random(3) < (0.7, 0.35, 0.35)
@@ -177,7 +178,7 @@ def _lesions_proliferative(
     return vessels
 
 
-def _lesions_neovascular(rng: np.random.Generator, anat: _Anatomy, vessels: list[_Vessel]) -> list[_Vessel]:
+def _lesions_neovascular(rng: np.random.Generator, anat: Anatomy, vessels: list[Vessel]) -> list[Vessel]:
     """Tufts of fine, tortuous new vessels at the disc (NVD) or on an arcade (NVE)."""
     arcades = [v.points for v in vessels if v.arcade]
     centres = []
@@ -190,7 +191,7 @@ def _lesions_neovascular(rng: np.random.Generator, anat: _Anatomy, vessels: list
         centres.append(centre + rng.normal(0, 0.012, (int(rng.integers(8, 15)), 2)))
     starts = np.concatenate(centres)
     k = len(starts)
-    grown = _grow(
+    grown = grow(
         rng,
         anat,
         starts,
@@ -205,7 +206,7 @@ def _lesions_neovascular(rng: np.random.Generator, anat: _Anatomy, vessels: list
     return [v for v, _ in grown]
 
 
-def _lesions_preretinal(rng: np.random.Generator, layers: dict[str, np.ndarray], anat: _Anatomy) -> None:
+def _lesions_preretinal(rng: np.random.Generator, layers: dict[str, np.ndarray], anat: Anatomy) -> None:
     """A large dark-red blob with a flat (fluid-level) top: blood settled under gravity."""
     mask = _layer(layers, "preretinal", anat.size)
     angle = rng.uniform(0, 2 * np.pi)
@@ -215,11 +216,13 @@ def _lesions_preretinal(rng: np.random.Generator, layers: dict[str, np.ndarray],
     depth = width * rng.uniform(0.45, 0.7)
     tilt = rng.normal(0, 4)
     value = int(rng.uniform(220, 255))
-    cv2.ellipse(mask, _fix(centre), _fix((0.5 * width, depth)), tilt, 0, 180, value, -1, cv2.LINE_AA, _SHIFT)
-    cv2.ellipse(mask, _fix(centre), _fix((0.5 * width, 0.12 * depth)), tilt, 180, 360, value, -1, cv2.LINE_AA, _SHIFT)
+    cv2.ellipse(mask, fixed_point(centre), fixed_point((0.5 * width, depth)), tilt, 0, 180, value, -1, cv2.LINE_AA,
+                SHIFT)
+    cv2.ellipse(mask, fixed_point(centre), fixed_point((0.5 * width, 0.12 * depth)), tilt, 180, 360, value, -1,
+                cv2.LINE_AA, SHIFT)
 
 
-def _lesions_laser(rng: np.random.Generator, layers: dict[str, np.ndarray], anat: _Anatomy) -> None:
+def _lesions_laser(rng: np.random.Generator, layers: dict[str, np.ndarray], anat: Anatomy) -> None:
     """Pan-retinal photocoagulation: a jittered lattice of pigmented spots with pale halos in the
     mid-periphery, sparing the macula and the disc."""
     spot = rng.uniform(0.012, 0.018) * anat.diam
@@ -244,7 +247,7 @@ def _lesions_laser(rng: np.random.Generator, layers: dict[str, np.ndarray], anat
     )
 
 
-def _artefacts(rng: np.random.Generator, anat: _Anatomy) -> dict[str, np.ndarray]:
+def draw_artefacts(rng: np.random.Generator, anat: Anatomy) -> dict[str, np.ndarray]:
     """Grade-independent distractors: drusen (pale dots, not exudates) and blurry lens dust (dark
     but grey, not red), so "any spot" is not a shortcut to "diseased"."""
     layers: dict[str, np.ndarray] = {}

@@ -9,22 +9,22 @@ import numpy as np
 from ssl_dr.data.records import GRADE_NAMES, NUM_GRADES
 from ssl_dr.data.synthetic.anatomy import (
     EYES,
-    _Anatomy,
-    _background,
-    _blur,
-    _dist2,
-    _draw_vessels,
-    _Look,
-    _optic_disc,
-    _sample_anatomy,
-    _sample_look,
-    _vessel_tree,
+    Anatomy,
+    Look,
+    blur_mask,
+    dist2,
+    draw_background,
+    draw_vessels,
+    optic_disc,
+    sample_anatomy,
+    sample_look,
+    vessel_tree,
 )
-from ssl_dr.data.synthetic.lesions import _artefacts, _lesions
+from ssl_dr.data.synthetic.lesions import draw_artefacts, draw_lesions
 
 # random streams: every image's generator is keyed (seed, stream, ...), defined here so they stay distinct
-_STREAM_LABELLED, _STREAM_UNLABELLED, _STREAM_MONTAGE, _STREAM_GRADES = 1, 2, 3, 4
-_SEED_TAG = 0x5D12  # last seed word: SeedSequence treats trailing zeros as absent, a constant tag avoids that
+STREAM_LABELLED, STREAM_UNLABELLED, STREAM_MONTAGE, STREAM_GRADES = 1, 2, 3, 4
+SEED_TAG = 0x5D12  # last seed word: SeedSequence treats trailing zeros as absent, a constant tag avoids that
 
 # How each lesion layer is composited: ("mul", per-channel factor) darkens the local colour,
 # ("mix", RGB colour) blends towards a colour scaled by the local illumination. Order matters:
@@ -57,15 +57,15 @@ def render_fundus(rng: np.random.Generator, grade: int, size: int, eye: str = "l
     if size < 32:
         raise ValueError(f"size must be >= 32 px, got {size}")
     anat_rng, lesion_rng = (np.random.default_rng(s) for s in rng.integers(0, 2**63, size=2))
-    anat = _sample_anatomy(anat_rng, size, eye)
-    look = _sample_look(anat_rng, size)
-    vessels = _vessel_tree(anat_rng, anat)
-    img, illum = _background(anat_rng, anat, look)
-    _optic_disc(anat_rng, img, illum, anat)
-    lesions, vessels = _lesions(lesion_rng, int(grade), anat, vessels)
-    layers = _artefacts(anat_rng, anat) | lesions
+    anat = sample_anatomy(anat_rng, size, eye)
+    look = sample_look(anat_rng, size)
+    vessels = vessel_tree(anat_rng, anat)
+    img, illum = draw_background(anat_rng, anat, look)
+    optic_disc(anat_rng, img, illum, anat)
+    lesions, vessels = draw_lesions(lesion_rng, int(grade), anat, vessels)
+    layers = draw_artefacts(anat_rng, anat) | lesions
     _composite(img, illum, layers, _UNDER_VESSELS, anat)
-    _draw_vessels(img, anat, vessels)
+    draw_vessels(img, anat, vessels)
     _composite(img, illum, layers, _OVER_VESSELS, anat)
     return _finish(anat_rng, img, anat, look)
 
@@ -75,14 +75,14 @@ def _composite(
     illum: np.ndarray,
     layers: dict[str, np.ndarray],
     order: dict[str, tuple[str, tuple[float, ...]]],
-    anat: _Anatomy,
+    anat: Anatomy,
 ) -> None:
     base_sigma = 0.25 * anat.size / 128
     for name, (mode, value) in order.items():
         if name not in layers:
             continue
         sigma = max(base_sigma, _LAYER_BLUR.get(name, 0.0) * anat.diam)
-        alpha = _blur(layers[name], sigma)[..., None] * (1 / 255)
+        alpha = blur_mask(layers[name], sigma)[..., None] * (1 / 255)
         colour = np.asarray(value, np.float32)
         if mode == "mul":
             img *= 1.0 - alpha * (1.0 - colour)
@@ -90,9 +90,9 @@ def _composite(
             img += alpha * (illum[..., None] * colour - img)
 
 
-def _finish(rng: np.random.Generator, img: np.ndarray, anat: _Anatomy, look: _Look) -> np.ndarray:
+def _finish(rng: np.random.Generator, img: np.ndarray, anat: Anatomy, look: Look) -> np.ndarray:
     """Camera: exposure, defocus, sensor noise, gamma; black outside the circular field of view."""
-    fov = np.clip(anat.radius + 0.5 - np.sqrt(_dist2(anat.size, anat.centre)), 0, 1)
+    fov = np.clip(anat.radius + 0.5 - np.sqrt(dist2(anat.size, anat.centre)), 0, 1)
     img *= look.gain
     if look.blur > 0.25:
         img = cv2.GaussianBlur(img, (0, 0), look.blur)
@@ -130,7 +130,7 @@ def _clearest_example(seed: int, grade: int, size: int, eye: str, candidates: in
     0 as reference): a montage should show what a grade looks like, not its faintest case."""
     best, best_area = None, -1.0
     for k in range(candidates):
-        key = [seed, _STREAM_MONTAGE, grade, k, _SEED_TAG]
+        key = [seed, STREAM_MONTAGE, grade, k, SEED_TAG]
         img = render_fundus(np.random.default_rng(key), grade, size, eye)
         healthy = render_fundus(np.random.default_rng(key), 0, size, eye)
         area = float(np.mean(np.abs(img.astype(np.int16) - healthy).sum(axis=2) > 30))

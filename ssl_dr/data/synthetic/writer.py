@@ -25,10 +25,10 @@ import numpy as np
 from ssl_dr.data.records import GRADE_NAMES, NUM_GRADES
 from ssl_dr.data.synthetic.anatomy import EYES
 from ssl_dr.data.synthetic.rendering import (
-    _SEED_TAG,
-    _STREAM_GRADES,
-    _STREAM_LABELLED,
-    _STREAM_UNLABELLED,
+    SEED_TAG,
+    STREAM_GRADES,
+    STREAM_LABELLED,
+    STREAM_UNLABELLED,
     render_fundus,
     render_montage,
 )
@@ -124,7 +124,7 @@ def assign_grades(n: int, grade_mix: Sequence[float], rng: np.random.Generator) 
 
 def _split_grades(params: dict, stream: int, n: int) -> np.ndarray:
     return assign_grades(
-        n, params["grade_mix"], np.random.default_rng([params["seed"], _STREAM_GRADES, stream, _SEED_TAG])
+        n, params["grade_mix"], np.random.default_rng([params["seed"], STREAM_GRADES, stream, SEED_TAG])
     )
 
 
@@ -189,9 +189,9 @@ def _check_existing(root: Path, params: dict) -> None:
 
 def _splits(params: dict) -> list[tuple[str, str, int, int]]:
     """(split, id prefix, random stream, count) of each split written."""
-    splits = [("train", "syn", _STREAM_LABELLED, params["num_labelled"])]
+    splits = [("train", "syn", STREAM_LABELLED, params["num_labelled"])]
     if params["num_unlabelled"]:
-        splits.append(("test", "synu", _STREAM_UNLABELLED, params["num_unlabelled"]))
+        splits.append(("test", "synu", STREAM_UNLABELLED, params["num_unlabelled"]))
     return splits
 
 
@@ -223,7 +223,7 @@ def _render_images(image_dir: Path, prefix: str, seed: int, size: int, stream: i
                    grades: list[int]) -> int:
     """Worker: render and write images ``start...`` of one split, each from its own stream; return the count."""
     for i, grade in enumerate(grades, start=start):
-        rng = np.random.default_rng([seed, stream, i, _SEED_TAG])
+        rng = np.random.default_rng([seed, stream, i, SEED_TAG])
         eye = EYES[int(rng.integers(2))]
         _write_png(image_dir / f"{prefix}_{i:05d}.png", render_fundus(rng, grade, size, eye))
     return len(grades)
