@@ -22,9 +22,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from ssl_dr.config_dir import config_dir
-from ssl_dr.data.cache import build_cache
-from ssl_dr.data.external import load_external
-from ssl_dr.data.records import NUM_GRADES
+from ssl_dr.data.cache import ImageCache, build_cache
+from ssl_dr.data.external import ExternalSet, load_external
+from ssl_dr.data.records import NUM_GRADES, Record
 from ssl_dr.data.splits import (
     SplitConfig,
     label_counts,
@@ -113,20 +113,7 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
               "output_dir": str(out_dir), "finetune/freeze_steps": freeze_steps(cfg), **pretext_info}
     L.seed_everything(cfg.seed, workers=True)  # same fine-tune randomness whether the pretext ran or not
     roles = [records_with_role(records, table, role) for role in ("train", "val", "test")]
-    if cfg.protocol.name == FINETUNE:
-        scores = finetune(cfg, *roles, cache=cache, init_weights=init_weights, out_dir=out_dir, run_record=record)
-        if is_launch_rank_zero():  # external validation (test_data=): the checkpoint chosen on validation grades it
-            scores.update(grade_external(cfg, external, out_dir / BEST_CHECKPOINT, out_dir))
-        chosen = f"the checkpoint of step {scores.get('best/step')}"
-    else:  # frozen features: the probe chosen on validation grades the test fold and the external set
-        scores = probe(cfg, *roles, cache=cache, init_weights=init_weights, out_dir=out_dir, external=external,
-                       run_record=record)
-        chosen = f"the {cfg.protocol.name} probe" + (f" (C {scores['probe/C']:g})" if scores.get("probe/C") else "")
-    if is_launch_rank_zero() and (cfg.protocol.name != FINETUNE or external is not None):
-        # operating point, calibration, intervals of the prediction files rank 0 wrote (the fine-tune's test fold
-        # has them already, in its W&B run too; the same figures again, with the external set's added)
-        scores.update(screen(cfg.evaluation, out_dir, {
-            "test": patients(records), "external": patients(external.records) if external else {}}))
+    scores, chosen = _grade(cfg, roles, external, cache, init_weights, out_dir, record)
     metrics = {**record, **scores}  # the W&B run's summary holds this same record
     log.info(f"tested {chosen} "
              f"(val/qwk {scores.get('val/qwk_best', math.nan):.4f}): "
@@ -140,6 +127,27 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             (out_dir / LAST_CHECKPOINT).unlink(missing_ok=True)
     log.info(f"done: test/qwk = {metrics.get('test/qwk', float('nan')):.4f}  ({out_dir})")
     return metrics
+
+
+def _grade(cfg: DictConfig, roles: list[list[Record]], external: ExternalSet | None, cache: ImageCache,
+           init_weights: Path | None, out_dir: Path, record: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The protocol's grading phase (fine-tune, or a probe on frozen features), the external set graded by the model
+    chosen on validation, and the screening figures; returns the scores and, in words, what was tested."""
+    if cfg.protocol.name == FINETUNE:
+        scores = finetune(cfg, *roles, cache=cache, init_weights=init_weights, out_dir=out_dir, run_record=record)
+        if is_launch_rank_zero():  # external validation (test_data=): the checkpoint chosen on validation grades it
+            scores.update(grade_external(cfg, external, out_dir / BEST_CHECKPOINT, out_dir))
+        chosen = f"the checkpoint of step {scores.get('best/step')}"
+    else:  # frozen features: the probe chosen on validation grades the test fold and the external set
+        scores = probe(cfg, *roles, cache=cache, init_weights=init_weights, out_dir=out_dir, external=external,
+                       run_record=record)
+        chosen = f"the {cfg.protocol.name} probe" + (f" (C {scores['probe/C']:g})" if scores.get("probe/C") else "")
+    if is_launch_rank_zero() and (cfg.protocol.name != FINETUNE or external is not None):
+        # operating point, calibration, intervals of the prediction files rank 0 wrote (the fine-tune's test fold
+        # has them already, in its W&B run too; the same figures again, with the external set's added)
+        scores.update(screen(cfg.evaluation, out_dir, {
+            "test": patients(roles[2]), "external": patients(external.records) if external else {}}))
+    return scores, chosen
 
 
 def _recalls(scores: dict[str, Any]) -> str:
