@@ -1,14 +1,12 @@
-"""Preprocessed-image cache: decode and preprocess each fundus photograph once, reuse it everywhere.
+"""The image cache: each record list's images decoded, preprocessed (``fundus_preprocess``) and stored once per
+(images, preprocessing, size) in one uint8 ``.npy`` array that every later run, fold and DDP rank memory-maps, so
+2-10 megapixel photographs are not decoded every epoch.
 
-Decoding 2-10 megapixel photographs every epoch starves a GPU, so a record list's images are decoded, preprocessed
-(``fundus_preprocess``) and stored once per (images, preprocessing, size) in one uint8 ``.npy`` array that every
-later run, fold and DDP rank memory-maps (the OS shares the pages). Entries are content addressed (``cache_key``:
-the settings and every file's id, path, size and mtime), so a stale entry is never served; each is built in a
-temporary sibling folder and renamed into place when complete, and decoding every image reports all unreadable
-files in one ``DataError``. Processes asking for the same entry at once build it once: the first holds a file lock
-beside it (``filelock``, removed afterwards), the others wait and open what it published; a dead builder's lock
-goes with its process.
-"""
+Entries are content addressed (``cache_key``: the settings and every file's id and bytes), so a stale entry is
+never served and a moved copy of the data is reused. Each is built in a temporary sibling folder and renamed into
+place when complete; all unreadable files are reported in one ``DataError``. Processes asking for the same entry
+build it once: the first holds a file lock beside it, the others wait and open what it published, and a dead
+builder's lock goes with its process."""
 
 from __future__ import annotations
 
@@ -32,6 +30,7 @@ from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
 from ssl_dr.data.decode import decode_preprocessed
+from ssl_dr.data.file_hashes import HASHES_DIR, file_hashes
 from ssl_dr.data.fundus_preprocess import DEFAULT_MASK, MASKS
 from ssl_dr.data.records import Record, bulleted, duplicate_ids
 from ssl_dr.errors import DataError
@@ -47,22 +46,19 @@ CHUNK = 16
 MAX_LISTED = 20
 
 
-def cache_key(records: Sequence[Record], size: int, ben_graham: bool, mask: str = DEFAULT_MASK) -> str:
-    """Content address of the preprocessed images: settings + each file's id, path, size and mtime."""
+def cache_key(records: Sequence[Record], size: int, ben_graham: bool, mask: str = DEFAULT_MASK,
+              hashes_dir: Path | None = None) -> str:
+    """Content address of the preprocessed images: the settings and each image's id and file bytes (SHA-256,
+    ``ssl_dr.data.file_hashes``, stored in ``hashes_dir``), so a moved or re-copied data folder keeps its entry."""
     digest = hashlib.sha256(json.dumps({"version": PREPROCESS_VERSION, "size": size, "mask": mask,
                                         "ben_graham": bool(ben_graham)}, sort_keys=True).encode())
-    missing = []
-    for rec in _sorted_unique(records):
-        path = rec.path.resolve()
-        try:
-            stat = path.stat()
-        except OSError as err:
-            missing.append(f"{rec.id_code}: {path} ({err.strerror})")
-            continue
-        digest.update(f"{rec.id_code}\t{path}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    unique = _sorted_unique(records)
+    missing = [f"{rec.id_code}: {rec.path.resolve()} (not found)" for rec in unique if not rec.path.is_file()]
     if missing:
         raise DataError(_listing(f"{len(missing)} image file(s) cannot be found", missing,
                                  "restore the files or remove their rows"))
+    for rec, content in zip(unique, file_hashes(unique, hashes_dir), strict=True):
+        digest.update(f"{rec.id_code}\t{content}\n".encode())
     return digest.hexdigest()[:20]
 
 
@@ -120,8 +116,8 @@ def build_cache(records: Sequence[Record], cache_root: str | Path, size: int, be
     """
     if mask not in MASKS:
         raise DataError(f"data.preprocess.mask={mask!r} must be one of {', '.join(MASKS)}")
-    key = cache_key(records, size, ben_graham, mask)
     root = Path(cache_root).expanduser()
+    key = cache_key(records, size, ben_graham, mask, root.parent / HASHES_DIR)
     final = root / key
     if _is_complete(final, key):
         return ImageCache(final)

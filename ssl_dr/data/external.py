@@ -8,14 +8,11 @@ photograph with the training data set, and builds its image cache with the train
 
 Shared photographs are found by content (SHA-256 of the file bytes), not by id: the same photograph exported
 under another name (IDRiD and a hospital export, EyePACS and its re-releases) would make the external score an
-in-distribution one. The hashes of a list of files are kept under ``paths.cache_dir/file_hashes`` keyed by each
-file's path, size and modification time (as the image cache's keys are), so a sweep hashes each set once.
+in-distribution one (the digests: ``ssl_dr.data.file_hashes``, stored once per list of files).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import re
 from collections.abc import Sequence
@@ -26,14 +23,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_dr.data.cache import ImageCache, build_cache
+from ssl_dr.data.file_hashes import HASHES_DIR, file_hashes
 from ssl_dr.data.records import Record, labelled
 from ssl_dr.errors import DataError
-from ssl_dr.run_contract import write_atomic
 
 log = logging.getLogger(__name__)
 
-HASHES_DIR = "file_hashes"
-READ_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -92,26 +87,3 @@ def check_no_shared_photographs(external: Sequence[Record], training: Sequence[R
                         "set (its CSV rows) or choose another test_data")
 
 
-def file_hashes(records: Sequence[Record], hashes_dir: Path) -> list[str]:
-    """SHA-256 of each record's file bytes, in order; computed once per (paths, sizes, mtimes) and stored."""
-    stats = [rec.path.resolve().stat() for rec in records]
-    listing = "".join(f"{rec.path.resolve()}\t{s.st_size}\t{s.st_mtime_ns}\n" for rec, s in zip(records, stats,
-                                                                                                 strict=True))
-    stored = hashes_dir / f"{hashlib.sha256(listing.encode()).hexdigest()[:20]}.json"
-    try:
-        digests = json.loads(stored.read_text())
-        if isinstance(digests, list) and len(digests) == len(records):
-            return digests
-    except (OSError, ValueError):
-        pass  # not hashed yet (or a damaged file): hash again
-    digests = [_sha256(rec.path) for rec in records]
-    write_atomic(stored, lambda tmp: tmp.write_text(json.dumps(digests)))  # whole or not at all: parallel jobs race
-    return digests
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(READ_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -7,7 +7,6 @@ source never touches training code.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,16 +46,3 @@ def labelled(records: Sequence[Record]) -> list[Record]:
     """Records that carry a grade (the only ones folds, fractions and metrics may use)."""
     return [r for r in records if r.grade is not None]
 
-
-def pool_fingerprint(records: Sequence[Record]) -> str:
-    """Content address of an image pool: ids, file sizes and modification times, never labels.
-
-    Used to decide whether a stored pretext result was trained on exactly this pool (a file rewritten in
-    place with the same size still changes its time); labels are left out on purpose because the pretext
-    never reads them.
-    """
-    digest = hashlib.sha256()
-    for rec in sorted(records, key=lambda r: r.id_code):
-        stat = rec.path.stat()
-        digest.update(f"{rec.id_code}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]

@@ -18,7 +18,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_dr.data.cache import PREPROCESS_VERSION
-from ssl_dr.data.records import Record, pool_fingerprint
+from ssl_dr.data.file_hashes import HASHES_DIR, pool_fingerprint
+from ssl_dr.data.records import Record
 from ssl_dr.models.backbone import load_backbone, save_backbone
 from ssl_dr.ranks import await_choice, await_file, heartbeat_path, is_launch_rank_zero, share_choice
 from ssl_dr.run_contract import write_atomic
@@ -49,7 +50,7 @@ def pretext_description(cfg: DictConfig, pool: list[Record]) -> dict[str, Any]:
 
     In: the pretext config, the backbone, image size, preprocessing (its pixel settings and the code's
     ``PREPROCESS_VERSION``), augmentation, ``seed`` and ``data.split_seed`` (it draws the pretext's held-out
-    slice), the pool (ids, file sizes and modification times), precision, batch limits, and the number of
+    slice), the pool (ids and file bytes), precision, batch limits, and the number of
     processes with the learning-rate rule (the global batch and its learning rate shape the weights), and the
     trainer's batch limits and debug modes (a ``debug=fdr`` pretext of one batch must never be reused).
     Out: cache-building workers, loader workers, compile, channels_last and gradient checkpointing. The
@@ -68,7 +69,7 @@ def pretext_description(cfg: DictConfig, pool: list[Record]) -> dict[str, Any]:
             "preprocess": {**preprocess, "version": PREPROCESS_VERSION},
             "augment": OmegaConf.to_container(cfg.data.augment, resolve=True),
             "seed": cfg.seed, "split_seed": cfg.data.split_seed,
-            "pool_size": len(pool), "pool": pool_fingerprint(pool),
+            "pool_size": len(pool), "pool": pool_fingerprint(pool, Path(cfg.paths.cache_dir) / HASHES_DIR),
             "precision": str(cfg.trainer.get("precision")),
             "processes": {k: cfg.trainer.get(k) for k in ("devices", "num_nodes")},
             "limits": {**{k: cfg.trainer.get(k) for k in ("limit_train_batches", "limit_val_batches")},

@@ -6,9 +6,11 @@ import io
 import json
 import os
 import pickle
+import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -139,19 +141,25 @@ def test_second_call_reuses_the_entry_without_decoding(tmp_path, images, monkeyp
     assert second.path == first.path and (second.path / "images.npy").stat().st_mtime_ns == mtime
 
 
-def test_any_setting_or_file_change_gives_a_new_key(images):
+def test_any_setting_or_content_change_gives_a_new_key_and_nothing_else_does(images, tmp_path):
     records = records_for(images)
-    base = cache_key(records, SIZE, False)
+    hashes = tmp_path / "file_hashes"
+    base = cache_key(records, SIZE, False, hashes_dir=hashes)
     assert cache_key(list(reversed(records)), SIZE, False) == base
     assert cache_key(records, SIZE + 1, False) != base
     assert cache_key(records, SIZE, True) != base
     assert cache_key(records[:-1], SIZE, False) != base
+    # the same bytes touched, or copied elsewhere (a re-synced or moved data folder): the same entry
     stat = images[0].stat()
     os.utime(images[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
-    touched = cache_key(records, SIZE, False)
-    assert touched != base
+    assert cache_key(records, SIZE, False, hashes_dir=hashes) == base
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    copies = [shutil.copy(p, moved / p.name) for p in images]
+    assert cache_key(records_for([Path(c) for c in copies]), SIZE, False, hashes_dir=hashes) == base
+    # other bytes under the same name: a new entry, even with the old size and time
     write(images[1], fundus(40, 40, (20, 20), 10, seed=9))
-    assert cache_key(records, SIZE, False) not in (base, touched)
+    assert cache_key(records, SIZE, False, hashes_dir=hashes) != base
 
 
 def test_a_changed_file_is_never_served_from_the_old_entry(tmp_path, images):

@@ -14,7 +14,8 @@ import pytest
 from hydra.utils import instantiate
 
 from ssl_dr.data.csv_source import CsvSource
-from ssl_dr.data.external import HASHES_DIR, file_hashes, load_external
+from ssl_dr.data.external import load_external
+from ssl_dr.data.file_hashes import HASHES_DIR, file_hashes
 from ssl_dr.data.synthetic import write_synthetic_dataset
 from ssl_dr.errors import DataError
 from tests.conftest import TINY, TINY_SYNTHETIC, compose_cfg

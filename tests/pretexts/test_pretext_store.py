@@ -41,12 +41,14 @@ def test_settings_that_shape_the_weights_change_the_key(tiny_cfg, tmp_path):
                     "data.image_size=48"):
         assert _key(tiny_cfg, pool, shaping) != base, shaping
     stat = path.stat()
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same size, rewritten later
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched, same bytes: the same pretext
+    assert _key(tiny_cfg, pool) == base
+    path.write_bytes(path.read_bytes()[::-1])  # same size, other bytes: another pool
     assert _key(tiny_cfg, pool) != base
 
 
 def _file(path):
-    path.write_bytes(b"not an image, only its size and time count here")
+    path.write_bytes(b"not an image, only its bytes count here")
     return path
 
 
