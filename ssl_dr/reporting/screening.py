@@ -19,19 +19,24 @@ CSV_NAME = "report_screening.csv"
 FIGURES = {"test_sensitivity": "test/sensitivity_at_operating_point",
            "test_specificity": "test/specificity_at_operating_point",
            "test_ece": "test/ece", "test_ece_referable": "test/ece_referable",
+           "test_qwk_interval": ("test/qwk_ci_low", "test/qwk_ci_high"),
            "external_sensitivity": "external/sensitivity_at_operating_point",
            "external_specificity": "external/specificity_at_operating_point",
-           "external_ece": "external/ece", "external_ece_referable": "external/ece_referable"}
-"""A job's screening figure -> its metrics.json key. report_screening.csv holds per figure its mean over a cell's
-runs where it is defined (``<figure>``) and how many runs that is (``<figure>_runs``); the external_* columns
-only when some job graded an external set."""
+           "external_ece": "external/ece", "external_ece_referable": "external/ece_referable",
+           "external_qwk_interval": ("external/qwk_ci_low", "external/qwk_ci_high")}
+"""A job's screening figure -> its metrics.json key (a pair of keys: the width, high - low, of that run's own
+interval). report_screening.csv holds per figure its mean over a cell's runs where it is defined (``<figure>``) and
+how many runs that is (``<figure>_runs``); the external_* columns only when some job graded an external set."""
 HEADERS = {"test_sensitivity": "test sensitivity", "test_specificity": "test specificity",
            "test_ece": "test ECE", "test_ece_referable": "test ECE (referable)",
+           "test_qwk_interval": "width of one run's test QWK interval",
            "external_sensitivity": "external sensitivity", "external_specificity": "external specificity",
-           "external_ece": "external ECE", "external_ece_referable": "external ECE (referable)"}
+           "external_ece": "external ECE", "external_ece_referable": "external ECE (referable)",
+           "external_qwk_interval": "width of one run's external QWK interval"}
 TARGETS = ("sensitivity", "specificity")
 NO_TARGET = ""  # a screened job without an operating point (evaluation.referable_target=null)
-MARKERS = ("operating_point/threshold", "bootstrap/resamples", *FIGURES.values())
+MARKERS = ("operating_point/threshold", "bootstrap/resamples",
+           *(key for key in FIGURES.values() if isinstance(key, str)))
 """Any of these in metrics.json: the job ran the screening evaluation (its figures may still all be NaN)."""
 
 
@@ -44,7 +49,7 @@ def screening_facts(metrics: dict | None) -> dict[str, Any]:
     ``bootstrap``: its per-run interval's level and resamples (``95% patient bootstrap, 1000 resamples``; None
     without one); ``temperature_scaled``: it fitted a temperature on validation."""
     metrics = metrics or {}
-    figures = pd.to_numeric(pd.Series({name: metrics.get(key) for name, key in FIGURES.items()}, dtype=object),
+    figures = pd.to_numeric(pd.Series({name: _figure(metrics, key) for name, key in FIGURES.items()}, dtype=object),
                             errors="coerce")  # absent (None) or not a number: NaN, never a failure
     target = next(((kind, metrics[f"operating_point/{kind}_target"]) for kind in TARGETS
                    if f"operating_point/{kind}_target" in metrics), None)
@@ -52,6 +57,14 @@ def screening_facts(metrics: dict | None) -> dict[str, Any]:
             "operating_point": f"{target[0]} >= {_shown(target[1], 'g')}" if target else None,
             "bootstrap": _bootstrap(metrics.get("bootstrap/resamples"), metrics.get("bootstrap/level")),
             "temperature_scaled": "calibration/temperature" in metrics}
+
+
+def _figure(metrics: dict, key: str | tuple[str, str]) -> object:
+    """The value under ``key``, or for a (low, high) pair the interval's width (None where either is missing)."""
+    if isinstance(key, str):
+        return metrics.get(key)
+    low, high = (pd.to_numeric(pd.Series([metrics.get(k)], dtype=object), errors="coerce")[0] for k in key)
+    return high - low
 
 
 def _shown(value: object, spec: str) -> str:
@@ -157,4 +170,4 @@ def _bootstrap_line(finished: pd.DataFrame, external: str) -> list[str]:
             f"and referable AUROC{external} is in its metrics.json (test/qwk_ci_low, test/qwk_ci_high, "
             "test/auroc_referable_ci_low, test/auroc_referable_ci_high"
             f"{', the same under external/' if external else ''}): the uncertainty of that one run's test score, "
-            "not the paired arm-minus-baseline interval."]
+            "not the paired arm-minus-baseline interval; the table gives the mean width of the QWK interval."]

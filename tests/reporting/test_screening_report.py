@@ -21,10 +21,10 @@ NAN_JOB = ("rotation", 0.1, 2)
 """Its test fold is one-sided: sensitivity NaN, as the training writes it."""
 TEST_COLUMNS = ["arm", "label_fraction", "runs_present", "test_sensitivity", "test_sensitivity_runs",
                 "test_specificity", "test_specificity_runs", "test_ece", "test_ece_runs", "test_ece_referable",
-                "test_ece_referable_runs"]
+                "test_ece_referable_runs", "test_qwk_interval", "test_qwk_interval_runs"]
 EXTERNAL_COLUMNS = ["external_sensitivity", "external_sensitivity_runs", "external_specificity",
                     "external_specificity_runs", "external_ece", "external_ece_runs", "external_ece_referable",
-                    "external_ece_referable_runs"]
+                    "external_ece_referable_runs", "external_qwk_interval", "external_qwk_interval_runs"]
 
 
 def sensitivity(arm: str, fraction: float, fold: int) -> float:
@@ -65,12 +65,15 @@ def test_screening_means_per_row_by_hand(tmp_path):
         assert row.test_specificity == pytest.approx(statistics.fmean(0.6 + 0.1 * f for f in folds))
         assert row.test_ece == pytest.approx(statistics.fmean(0.05 * (f + 1) + fraction for f in folds))
         assert row.test_ece_referable == pytest.approx(0.02)
+        assert row.test_qwk_interval == pytest.approx(0.4)  # each run's own interval: 0.5 - 0.1
     markdown = files.markdown.read_text()
     assert markdown.count("sensitivity >= 0.9") == 1
     assert "**Operating point: sensitivity >= 0.9 on validation** (evaluation.referable_target)" in markdown
-    assert "| arm | labels | runs | test sensitivity | test specificity | test ECE | test ECE (referable) |" in markdown
+    assert ("| arm | labels | runs | test sensitivity | test specificity | test ECE | test ECE (referable) | width of "
+            "one run's test QWK interval |") in markdown
     # rotation 10 %: sensitivity over folds 0 and 1 only, and the count says so
-    assert f"| rotation | 10% | 3 | {statistics.fmean([0.82, 0.87]):.3f} (2/3) | 0.700 | 0.200 | 0.020 |" in markdown
+    row = f"| rotation | 10% | 3 | {statistics.fmean([0.82, 0.87]):.3f} (2/3) | 0.700 | 0.200 | 0.020 | 0.400 |"
+    assert row in markdown
     assert ("**Per-run intervals**: each job's own interval (95% patient bootstrap, 1000 resamples, both eyes of a "
             "patient together) of its test QWK and referable AUROC is in its metrics.json") in markdown
     assert "not the paired arm-minus-baseline interval" in markdown
