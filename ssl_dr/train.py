@@ -35,13 +35,13 @@ from ssl_dr.data.splits import (
     write_split,
 )
 from ssl_dr.errors import UserError
-from ssl_dr.launch.folders import ENVIRONMENT_NAME, JOB_FAILED, METRICS_NAME, finished_job
+from ssl_dr.launch.folders import JOB_FAILED, finished_job
 from ssl_dr.launch.guards import check_multirun_strategy, check_sync_batchnorm
 from ssl_dr.launch.objective import BASIC_SWEEPER, ObjectiveError, check_objective
 from ssl_dr.launch.resolvers import register_resolvers
 from ssl_dr.models.heads import check_grade_weights, check_head
 from ssl_dr.ranks import RankZeroHeartbeat, is_launch_rank_zero
-from ssl_dr.run_contract import BEST_CHECKPOINT, LAST_CHECKPOINT, SPLIT, JobIdentity, write_atomic
+from ssl_dr.run_contract import BEST_CHECKPOINT, ENVIRONMENT, LAST_CHECKPOINT, METRICS, SPLIT, JobIdentity, write_atomic
 from ssl_dr.training.arms import check_init, pretext_pool, weights_source
 from ssl_dr.training.budget import check_budget, freeze_steps
 from ssl_dr.training.environment import describe_environment, loaded_code
@@ -121,8 +121,8 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
              f"{scores.get('test/auroc_referable', math.nan):.3f}, {scores.get('test/grades_predicted')} grade(s) "
              f"predicted; per-grade recall {_recalls(scores)}")
     if is_launch_rank_zero():  # every DDP rank runs this job; one writes its result (and the predictions)
-        write_metrics(out_dir / ENVIRONMENT_NAME, describe_environment(cfg))  # why numbers may differ
-        write_metrics(out_dir / METRICS_NAME, metrics)
+        write_metrics(out_dir / ENVIRONMENT, describe_environment(cfg))  # why numbers may differ
+        write_metrics(out_dir / METRICS, metrics)
         if not cfg.get("keep_last_checkpoint", False):  # finished: nothing left to resume
             (out_dir / LAST_CHECKPOINT).unlink(missing_ok=True)
     log.info(f"done: test/qwk = {metrics.get('test/qwk', float('nan')):.4f}  ({out_dir})")

@@ -13,15 +13,7 @@ import torch
 
 from ssl_dr.explain import main as explain_main
 from ssl_dr.inference import InferenceError
-from ssl_dr.inference.grad_cam import (
-    MIN_SIDE,
-    caption,
-    coarse_map,
-    field_of_view,
-    find_target_layer,
-    grad_cam,
-    overlay,
-)
+from ssl_dr.inference.grad_cam import MIN_SIDE, caption, coarse_map, field_of_view, find_target_layer, grad_cam, overlay
 from tests.test_predict import TinyRun, one_thread, tiny_run
 
 

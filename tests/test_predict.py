@@ -43,9 +43,8 @@ from ssl_dr.inference.checkpoint import Screening, read_checkpoint
 from ssl_dr.models.screening import temper
 from ssl_dr.predict import PROB_COLUMNS, REFERABLE_COLUMN, REFERABLE_SCORE_COLUMN, SCORE_COLUMN, PredictArgs
 from ssl_dr.predict import main as predict_main
-from ssl_dr.run_contract import VAL_PREDICTIONS
+from ssl_dr.run_contract import CHECKPOINT_SCREENING, VAL_PREDICTIONS
 from ssl_dr.train import train
-from ssl_dr.training.screening import CHECKPOINT_KEY
 from tests.conftest import TINY, compose_cfg
 
 
@@ -161,9 +160,9 @@ def with_screening(ckpt: Path, out: Path, screening: dict[str, Any] | None) -> P
     """A copy of ``ckpt`` storing ``screening`` as a fine-tune's screening step does (None: without the key, as
     checkpoints written before it)."""
     payload = torch.load(ckpt, map_location="cpu", weights_only=True)
-    payload.pop(CHECKPOINT_KEY, None)
+    payload.pop(CHECKPOINT_SCREENING, None)
     if screening is not None:
-        payload[CHECKPOINT_KEY] = screening
+        payload[CHECKPOINT_SCREENING] = screening
     torch.save(payload, out)
     return out
 

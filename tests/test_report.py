@@ -398,13 +398,6 @@ def test_sweep_without_any_finished_job_is_still_reported(tmp_path, capsys):
     assert "| rotation | 5% | 0 | - | - | - | no run finished in both arms | - |" in markdown
 
 
-def test_predictions_file_name_is_the_one_training_writes():
-    from ssl_dr.reporting.jobs import PREDICTIONS
-    from ssl_dr.training.predictions import PREDICTIONS_NAME
-
-    assert PREDICTIONS == PREDICTIONS_NAME
-
-
 def test_report_names_the_jobs_environments_and_warns_when_a_sweep_mixes_them(tmp_path):
     from tests.reporting.test_environments import HERE, THERE
 

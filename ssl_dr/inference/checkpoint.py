@@ -67,7 +67,6 @@ class Screening:
         return math.isfinite(self.referable_threshold)
 
 
-SCREENING_KEY = CHECKPOINT_SCREENING
 
 
 def read_spec(ckpt: Path) -> InferenceSpec:
@@ -97,12 +96,13 @@ def read_checkpoint(ckpt: Path) -> tuple[InferenceSpec, Screening | None]:
         spec = InferenceSpec.from_hparams(hparams["inference"])
     except (KeyError, TypeError, ValueError) as err:
         raise InferenceError(f"{ckpt}: incomplete hyper_parameters.inference ({err!r})") from None
-    if payload.get(SCREENING_KEY) is None:
+    if payload.get(CHECKPOINT_SCREENING) is None:
         return spec, None
     try:
-        return spec, Screening.from_payload(payload[SCREENING_KEY])
+        return spec, Screening.from_payload(payload[CHECKPOINT_SCREENING])
     except (KeyError, TypeError, ValueError) as err:
-        raise InferenceError(f"{ckpt}: unreadable {SCREENING_KEY!r} entry ({err!r}); re-train to rewrite it") from None
+        raise InferenceError(f"{ckpt}: unreadable {CHECKPOINT_SCREENING!r} entry ({err!r}); re-train to rewrite "
+                             "it") from None
 
 
 def load_classifier(ckpt: Path, spec: InferenceSpec) -> DRClassifier:

@@ -21,10 +21,9 @@ from typing import Any
 
 import yaml
 
-from ssl_dr.run_contract import ENVIRONMENT, METRICS
+from ssl_dr.run_contract import METRICS
 
 RESUME_KEY = "resume"
-METRICS_NAME, ENVIRONMENT_NAME = METRICS, ENVIRONMENT  # the run folder's files (ssl_dr.run_contract)
 SWEEP_CONFIG = "multirun.yaml"  # written by Hydra's sweepers into every sweep folder
 SWEEP_REPORT = "report.md"  # ssl_dr.report's markdown, written when a sweep ends
 JOB_FAILED = "job failed:"
@@ -56,7 +55,7 @@ def run_dir(resume: str | None, runs_dir: str, stamp: str, overrides: Any) -> st
     if str(resume) == "last":
         candidates = sorted((p for p in Path(runs_dir).glob("*") if p.is_dir()), reverse=True)
         for candidate in candidates:
-            if not (candidate / METRICS_NAME).exists() and _command(_started_with(candidate) or []) == current:
+            if not (candidate / METRICS).exists() and _command(_started_with(candidate) or []) == current:
                 return str(candidate)
         raise ValueError(f"resume=last: no unfinished run started with {current} under {runs_dir}; "
                          "drop resume= to start a new run")
@@ -67,7 +66,7 @@ def run_dir(resume: str | None, runs_dir: str, stamp: str, overrides: Any) -> st
     if _command(before) != current:
         raise ValueError(f"resume={resume}: that run was started with {_command(before)}, this command has "
                          f"{current}; resume only with the same command")
-    if (folder / METRICS_NAME).exists():
+    if (folder / METRICS).exists():
         raise ValueError(f"resume={resume}: {folder} already finished (metrics.json exists); nothing to resume")
     return str(folder)
 
@@ -105,10 +104,10 @@ def sweep_finished(sweep: Path) -> bool:
     job it launches has run. The last check matters for a report written by hand (``python -m ssl_dr.report``)
     in the middle of a sweep: killed between two jobs, the sweep has a report and only finished job folders,
     yet most of its jobs never started, and ``resume=last`` must still find it."""
-    jobs = [d for d in sweep.iterdir() if d.is_dir() and ((d / ".hydra").is_dir() or (d / METRICS_NAME).exists())]
+    jobs = [d for d in sweep.iterdir() if d.is_dir() and ((d / ".hydra").is_dir() or (d / METRICS).exists())]
     size = read_sweep_size(sweep)  # None, or jobs None: an older sweep or a search without a fixed size
     launched = None if size is None else size["jobs"]
-    return ((sweep / SWEEP_REPORT).is_file() and all((d / METRICS_NAME).is_file() for d in jobs)
+    return ((sweep / SWEEP_REPORT).is_file() and all((d / METRICS).is_file() for d in jobs)
             and (launched is None or len(jobs) >= launched))
 
 
@@ -161,7 +160,7 @@ def sweep_dir(resume: str | None, sweeps_dir: str, stamp: str, overrides: Any, m
 def config_subdir(output_dir: Any) -> str | None:
     """``hydra.output_subdir``: ``.hydra``, except for a finished job of a resumed sweep, whose files stay
     as they were (Hydra would otherwise rewrite its config with the resume command)."""
-    if output_dir is not None and (Path(str(output_dir)) / METRICS_NAME).is_file():
+    if output_dir is not None and (Path(str(output_dir)) / METRICS).is_file():
         return None
     return ".hydra"
 
@@ -169,7 +168,7 @@ def config_subdir(output_dir: Any) -> str | None:
 def finished_job(output_dir: str | Path) -> dict[str, Any] | None:
     """The metrics of a job that already finished in this folder (a resumed sweep skips it), or None when
     it has to run: no ``metrics.json``, or one that cannot be read (written half by a killed job)."""
-    path = Path(output_dir) / METRICS_NAME
+    path = Path(output_dir) / METRICS
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):

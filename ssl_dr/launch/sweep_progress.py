@@ -27,8 +27,9 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from ssl_dr.launch.folders import METRICS_NAME, SWEEP_SIZE, read_sweep_size
+from ssl_dr.launch.folders import SWEEP_SIZE, read_sweep_size
 from ssl_dr.launch.objective import BASIC_SWEEPER
+from ssl_dr.run_contract import METRICS
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class SweepProgress(Callback):
         size = read_sweep_size(sweep_dir)
         if size is None:  # a single run, a launcher that skipped on_multirun_start, or a damaged file
             return
-        finished = {path: path.stat().st_mtime for path in sweep_dir.glob(f"*/{METRICS_NAME}")}
+        finished = {path: path.stat().st_mtime for path in sweep_dir.glob(f"*/{METRICS}")}
         here = [path for path, mtime in finished.items() if mtime >= size["started"]]
         log.info("%s", progress_line(int(config.hydra.job.num) + 1, size["jobs"], len(finished), len(here),
                                      time.time() - size["started"], " ".join(config.hydra.overrides.task),

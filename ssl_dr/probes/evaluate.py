@@ -13,13 +13,12 @@ import numpy as np
 from ssl_dr.data.records import Record
 from ssl_dr.probes.knn import DEFAULT_K, DEFAULT_TEMPERATURE, knn_probabilities
 from ssl_dr.probes.linear import DEFAULT_C_GRID, DEFAULT_MAX_ITER, fit_linear_probe
-from ssl_dr.probes.scores import PREDICTIONS_NAME, probe_scores, write_predictions
+from ssl_dr.probes.scores import probe_scores, write_predictions
 from ssl_dr.probes.store import FeatureSet
-from ssl_dr.run_contract import EXTERNAL_PREDICTIONS, VAL_PREDICTIONS
+from ssl_dr.run_contract import EXTERNAL_PREDICTIONS, TEST_PREDICTIONS, VAL_PREDICTIONS
 
 PROTOCOLS = ("linear", "knn")
 EXTERNAL = "external"
-EXTERNAL_PREDICTIONS_NAME = EXTERNAL_PREDICTIONS
 """The fine-tune's external-validation file name (``ssl_dr.training.external``, a layer above this one)."""
 
 
@@ -58,9 +57,9 @@ def evaluate_probe(protocol: str, features: FeatureSet, train: Sequence[Record],
     if out_dir is not None:  # what the operating point and the temperature are fitted on (ssl_dr.models.screening)
         write_predictions(Path(out_dir) / VAL_PREDICTIONS, val, val_probs)
     # read once, after the choice: the test fold, then the external set, by the same fitted probe
-    graded = [("test", test, features, PREDICTIONS_NAME)]
+    graded = [("test", test, features, TEST_PREDICTIONS)]
     if external is not None:
-        graded.append((EXTERNAL, external[0], external[1], EXTERNAL_PREDICTIONS_NAME))
+        graded.append((EXTERNAL, external[0], external[1], EXTERNAL_PREDICTIONS))
     for prefix, records, source, file_name in graded:
         probs = predict(source.rows(records))
         record.update(probe_scores(prefix, [r.grade for r in records], probs))

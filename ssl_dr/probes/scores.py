@@ -28,9 +28,8 @@ from ssl_dr.models.metrics import (
     quadratic_weighted_kappa,
     qw_kappa_kaggle,
 )
-from ssl_dr.run_contract import TEST_PREDICTIONS, write_atomic
+from ssl_dr.run_contract import write_atomic
 
-PREDICTIONS_NAME = TEST_PREDICTIONS
 _HEAD = ClassificationHead()
 
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ssl_dr.launch.folders import ENVIRONMENT_NAME
+from ssl_dr.run_contract import ENVIRONMENT
 
 MAX_FIELDS = 8
 """Differing fields named in the warning; two machines can differ in dozens (every package), the first few
@@ -58,7 +58,7 @@ def environment_lines(job_dirs: Iterable[Path]) -> list[str]:
 def read_environment(job_dir: Path) -> dict[str, Any] | None:
     """The job's environment, or None when it has none or it is unreadable (an older run, a file cut short)."""
     try:
-        env = json.loads((Path(job_dir) / ENVIRONMENT_NAME).read_text())
+        env = json.loads((Path(job_dir) / ENVIRONMENT).read_text())
     except (OSError, ValueError):
         return None
     return env if isinstance(env, dict) and env.get("fingerprint") else None
@@ -108,5 +108,5 @@ def _unrecorded_line(jobs: list[Path], total: int) -> str:
     if len(jobs) > MAX_JOBS:
         names += f" and {len(jobs) - MAX_JOBS} more"
     verb = "has" if len(jobs) == 1 else "have"
-    return (f"{len(jobs)} of {total} jobs {verb} no readable {ENVIRONMENT_NAME} (run before environments were "
+    return (f"{len(jobs)} of {total} jobs {verb} no readable {ENVIRONMENT} (run before environments were "
             f"recorded): {names}; what they ran on is unknown.")

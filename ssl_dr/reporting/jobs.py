@@ -32,8 +32,7 @@ from ssl_dr.reporting import stats as report_stats
 from ssl_dr.reporting.external import external_facts
 from ssl_dr.reporting.identity import describe
 from ssl_dr.reporting.screening import screening_facts
-from ssl_dr.run_contract import FINETUNE, METRICS, TRAIN_LOG, JobIdentity
-from ssl_dr.run_contract import TEST_PREDICTIONS as PREDICTIONS
+from ssl_dr.run_contract import FINETUNE, METRICS, TEST_PREDICTIONS, TRAIN_LOG, JobIdentity
 
 FINISHED, FAILED, UNFINISHED = "finished", "failed", "unfinished"
 FAILURE_MARKS = (JOB_FAILED, "[ERROR]")
@@ -188,7 +187,7 @@ def _job_log(job_dir: Path) -> list[str]:
 def _read_job(job_dir: Path) -> dict:
     metrics, unreadable = _read_metrics(job_dir / METRICS)
     row = {"job": job_dir.name, **_read_identity(job_dir, metrics), "status": FAILED, "test_qwk": math.nan,
-           **report_stats.job_facts(metrics, job_dir / PREDICTIONS), **external_facts(metrics, job_dir),
+           **report_stats.job_facts(metrics, job_dir / TEST_PREDICTIONS), **external_facts(metrics, job_dir),
            **screening_facts(metrics),
            "wandb_run_id": (metrics or {}).get("wandb/run_id")}  # its fine-tune's W&B run (None: older runs)
     if unreadable:

@@ -16,11 +16,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ssl_dr.launch.folders import ENVIRONMENT_NAME, METRICS_NAME
-from ssl_dr.reporting.jobs import PREDICTIONS, ReportError, job_dirs
+from ssl_dr.reporting.jobs import ReportError, job_dirs
+from ssl_dr.run_contract import ENVIRONMENT, METRICS, TEST_PREDICTIONS
 
 SWEEP_RECORDS = ("multirun.yaml",)
-JOB_RECORDS = (METRICS_NAME, ENVIRONMENT_NAME, ".hydra/config.yaml", ".hydra/overrides.yaml", PREDICTIONS)
+JOB_RECORDS = (METRICS, ENVIRONMENT, ".hydra/config.yaml", ".hydra/overrides.yaml", TEST_PREDICTIONS)
 LOGS = "*.log"  # the job's own log (train.log), at the job folder's top
 
 

@@ -36,7 +36,6 @@ from ssl_dr.training.predictions import write_csv
 
 log = logging.getLogger(__name__)
 
-EXTERNAL_PREDICTIONS_NAME = EXTERNAL_PREDICTIONS
 PREFIX = "external"
 
 
@@ -67,7 +66,7 @@ def grade_external(cfg: DictConfig, external: ExternalSet | None, chosen: Path, 
     grades = torch.tensor([r.grade for r in external.records])
     scores = external_scores(model.grading, activated, grades)
     scores[f"{PREFIX}/root"] = str(external.root)
-    write_csv(prediction_table(external.records, model.grading, activated), out_dir / EXTERNAL_PREDICTIONS_NAME)
+    write_csv(prediction_table(external.records, model.grading, activated), out_dir / EXTERNAL_PREDICTIONS)
     log.info(f"external set {external.root} ({len(grades)} images, checkpoint {chosen.name}): external/qwk "
              f"{scores[f'{PREFIX}/qwk']:.4f}, referable AUROC {scores[f'{PREFIX}/auroc_referable']:.3f}, "
              f"{scores[f'{PREFIX}/grades_predicted']} grade(s) predicted")

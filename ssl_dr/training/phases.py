@@ -37,11 +37,11 @@ from ssl_dr.models.backbone import Backbone, load_backbone
 from ssl_dr.models.metrics import grades_predicted
 from ssl_dr.pretexts import build_pretext
 from ssl_dr.pretexts.store import stored_or_trained
-from ssl_dr.run_contract import LAST_CHECKPOINT, VAL_PREDICTIONS, JobIdentity
+from ssl_dr.run_contract import LAST_CHECKPOINT, TEST_PREDICTIONS, VAL_PREDICTIONS, JobIdentity
 from ssl_dr.training.budget import budget_record, freeze_steps
 from ssl_dr.training.callbacks import RngStateCallback, StepBudgetProgressBar
 from ssl_dr.training.loggers import build_loggers, close_loggers
-from ssl_dr.training.predictions import PREDICTIONS_NAME, PredictionWriter
+from ssl_dr.training.predictions import PredictionWriter
 from ssl_dr.training.screening import patients, screen
 from ssl_dr.training.wandb_publish import Publish, finetune_publisher, pretext_publisher
 from ssl_dr.training.wandb_run import VAL_STEP, define_finetune_metrics, publish_finetune_record, wandb_runs
@@ -207,7 +207,7 @@ def finetune(cfg: DictConfig, train: list[Record], val: list[Record], test: list
     run_name = JobIdentity.from_config(cfg).run_name()
     last = out_dir / LAST_CHECKPOINT
     run_id = f"{cfg.arm}-{hashlib.sha256(str(out_dir.resolve()).encode()).hexdigest()[:12]}"
-    callbacks = [*_callbacks(cfg), PredictionWriter(out_dir / PREDICTIONS_NAME),
+    callbacks = [*_callbacks(cfg), PredictionWriter(out_dir / TEST_PREDICTIONS),
                  PredictionWriter(out_dir / VAL_PREDICTIONS, stage="validate")]
     return _fit(cfg, "finetune", run_id, run_name, module, datamodule, callbacks,
                 resume_from=last if (cfg.resume or requeued_by_slurm()) and last.is_file() else None, test=True,

@@ -19,9 +19,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 
 from ssl_dr.models.gather import gather_from_ranks
-from ssl_dr.run_contract import TEST_PREDICTIONS, write_atomic
-
-PREDICTIONS_NAME = TEST_PREDICTIONS
+from ssl_dr.run_contract import write_atomic
 
 
 class PredictionWriter(Callback):

@@ -46,8 +46,6 @@ from ssl_dr.training.curves import write_curves
 log = logging.getLogger(__name__)
 
 PROBS = [f"p{k}" for k in range(NUM_GRADES)]
-CHECKPOINT_KEY = CHECKPOINT_SCREENING
-"""Where ``best.ckpt`` keeps ``{"temperature", "referable_threshold", "referable_target"}`` for ``predict``."""
 
 
 def check_evaluation(cfg: DictConfig) -> None:
@@ -170,7 +168,7 @@ def _store_in_checkpoint(ckpt: Path, temperature: float | None, threshold: float
     if not ckpt.is_file():
         return
     payload = torch.load(ckpt, map_location="cpu", weights_only=True)
-    payload[CHECKPOINT_KEY] = {"temperature": temperature, "referable_threshold": threshold,
+    payload[CHECKPOINT_SCREENING] = {"temperature": temperature, "referable_threshold": threshold,
                                "referable_target": dict([target]) if target else None}
     write_atomic(ckpt, lambda tmp: torch.save(payload, tmp))
 

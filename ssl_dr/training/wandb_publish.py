@@ -19,9 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from ssl_dr.data.datamodule import FundusDataModule
 from ssl_dr.models.backbone import save_backbone
 from ssl_dr.pretexts.store import WEIGHTS_NAME
-from ssl_dr.run_contract import RELIABILITY_PLOT, JobIdentity
+from ssl_dr.run_contract import RELIABILITY_PLOT, TEST_PREDICTIONS, JobIdentity
 from ssl_dr.training.curves import stage_curves
-from ssl_dr.training.predictions import PREDICTIONS_NAME
 from ssl_dr.training.wandb_artifacts import (
     link_pretext,
     log_grader_artifact,
@@ -83,9 +82,9 @@ def finetune_publisher(cfg: DictConfig, module: Any, datamodule: FundusDataModul
     def publish(trainer: Trainer, runs: list[Any]) -> None:
         logged: dict[str, Any] = {}
         notes: dict[str, str] = {}
-        if media.predictions and (out_dir / PREDICTIONS_NAME).is_file():
+        if media.predictions and (out_dir / TEST_PREDICTIONS).is_file():
             logged["test/predictions"], note = predictions_table(module, datamodule.datasets["test"],
-                                                                 out_dir / PREDICTIONS_NAME, media.predictions,
+                                                                 out_dir / TEST_PREDICTIONS, media.predictions,
                                                                  media.grad_cam)
             if note:  # said once, in the log and on the run page
                 log.info(note)

@@ -14,14 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ssl_dr.launch.folders import (
-    RESUMES_DIR,
-    SWEEP_REPORT,
-    SWEEP_SIZE,
-    config_subdir,
-    sweep_dir,
-    sweep_finished,
-)
+from ssl_dr.launch.folders import RESUMES_DIR, SWEEP_REPORT, SWEEP_SIZE, config_subdir, sweep_dir, sweep_finished
 from tests.conftest import TINY
 
 SWEEP = ("experiment=baseline", "data.fold=0,1,2,3", "sweep_name=resumed")

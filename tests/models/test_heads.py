@@ -42,7 +42,7 @@ from ssl_dr.models.metrics import (
     quadratic_weighted_kappa,
     qw_kappa_kaggle,
 )
-from ssl_dr.training.predictions import PREDICTIONS_NAME
+from ssl_dr.run_contract import TEST_PREDICTIONS
 from tests.test_predict import TinyRun, one_thread, tiny_run
 
 LABELS = [0, 1, 2, 3, 4]
@@ -406,7 +406,7 @@ def test_tiny_train_per_head(runs, head):
         assert torch.equal(run.model.grading.thresholds, thresholds) and (thresholds.diff() > 0).all()
 
     # test_step's outputs, as TestPredictionWriter saved them: they reproduce test/qwk
-    table = pd.read_csv(run.ckpt.parent.parent / PREDICTIONS_NAME)
+    table = pd.read_csv(run.ckpt.parent.parent / TEST_PREDICTIONS)
     assert ({f"p{k}" for k in range(5)} <= set(table.columns)) is (head != "regression")
     assert ("score" in table.columns) is (head == "regression")
     qwk = cohen_kappa_score(table.grade, table.pred, labels=LABELS, weights="quadratic")

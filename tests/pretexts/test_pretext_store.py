@@ -9,14 +9,7 @@ import pytest
 
 from ssl_dr.data.records import Record
 from ssl_dr.models.backbone import BackboneWeightsError
-from ssl_dr.pretexts.store import (
-    SUMMARY_NAME,
-    WEIGHTS_NAME,
-    entry_dir,
-    pretext_description,
-    pretext_key,
-    stored_meta,
-)
+from ssl_dr.pretexts.store import SUMMARY_NAME, WEIGHTS_NAME, entry_dir, pretext_description, pretext_key, stored_meta
 
 
 def _key(tiny_cfg, pool, *overrides: str) -> str:

@@ -11,7 +11,8 @@ from ssl_dr.probes.classical import extract_classical
 from ssl_dr.probes.evaluate import evaluate_probe
 from ssl_dr.probes.knn import knn_probabilities
 from ssl_dr.probes.linear import fit_linear_probe
-from ssl_dr.probes.scores import PREDICTIONS_NAME, probe_scores
+from ssl_dr.probes.scores import probe_scores
+from ssl_dr.run_contract import TEST_PREDICTIONS
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def test_the_linear_probe_job_scores_what_the_probe_predicts(split, tmp_path):
     assert record["probe/C"] == probe.C and record["val/qwk_best"] == record["val/qwk"]
     assert set(record["probe/val_qwk_by_C"]) == {"0.01", "1"}
     assert record["probe/features"] == features.key and record["probe/protocol"] == "linear"
-    table = pd.read_csv(tmp_path / "run" / PREDICTIONS_NAME)
+    table = pd.read_csv(tmp_path / "run" / TEST_PREDICTIONS)
     assert list(table["id_code"]) == [r.id_code for r in test]
 
 
@@ -62,6 +63,6 @@ def test_the_test_fold_graded_as_an_external_set_gives_the_test_scores(split, tm
         assert record[f"external/{name}"] == pytest.approx(record[f"test/{name}"], nan_ok=True), name
     assert record["external/confusion"] == record["test/confusion"]
     assert record["external/num_images"] == len(test)
-    tested = pd.read_csv(tmp_path / PREDICTIONS_NAME).set_index("id_code")
+    tested = pd.read_csv(tmp_path / TEST_PREDICTIONS).set_index("id_code")
     graded = pd.read_csv(tmp_path / "external_predictions.csv").set_index("id_code").loc[tested.index]
     assert np.allclose(graded.to_numpy(), tested.to_numpy())

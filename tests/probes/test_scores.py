@@ -9,8 +9,8 @@ import pytest
 from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, log_loss, roc_auc_score
 
 from ssl_dr.data.records import NUM_GRADES, Record
-from ssl_dr.probes.scores import PREDICTIONS_NAME, probe_scores, write_predictions
-from ssl_dr.training import predictions
+from ssl_dr.probes.scores import probe_scores, write_predictions
+from ssl_dr.run_contract import TEST_PREDICTIONS
 
 FINETUNE_KEYS = {"qwk", "qwk_kaggle", "acc", "auroc_referable", "loss", "confusion", "sensitivity_referable",
                  "specificity_referable", "grades_predicted",
@@ -65,8 +65,7 @@ def test_probabilities_of_the_wrong_shape_are_refused():
 def test_the_prediction_file_has_the_fine_tunes_columns_and_recomputes_qwk(tmp_path):
     grades, probs = random_predictions(20)
     records = [Record(f"img{i}", tmp_path / f"img{i}.png", int(g)) for i, g in enumerate(grades)]
-    path = write_predictions(tmp_path / PREDICTIONS_NAME, records, probs)
-    assert PREDICTIONS_NAME == predictions.PREDICTIONS_NAME
+    path = write_predictions(tmp_path / TEST_PREDICTIONS, records, probs)
     table = pd.read_csv(path)
     assert list(table.columns) == ["id_code", "grade", "pred", "referable", "p0", "p1", "p2", "p3", "p4"]
     assert list(table["id_code"]) == [r.id_code for r in records]

@@ -26,8 +26,8 @@ from ssl_dr.launch.guards import DistributedSettingsError, check_sync_batchnorm
 from ssl_dr.models.backbone import Backbone
 from ssl_dr.models.optim import lr_scale
 from ssl_dr.pretexts.rotation import RotationPretext
+from ssl_dr.run_contract import TEST_PREDICTIONS
 from ssl_dr.train import train
-from ssl_dr.training.predictions import PREDICTIONS_NAME
 
 # 62 labelled images -> a 13-image test fold: odd, so two equal shards are impossible without repeats
 DDP_RUN = ["data.source.num_labelled=62", "data.source.num_unlabelled=8", "data.source.image_size=32",
@@ -41,7 +41,7 @@ DDP_RUN = ["data.source.num_labelled=62", "data.source.num_unlabelled=8", "data.
 
 def _check_predictions_against_metrics(run: Path) -> tuple[pd.DataFrame, dict]:
     metrics = json.loads((run / "metrics.json").read_text())
-    table = pd.read_csv(run / PREDICTIONS_NAME)
+    table = pd.read_csv(run / TEST_PREDICTIONS)
     split = pd.read_csv(run / "split.csv")
     test_ids = split.loc[split.role == "test", "id_code"]
     assert table.id_code.is_unique, "an image was scored twice"

@@ -27,9 +27,9 @@ from ssl_dr.data.records import NUM_GRADES
 from ssl_dr.data.synthetic import write_synthetic_dataset
 from ssl_dr.models.heads import build_head
 from ssl_dr.models.screening import at_threshold
+from ssl_dr.run_contract import EXTERNAL_PREDICTIONS, TEST_PREDICTIONS
 from ssl_dr.train import train
-from ssl_dr.training.external import EXTERNAL_PREDICTIONS_NAME, external_scores, grade_external
-from ssl_dr.training.predictions import PREDICTIONS_NAME
+from ssl_dr.training.external import external_scores, grade_external
 from tests.conftest import TINY, compose_cfg
 
 GRADES = list(range(NUM_GRADES))
@@ -74,7 +74,7 @@ def test_no_external_set_or_no_chosen_checkpoint_grades_nothing(tmp_path, caplog
     with caplog.at_level(logging.INFO):  # debug=fdr writes no checkpoint: said, not a crash
         assert grade_external(cfg, external, tmp_path / "best.ckpt", tmp_path) == {}
     assert "trainer.fast_dev_run writes none" in caplog.text
-    assert not (tmp_path / EXTERNAL_PREDICTIONS_NAME).exists()
+    assert not (tmp_path / EXTERNAL_PREDICTIONS).exists()
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +91,8 @@ def external_run(tmp_path_factory):
 def test_job_writes_external_scores_equal_to_scikit_learn_on_its_predictions(external_run):
     _, metrics, out = external_run
     saved = json.loads((out / "metrics.json").read_text())
-    table = pd.read_csv(out / EXTERNAL_PREDICTIONS_NAME)
-    assert list(table.columns) == list(pd.read_csv(out / PREDICTIONS_NAME).columns)  # id_code,grade,pred,p0..p4
+    table = pd.read_csv(out / EXTERNAL_PREDICTIONS)
+    assert list(table.columns) == list(pd.read_csv(out / TEST_PREDICTIONS).columns)  # id_code,grade,pred,p0..p4
     assert len(table) == saved["external/num_images"] == 40 and table.id_code.is_unique
     grades, preds = table.grade.to_numpy(), table.pred.to_numpy()
     expected = sklearn_scores(grades, preds, table[["p2", "p3", "p4"]].sum(axis=1).to_numpy())
@@ -125,8 +125,8 @@ def test_the_external_path_on_the_test_fold_gives_the_test_scores(external_run, 
     for name in ("qwk", "acc", "auroc_referable", "qwk_kaggle", "sensitivity_referable", "specificity_referable"):
         assert scores[f"external/{name}"] == pytest.approx(metrics[f"test/{name}"], abs=1e-5, nan_ok=True), name
     assert scores["external/confusion"] == metrics["test/confusion"]
-    tested = pd.read_csv(out / PREDICTIONS_NAME).sort_values("id_code").reset_index(drop=True)
-    graded = pd.read_csv(tmp_path / EXTERNAL_PREDICTIONS_NAME)
+    tested = pd.read_csv(out / TEST_PREDICTIONS).sort_values("id_code").reset_index(drop=True)
+    graded = pd.read_csv(tmp_path / EXTERNAL_PREDICTIONS)
     assert graded[["id_code", "grade", "pred"]].equals(tested[["id_code", "grade", "pred"]])
     probs = [f"p{g}" for g in GRADES]
     assert np.allclose(graded[probs], tested[probs], atol=1e-5)

@@ -17,8 +17,9 @@ from sklearn.metrics import cohen_kappa_score
 
 from ssl_dr.errors import ConfigError
 from ssl_dr.models.screening import at_threshold, calibration_errors, choose_threshold, nll, temper
+from ssl_dr.run_contract import CHECKPOINT_SCREENING
 from ssl_dr.train import train
-from ssl_dr.training.screening import CHECKPOINT_KEY, check_evaluation, screen
+from ssl_dr.training.screening import check_evaluation, screen
 from tests.conftest import TINY, compose_cfg
 
 PROBS = [f"p{k}" for k in range(5)]
@@ -93,7 +94,7 @@ def test_temperature_scaling_is_fitted_on_validation_and_stored_in_the_checkpoin
     assert (tempered.argmax(axis=1) == test.pred).all()  # no grade moves
     assert record["test/ece"] == pytest.approx(calibration_errors(test.grade, tempered, 10)["ece"])
     stored = torch.load(ckpt, weights_only=True)
-    assert stored[CHECKPOINT_KEY] == {"temperature": temperature, "referable_threshold":
+    assert stored[CHECKPOINT_SCREENING] == {"temperature": temperature, "referable_threshold":
                                       record["operating_point/threshold"], "referable_target": {"sensitivity": 0.9}}
     assert torch.equal(stored["state_dict"]["w"], torch.ones(2))  # the weights are untouched
 
@@ -157,7 +158,7 @@ def test_a_fine_tune_stores_its_operating_point_and_validation_predictions(tmp_p
     # the chosen checkpoint's validation pass: its QWK is the reported one
     qwk = cohen_kappa_score(val.grade, val.pred, weights="quadratic", labels=list(range(5)))
     assert metrics["val/qwk"] == pytest.approx(qwk, abs=1e-6) or (math.isnan(qwk) and math.isnan(metrics["val/qwk"]))
-    stored = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True, map_location="cpu")[CHECKPOINT_KEY]
+    stored = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True, map_location="cpu")[CHECKPOINT_SCREENING]
     assert stored["temperature"] == metrics["calibration/temperature"]
     assert stored["referable_threshold"] == metrics["operating_point/threshold"] or math.isnan(
         metrics["operating_point/threshold"])
