@@ -1,53 +1,18 @@
-"""Read an offline W&B run's ``run-<id>.wandb`` file back, without a server or the ``wandb`` reader (wandb
-0.31 ships none): the tests check what a run really wrote, not a mock.
-
-The file is W&B's transaction log: a 7-byte header (``:W&B``, magic ``0xBEE1``, version 0), then LevelDB's
-log format: 32 KiB blocks of chunks, each ``crc32 (4) | length (2) | type (1) | payload``, where type 1
-is a whole record and 2/3/4 the first/middle/last piece of one split across blocks; a block's last < 7
-bytes are padding. Each record is a ``wandb_internal_pb2.Record`` protobuf.
+"""Read an offline W&B run's ``run-<id>.wandb`` file back, without a server (wandb 0.31 ships no reader; the
+package's own, ``ssl_dr.training.wandb_offline``, parses it): the tests check what a run really wrote, not a mock.
 """
 
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 from typing import Any
 
-from wandb.proto import wandb_internal_pb2
+from ssl_dr.training.wandb_offline import log_file as run_file
+from ssl_dr.training.wandb_offline import records
 
-HEADER = struct.pack("<4sHB", b":W&B", 0xBEE1, 0)
-BLOCK = 32 * 1024
-FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
-
-
-def records(path: Path) -> list[wandb_internal_pb2.Record]:
-    data = Path(path).read_bytes()
-    assert data[:len(HEADER)] == HEADER, f"{path} is not a W&B transaction log"
-    out, pending, offset = [], b"", len(HEADER)
-    while offset + 7 <= len(data):
-        left_in_block = BLOCK - offset % BLOCK
-        if left_in_block < 7:  # padding at the end of a block
-            offset += left_in_block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[offset:offset + 7])
-        payload = data[offset + 7:offset + 7 + length]
-        offset += 7 + length
-        if kind == 0 and length == 0:  # zero-filled tail of the file
-            break
-        pending = payload if kind in (FULL, FIRST) else pending + payload
-        if kind in (FULL, LAST):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            out.append(record)
-            pending = b""
-    return out
-
-
-def run_file(run_dir: Path) -> Path:
-    """The ``.wandb`` file of an ``offline-run-*`` folder."""
-    (path,) = Path(run_dir).glob("run-*.wandb")
-    return path
+__all__ = ["records", "run_file", "history", "summary", "metric_definitions", "artifacts", "table", "history_media",
+           "artifact_files", "run_id"]
 
 
 def history(run_dir: Path) -> list[dict[str, Any]]:

@@ -4,7 +4,8 @@ group and filter a sweep; its config carries the run's environment (``ssl_dr.tra
 
 W&B copies the files of every logged table and artifact into ``$WANDB_DATA_DIR/artifacts/staging`` until a sync
 (default: the home folder). While a phase's loggers are open that folder is the run's own ``wandb/`` folder, so a
-copied run folder holds every picture its records name (``wandb sync`` reads them by their absolute path)."""
+copied run folder holds every picture its records name (by absolute path: ``ssl_dr.wandb_sync`` points a copy's
+records at the copy)."""
 
 from __future__ import annotations
 
@@ -119,5 +120,6 @@ def close_loggers(loggers: list[Logger], failed: bool) -> None:
             offline = wandb.run.sync_dir if wandb.run is not None and wandb.run.offline else None
             wandb.finish(exit_code=1 if failed else 0)
             if offline:  # the run's log then ends with where its W&B run is and how to upload it
-                log.info(f"W&B offline run: {offline}; upload with: wandb sync {offline}")
+                log.info(f"W&B offline run: {offline}; upload with: wandb sync {offline} (from a copy of the run "
+                         "folder: python -m ssl_dr.wandb_sync <copy> first)")
     unstage()

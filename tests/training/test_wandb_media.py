@@ -121,8 +121,9 @@ def test_a_run_shows_its_test_predictions_curves_per_grade_table_and_the_pretext
     # the log (train.log) ends with where each offline run is and the command that uploads it
     messages = [r.getMessage() for r in caplog.records]
     sync_lines = [m for m in messages if m.startswith("W&B offline run: ")]
-    folders = [m.split("; upload with: wandb sync ")[-1] for m in sync_lines]
-    assert sync_lines == [f"W&B offline run: {f}; upload with: wandb sync {f}" for f in folders]
+    folders = [m.split("; upload with: wandb sync ")[-1].split(" (from a copy")[0] for m in sync_lines]
+    assert sync_lines == [f"W&B offline run: {f}; upload with: wandb sync {f} (from a copy of the run folder: "
+                          "python -m ssl_dr.wandb_sync <copy> first)" for f in folders]
     assert [Path(f).resolve() for f in folders] == [runs["pretext"].resolve(), runs["finetune"].resolve()]
     assert messages.index(sync_lines[-1]) >= len(messages) - 3  # only the result lines come after it
 

@@ -1,6 +1,7 @@
 """Which W&B run a phase writes to, and what its folder holds (issue 32): a run folder moved elsewhere still holds
-every file its offline records name; a killed and resumed fine-tune keeps one run id; an artifact is named only
-where it was logged; a grader's alias tells partitions apart."""
+every file its offline records name, and ``ssl_dr.wandb_sync`` points the records there; a killed and resumed
+fine-tune keeps one run id; an artifact is named only where it was logged; a grader's alias tells partitions
+apart."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from types import SimpleNamespace
 import pytest
 from wandb import errors as wandb_errors
 
+from ssl_dr import wandb_sync
 from ssl_dr.run_contract import JobIdentity
 from ssl_dr.train import train
 from ssl_dr.training.loggers import STAGING_VARIABLE, stage_in, unstage
@@ -70,6 +72,12 @@ def test_a_moved_run_folder_holds_every_file_its_wandb_records_name(tiny_cfg, wa
                 assert all(ref in entries for ref in references), (name, references)
                 tables += bool(references)
     assert tables == 1  # the predictions table: 4 thumbnails and 2 Grad-CAM overlays
+
+    # the records still name the old path; the sync helper points them at the copy, so `wandb sync` runs from here
+    assert wandb_sync.main([str(moved)]) == 0
+    for run in sorted((moved / "wandb").glob("offline-run-*")):
+        files = wandb_records.artifact_files(run)
+        assert len(files) == len(staged[run.name]) and all(p.is_file() and p.is_relative_to(moved) for p in files)
 
 
 def test_a_wandb_data_dir_the_user_set_wins_and_the_log_says_where(monkeypatch, tmp_path, caplog):
