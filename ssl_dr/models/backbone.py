@@ -5,10 +5,10 @@ payload ``{"format", "name", "state_dict", "meta"}`` loaded with ``weights_only=
 matching, so a file from another architecture fails loudly instead of half-loading.
 
 ImageNet weights (``pretrained=True``, the ``imagenet`` arm) are loaded by timm itself, from a local file
-(``pretrained_cfg_overlay=dict(file=...)``: .safetensors or a torch .pth/.bin state dict, torchvision's
-DenseNet key names mapped by timm) or, with no file, from the Hugging Face hub. Every way that can fail
-(offline, missing file, unreadable file, other architecture) ends in one ``BackboneWeightsError`` line
-that names the config key, the path and the fix.
+(read as timm reads one, then ``pretrained_cfg_overlay=dict(state_dict=...)``: .safetensors or a torch .pth/.bin
+state dict, torchvision's DenseNet key names mapped by timm) or, with no file, from the Hugging Face hub. Every
+way that can fail (offline, missing file, unreadable file, other architecture) ends in one ``BackboneWeightsError``
+line that names the config key, the path and the fix.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from torch import nn
 
 from ssl_dr.errors import DataError
 from ssl_dr.models.foundation_weights import load_foundation_weights
+from ssl_dr.models.weights_memo import read_weights
 from ssl_dr.run_contract import write_atomic
 
 WEIGHTS_FORMAT = "ssl_dr.models.backbone/1"
@@ -119,20 +120,31 @@ def _pretrained_model(name: str, tag: str | None, weights_file: str | Path | Non
         if not hub:
             raise BackboneWeightsError(f"model.backbone.weights_file is not set and timm knows no download for "
                                        f"{variant}; pass model.backbone.weights_file=<file of its weights>")
-        source, overlay = hub, None
+        source, path = hub, None
     else:
         path = Path(weights_file).expanduser().resolve()
         if not path.is_file():
             problem = "is a folder, not a file" if path.is_dir() else "not found"
             raise BackboneWeightsError(f"model.backbone.weights_file={weights_file}: {path} {problem}; "
                                        f"{_how_to_get(hub)}")
-        source, overlay = str(path), {"file": str(path)}
+        source = str(path)
     try:
-        model = timm.create_model(variant, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        model = timm.create_model(variant, pretrained=True, pretrained_cfg_overlay=_overlay(path), **kwargs)
     except Exception as err:  # timm, torch, safetensors and huggingface_hub raise many types
         raise BackboneWeightsError(_load_failure(variant, source, weights_file is not None, hub, err)) from err
+    model.pretrained_cfg.pop("state_dict", None)  # timm's copy of the weights, not kept with the model
     model.reset_classifier(0)
     return model, source
+
+
+def _overlay(path: Path | None) -> dict[str, Any] | None:
+    """Where timm takes the weights from: the hub (``None``), or the file's tensors as timm reads them, read once
+    per job (``ssl_dr.models.weights_memo``; timm loads a copy). A file without tensors goes to timm by name, whose
+    strict load refuses it (given as an empty state dict, timm would fetch the hub's weights instead)."""
+    if path is None:
+        return None
+    state = read_weights(path, lambda file: timm.models.load_state_dict(str(file)))
+    return {"state_dict": state} if state else {"file": str(path)}
 
 
 def _how_to_get(hub: str | None) -> str:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ssl_dr.errors import DataError
+from ssl_dr.models.weights_memo import read_weights
 
 WEIGHTS_FORMATS = ("retfound_mae", "retfound_dinov2", "timm")
 CHUNKED_BLOCK = re.compile(r"^blocks\.\d+\.(\d+)\.")
@@ -98,7 +99,7 @@ def load_foundation_weights(model: nn.Module, path: str | Path, weights_format: 
         raise FoundationWeightsError(f"{where}: {'a folder, not a file' if path.is_dir() else 'file not found'}; "
                                      "docs/arms.md says where each foundation model's file comes from")
     try:
-        payload = read_state_dict(path)
+        payload = read_weights(path, read_state_dict)  # once per job: ssl_dr.models.weights_memo
     except FoundationWeightsError as err:
         raise FoundationWeightsError(f"{where}: {err}") from None
     except Exception as err:  # torch / safetensors raise many types for foreign or truncated files

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from ssl_dr.config_dir import config_dir
 from ssl_dr.data.records import Record
 from ssl_dr.errors import ConfigError, UserError
+from ssl_dr.models.weights_memo import keeping_reads
 from ssl_dr.training.probe_phase import NO_NETWORK
 
 log = logging.getLogger(__name__)
@@ -67,11 +68,12 @@ def check_init(cfg: DictConfig) -> None:
 def weights_source(cfg: DictConfig) -> str | None:
     """Where the initial weights of ``init=imagenet`` (file path or hub id) or ``init=foundation`` (the file)
     come from, checked by loading them once before any data work, so a missing or wrong file ends the run in
-    seconds, not after the cache."""
+    seconds, not after the cache. The file's tensors are kept for the fine-tune's build, which reads no file."""
     if cfg.init not in ("imagenet", "foundation"):
         return None
     try:
-        source = instantiate(cfg.model.backbone).weights_source
+        with keeping_reads():
+            source = instantiate(cfg.model.backbone).weights_source
     except InstantiationException as err:  # Hydra wraps what the constructor raised: raise that instead
         if isinstance(err.__cause__, UserError):
             raise err.__cause__ from None

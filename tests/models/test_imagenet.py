@@ -240,6 +240,36 @@ def test_imagenet_arm_end_to_end(tiny_cfg, weights_files, imagenet_state, no_net
     assert torch.equal(model.backbone.model.features.conv0.weight, imagenet_state["features.conv0.weight"])
 
 
+def test_a_job_reads_its_weights_file_once(tiny_cfg, weights_files, no_network, monkeypatch):
+    """The early check's tensors go to the fine-tune's build, which then reads no file; its numbers are those of
+    reading the file twice (the build after seeding draws the same random numbers), and nothing stays kept."""
+    import contextlib
+
+    import safetensors.torch
+
+    from ssl_dr.models import weights_memo
+    from ssl_dr.training import arms
+
+    path = weights_files["safetensors"]
+    reads: list[Path] = []
+    real_load = safetensors.torch.load_file
+    monkeypatch.setattr(safetensors.torch, "load_file",
+                        lambda file, *args, **kwargs: (reads.append(Path(file)), real_load(file, *args, **kwargs))[1])
+    overrides = ("experiment=imagenet", f"model.backbone.weights_file={path}")
+    once = train(tiny_cfg(*overrides, run="once"))
+    assert reads == [path.resolve()] and weights_memo._KEPT.state is None
+    monkeypatch.setattr(arms, "keeping_reads", contextlib.nullcontext)  # the check keeps nothing: read again
+    twice = train(tiny_cfg(*overrides, run="twice"))
+    assert reads == [path.resolve()] * 3
+
+    def scores(metrics: dict) -> str:
+        return json.dumps({k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))}, sort_keys=True)
+
+    assert "test/qwk" in once and "val/loss" in once and scores(once) == scores(twice)
+    for name in ("test_predictions.csv", "val_predictions.csv"):
+        assert (Path(once["output_dir"]) / name).read_text() == (Path(twice["output_dir"]) / name).read_text()
+
+
 # --- the command line -------------------------------------------------------------------------------------
 
 
