@@ -1,11 +1,12 @@
 """The run contract, in one place: who a job is (``JobIdentity``: its metrics.json keys, W&B name and alias, the
 report's words), the name of every file in its folder, and ``write_atomic``, the one writer that never leaves half a
-file for a resumed sweep or the report to trust. Torch-free and the bottom layer, so the launcher and the report
-use it too."""
+file for a resumed sweep or the report to trust (``move_folder_into_place``: the same for a folder built aside).
+Torch-free and the bottom layer, so the launcher and the report use it too."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -102,3 +103,18 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def move_folder_into_place(tmp: Path, final: Path, is_complete: Callable[[], bool]) -> None:
+    """Rename the finished folder ``tmp`` onto ``final`` (same parent, so the rename is atomic; an empty ``final`` is
+    replaced). A lost race, another process's folder at ``final`` first: keep it when ``is_complete()``, else it is
+    damaged and replaced by ``tmp``."""
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if not final.exists():
+            raise  # not a lost race: a real error
+        if is_complete():
+            return
+        shutil.rmtree(final)
+        os.replace(tmp, final)

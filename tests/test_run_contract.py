@@ -1,12 +1,12 @@
-"""The run contract (``ssl_dr.run_contract``): one job identity for metrics.json, W&B and the report, and the one
-atomic writer."""
+"""The run contract (``ssl_dr.run_contract``): one job identity for metrics.json, W&B and the report, the one
+atomic writer and the one folder renamer."""
 
 from __future__ import annotations
 
 import pytest
 
 from ssl_dr.reporting.jobs import IDENTITY
-from ssl_dr.run_contract import FINETUNE, JobIdentity, write_atomic
+from ssl_dr.run_contract import FINETUNE, JobIdentity, move_folder_into_place, write_atomic
 from tests.conftest import compose_cfg
 
 
@@ -40,3 +40,30 @@ def test_write_atomic_replaces_whole_or_leaves_the_old_file(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         write_atomic(target, half_then_crash)
     assert target.read_text() == "old" and [p.name for p in target.parent.iterdir()] == ["metrics.json"]
+
+
+def _folder(path, content: str):
+    path.mkdir(parents=True)
+    (path / "data.txt").write_text(content)
+    return path
+
+
+@pytest.mark.parametrize("there", ["nothing", "an empty folder"])
+def test_a_finished_folder_is_renamed_into_place(tmp_path, there):
+    if there == "an empty folder":
+        (tmp_path / "entry").mkdir()
+    move_folder_into_place(_folder(tmp_path / ".entry.tmp", "ours"), tmp_path / "entry", lambda: False)
+    assert (tmp_path / "entry" / "data.txt").read_text() == "ours" and not (tmp_path / ".entry.tmp").exists()
+
+
+@pytest.mark.parametrize("complete,kept", [(True, "theirs"), (False, "ours")])
+def test_a_lost_race_keeps_a_complete_winner_and_replaces_a_damaged_one(tmp_path, complete, kept):
+    final = _folder(tmp_path / "entry", "theirs")  # another process renamed its folder first
+    move_folder_into_place(_folder(tmp_path / ".entry.tmp", "ours"), final, lambda: complete)
+    assert (final / "data.txt").read_text() == kept
+
+
+def test_a_failed_rename_that_is_no_race_is_raised(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        move_folder_into_place(tmp_path / "never-built", tmp_path / "entry", lambda: True)
+    assert not (tmp_path / "entry").exists()

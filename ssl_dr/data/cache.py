@@ -34,6 +34,7 @@ from ssl_dr.data.file_hashes import HASHES_DIR, file_hashes
 from ssl_dr.data.fundus_preprocess import DEFAULT_MASK, MASKS
 from ssl_dr.data.records import Record, bulleted, duplicate_ids
 from ssl_dr.errors import DataError
+from ssl_dr.run_contract import move_folder_into_place
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def build_cache(records: Sequence[Record], cache_root: str | Path, size: int, be
         workers = (os.cpu_count() or 1) if num_workers is None else num_workers
         with temp_entry(root, key) as tmp:
             _write_entry(tmp, _sorted_unique(records), size, ben_graham, mask, key, workers)
-            move_entry_into_place(tmp, final, lambda: _is_complete(final, key))
+            move_folder_into_place(tmp, final, lambda: _is_complete(final, key))
     return ImageCache(final)
 
 
@@ -146,7 +147,7 @@ def build_lock(root: Path, key: str, is_built: Callable[[], bool], what: str) ->
     removes the lock file before releasing it, so the root keeps only entries. That is safe because filelock
     (4.3 checked) re-opens a lock file removed while it waited and locks the file at the path again: a third
     process still waits for the second. Were it not, the worst case would be a second build, never a wrong
-    entry (``move_entry_into_place`` keeps whichever is complete)."""
+    entry (``move_folder_into_place`` keeps whichever is complete)."""
     lock = FileLock(lock_file(root, key))
     try:
         lock.acquire(timeout=0)
@@ -233,24 +234,14 @@ def _fill_rows(array_path: Path, start: int, paths: list[Path], size: int, ben_g
     return len(paths), errors
 
 
-def move_entry_into_place(tmp: Path, final: Path, is_complete: Callable[[], bool]) -> None:
-    """Rename the finished build into place; if a racing process published first, keep theirs."""
-    tmp.chmod(0o755)  # mkdtemp made it private; other users' runs must be able to read the entry
-    try:
-        os.replace(tmp, final)
-    except OSError:
-        if is_complete():
-            return
-        shutil.rmtree(final)  # a damaged entry (it does not match its key): replace it
-        os.replace(tmp, final)
-
-
 @contextmanager
 def temp_entry(root: Path, key: str) -> Iterator[Path]:
-    """A private temporary folder beside the entry to build it in (removed afterwards, whatever happens); first
-    the temporary folders of builds of ``key`` killed on this host are deleted."""
+    """A temporary folder beside the entry to build it in (removed afterwards, whatever happens), to be renamed
+    into place with ``ssl_dr.run_contract.move_folder_into_place``; first the temporary folders of builds of ``key``
+    killed on this host are deleted."""
     _remove_dead_temps(root, key)
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(key), dir=root))
+    tmp.chmod(0o755)  # mkdtemp makes it private; other users' runs must be able to read the entry
     try:
         yield tmp
     finally:

@@ -4,7 +4,7 @@ later job (a sweep over fractions, folds and repetitions extracts each image onc
 An entry ``<cache_dir>/features/<key>/`` holds ``features.npy`` (N, D) float32, ``ids.txt`` (the rows' image ids)
 and ``features.json`` (the description the key hashes, for a reader). It is built in a temporary sibling and
 renamed into place when complete, under a file lock beside it, with the image cache's own mechanism
-(``ssl_dr.data.cache``: ``build_lock``, ``temp_entry``, ``move_entry_into_place``):
+(``ssl_dr.data.cache``: ``build_lock``, ``temp_entry``; ``ssl_dr.run_contract.move_folder_into_place``):
 jobs asking for the same entry at once compute it once, and a killed build never leaves an entry a later job trusts.
 """
 
@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ssl_dr.data.cache import build_lock, move_entry_into_place, temp_entry
+from ssl_dr.data.cache import build_lock, temp_entry
 from ssl_dr.data.records import Record
+from ssl_dr.run_contract import move_folder_into_place
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def stored_features(cache_dir: str | Path, description: dict[str, Any],
             ids, features = compute()
             with temp_entry(root, key) as tmp:
                 _write(tmp, key, description, ids, features)
-                move_entry_into_place(tmp, final, lambda: _is_complete(final))
+                move_folder_into_place(tmp, final, lambda: _is_complete(final))
     return FeatureSet(final)
 
 

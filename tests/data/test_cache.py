@@ -244,6 +244,12 @@ def test_a_damaged_entry_is_rebuilt_not_trusted(tmp_path, images):
     np.testing.assert_array_equal(rebuilt.array, expected)
 
 
+def test_an_entry_is_readable_by_other_users(tmp_path, images):
+    """Built in a private temporary folder (mkdtemp), published readable: other users' runs share the cache."""
+    entry = build_cache(records_for(images), tmp_path, SIZE, ben_graham=False, num_workers=1).path
+    assert entry.stat().st_mode & 0o777 == 0o755
+
+
 # --- cache: bad and odd images -----------------------------------------------------------------------------------
 
 def encoded(image: np.ndarray, fmt: str) -> bytes:

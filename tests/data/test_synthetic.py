@@ -205,6 +205,22 @@ def test_losing_the_rename_race_keeps_the_winner(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["syn"]
 
 
+def test_a_folder_that_appears_during_the_build_is_refused_never_deleted(tmp_path, monkeypatch):
+    real_replace = os.replace
+
+    def user_fills_the_folder_first(src, dst):
+        monkeypatch.setattr(os, "replace", real_replace)
+        dst.mkdir()
+        (dst / "notes.txt").write_text("mine")
+        real_replace(src, dst)  # fails: dst is now a non-empty folder
+
+    monkeypatch.setattr(os, "replace", user_fills_the_folder_first)
+    with pytest.raises(ValueError, match="not a complete synthetic dataset"):
+        write_synthetic_dataset(tmp_path / "syn", **SMALL)
+    assert [p.name for p in (tmp_path / "syn").iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["syn"]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

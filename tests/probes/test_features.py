@@ -13,12 +13,13 @@ import torch
 from filelock import FileLock
 
 from ssl_dr.data import cache as cache_module
-from ssl_dr.data.cache import lock_file, move_entry_into_place, temp_entry
+from ssl_dr.data.cache import lock_file, temp_entry
 from ssl_dr.data.transforms import AugmentConfig, build_transform
 from ssl_dr.models.backbone import Backbone, load_backbone, save_backbone
 from ssl_dr.probes import store
 from ssl_dr.probes.features import extract_features, feature_description
 from ssl_dr.probes.store import META_NAME, FeatureSet, feature_key, stored_features
+from ssl_dr.run_contract import move_folder_into_place
 
 MODEL = "resnet10t"
 
@@ -110,7 +111,7 @@ def test_a_job_waiting_on_the_lock_reuses_what_the_builder_published(tiny_cache,
             assert waiting.wait(60)
             with temp_entry(root, key) as tmp:  # the builder publishes as stored_features does
                 store._write(tmp, key, description, ["a", "b"], np.arange(6.0).reshape(2, 3))
-                move_entry_into_place(tmp, root / key, lambda: False)
+                move_folder_into_place(tmp, root / key, lambda: False)
             lock.release()
             thread.join(60)
     finally:

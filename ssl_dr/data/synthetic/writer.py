@@ -32,6 +32,7 @@ from ssl_dr.data.synthetic.rendering import (
     render_fundus,
     render_montage,
 )
+from ssl_dr.run_contract import move_folder_into_place
 
 GRADE_MIX: tuple[float, ...] = (0.49, 0.10, 0.27, 0.05, 0.08)
 GENERATOR_VERSION = 1
@@ -67,11 +68,8 @@ def write_synthetic_dataset(
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         _build(tmp, params, (os.cpu_count() or 1) if num_workers is None else num_workers)
-        try:
-            os.replace(tmp, root)  # atomic; also succeeds onto an empty directory (POSIX)
-        except OSError:
-            if not root.exists():
-                raise  # not a lost race: a real error
+        # a folder another process put there first is kept, never deleted (it may be the user's): checked below
+        move_folder_into_place(tmp, root, is_complete=lambda: True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename
     _check_existing(root, params)
