@@ -27,7 +27,7 @@ from ssl_dr.export import main as export_main
 from ssl_dr.inference.checkpoint import Screening
 from ssl_dr.predict import PROB_COLUMNS, REFERABLE_COLUMN, REFERABLE_SCORE_COLUMN
 from ssl_dr.predict import main as predict_main
-from tests.test_predict import (
+from tests.tiny_grader import (
     SUBPROCESS_ENV,
     TinyRun,
     one_thread,

@@ -1,22 +1,14 @@
-"""``ssl_dr.predict`` and the shared ``inference`` helpers, on one tiny real model trained per session.
-
-The reference everywhere is the training pipeline itself (preprocessing cache + ``eval`` transform +
-the checkpoint's DRClassifier), so these tests catch any drift between how a model was trained and how
-it is applied.
-"""
+"""``ssl_dr.predict``, on the session's tiny real grader (``tests/tiny_grader.py``): its output against the
+training pipeline's own tensors, TTA, the stored temperature and referable threshold, bad images, and the commands'
+errors. The shared ``ssl_dr.inference`` helpers are tested in ``tests/inference/``."""
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,87 +16,24 @@ import pytest
 import torch
 
 from ssl_dr.data.cache import build_cache
-from ssl_dr.data.datasets import FundusDataset
 from ssl_dr.data.records import Record
 from ssl_dr.data.transforms import AugmentConfig, build_transform
 from ssl_dr.explain import main as explain_main
 from ssl_dr.export import main as export_main
-from ssl_dr.inference import (
-    InferenceError,
-    InferenceSpec,
-    InputArgs,
-    load_classifier,
-    parse_args,
-    predict_activated,
-    read_spec,
-    tta_views,
-)
-from ssl_dr.inference.checkpoint import Screening, read_checkpoint
+from ssl_dr.inference.checkpoint import read_checkpoint
 from ssl_dr.models.screening import temper
-from ssl_dr.predict import PROB_COLUMNS, REFERABLE_COLUMN, REFERABLE_SCORE_COLUMN, SCORE_COLUMN, PredictArgs
+from ssl_dr.predict import PROB_COLUMNS, REFERABLE_COLUMN, REFERABLE_SCORE_COLUMN, SCORE_COLUMN
 from ssl_dr.predict import main as predict_main
-from ssl_dr.run_contract import CHECKPOINT_SCREENING, VAL_PREDICTIONS
-from ssl_dr.train import train
-from tests.conftest import TINY, compose_cfg
-
-
-@dataclass(frozen=True)
-class TinyRun:
-    """A session's tiny baseline run of one head: checkpoint, its input pipeline, model, the synthetic data,
-    and the metrics ``train`` returned."""
-
-    ckpt: Path
-    data: Path
-    spec: InferenceSpec
-    model: torch.nn.Module
-    metrics: dict[str, Any]
-
-    @property
-    def images(self) -> list[Path]:
-        return sorted((self.data / "train_images").glob("*.png"))
-
-
-_SESSION: dict[str, TinyRun] = {}
-
-
-def tiny_run(tmp_path_factory: pytest.TempPathFactory, head: str = "classification") -> TinyRun:
-    """Train ONE tiny model per head and session; the heads, explain and export tests call this too and
-    share it."""
-    if head not in _SESSION:
-        root = tmp_path_factory.mktemp(f"inference-{head}")
-        cfg = compose_cfg(root, [*TINY, "experiment=baseline", f"model.head={head}"], run="tiny")
-        metrics = train(cfg)
-        ckpt = Path(metrics["output_dir"]) / "checkpoints" / "best.ckpt"
-        spec = read_spec(ckpt)
-        _SESSION[head] = TinyRun(ckpt=ckpt, data=Path(cfg.data.root), spec=spec, model=load_classifier(ckpt, spec),
-                                 metrics=metrics)
-    return _SESSION[head]
-
-
-def pipeline_tensors(run: TinyRun, paths: list[Path], cache_dir: Path) -> torch.Tensor:
-    """The images exactly as training evaluates them: preprocessing cache + ``eval`` transform."""
-    records = [Record(id_code=p.stem, path=p, grade=None) for p in paths]
-    spec = run.spec
-    cache = build_cache(records, cache_dir, size=spec.image_size, ben_graham=spec.ben_graham, num_workers=0,
-                        mask=spec.mask)
-    transform = build_transform("eval", spec.image_size, spec.mean, spec.std, AugmentConfig(), seed=0)
-    dataset = FundusDataset(records, transform, with_grades=False, cache=cache)
-    return torch.stack([dataset[i] for i in range(len(dataset))])
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """One intra-op thread while a module's tests run: the 32 px model gains nothing from more, and on a
-    shared 2-core machine OpenMP threads waiting for each other made these tests ten times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+from ssl_dr.run_contract import VAL_PREDICTIONS
+from tests.tiny_grader import (
+    SUBPROCESS_ENV,
+    TinyRun,
+    one_thread,
+    pipeline_tensors,
+    screening_payload,
+    tiny_run,
+    with_screening,
+)
 
 
 @pytest.fixture(scope="module")
@@ -154,23 +83,6 @@ def test_rot4_is_the_mean_softmax_over_the_four_rotations(run, tmp_path):
         manual = torch.stack([run.model(v).softmax(dim=1) for v in views]).mean(dim=0).numpy()
     np.testing.assert_allclose(table[PROB_COLUMNS].to_numpy(), manual, atol=2e-6)
     np.testing.assert_array_equal(table.diagnosis.to_numpy(), manual.argmax(axis=1))
-
-
-def with_screening(ckpt: Path, out: Path, screening: dict[str, Any] | None) -> Path:
-    """A copy of ``ckpt`` storing ``screening`` as a fine-tune's screening step does (None: without the key, as
-    checkpoints written before it)."""
-    payload = torch.load(ckpt, map_location="cpu", weights_only=True)
-    payload.pop(CHECKPOINT_SCREENING, None)
-    if screening is not None:
-        payload[CHECKPOINT_SCREENING] = screening
-    torch.save(payload, out)
-    return out
-
-
-def screening_payload(temperature: float | None = None, threshold: float = float("nan"),
-                      target: dict[str, float] | None = None) -> dict[str, Any]:
-    """The checkpoint's ``screening`` entry as ``ssl_dr.training.screening`` writes it."""
-    return {"temperature": temperature, "referable_threshold": threshold, "referable_target": target}
 
 
 @pytest.mark.parametrize("head", ["ordinal", "regression"])
@@ -304,29 +216,6 @@ def test_a_checkpoint_without_screening_settings_predicts_as_before(run, tmp_pat
                                            ckpt=thresholded), table)
 
 
-def test_read_checkpoint_returns_the_stored_screening_settings(run, tmp_path):
-    ckpt = with_screening(run.ckpt, tmp_path / "s.ckpt", screening_payload(1.25, 0.375, {"sensitivity": 0.9}))
-    spec, screening = read_checkpoint(ckpt)
-    assert spec == run.spec and screening == Screening(1.25, 0.375, {"sensitivity": 0.9}) and screening.has_threshold
-    assert not read_checkpoint(with_screening(run.ckpt, tmp_path / "n.ckpt", screening_payload()))[1].has_threshold
-    broken = with_screening(run.ckpt, tmp_path / "broken.ckpt", {"temperature": "warm"})
-    with pytest.raises(InferenceError, match=re.escape(f"{broken}: unreadable 'screening' entry")):
-        read_checkpoint(broken)
-
-
-def test_tta_views(run):
-    images = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
-    assert len(tta_views(images, "none")) == 1 and torch.equal(tta_views(images, "none")[0], images)
-    assert len(tta_views(images, "flip")) == 2 and len(tta_views(images, "rot4")) == 4
-    dihedral = tta_views(images, "flip_rot4")
-    assert len({tuple(v.flatten().tolist()) for v in dihedral}) == 8  # the 8 symmetries, all distinct
-    with torch.no_grad():
-        x = torch.randn(2, 3, run.spec.image_size, run.spec.image_size)
-        torch.testing.assert_close(predict_activated(run.model, x, "none"), run.model(x).softmax(dim=1))
-        flip = (run.model(x).softmax(dim=1) + run.model(x.flip(-1)).softmax(dim=1)) / 2
-        torch.testing.assert_close(predict_activated(run.model, x, "flip"), flip)
-
-
 def _bad_folder(run: TinyRun, folder: Path) -> Path:
     folder.mkdir()
     for path in run.images[:3]:
@@ -365,41 +254,6 @@ def test_missing_csv_images_are_bad_images_too(run, tmp_path, capsys):
     with pytest.raises(SystemExit):
         _predict(run, csv, tmp_path / "preds.csv", f"image_dir={run.data / 'train_images'}")
     assert "nowhere" in capsys.readouterr().err
-
-
-def test_parse_args_types_defaults_and_errors(tmp_path):
-    args = parse_args(PredictArgs, ["ckpt=a.ckpt", "images=imgs", "out=o.csv", "probs=true", "batch_size=4",
-                                    "num_workers=null", "tta=flip"])
-    assert args == PredictArgs(ckpt=Path("a.ckpt"), images=Path("imgs"), out=Path("o.csv"), probs=True,
-                               batch_size=4, num_workers=None, tta="flip")
-    assert parse_args(InputArgs, ["ckpt=a", "images=b"]).device == "auto"
-    for argv, message in [(["ckpt=a", "images=b", "tyop=1"], "unknown argument 'tyop'"),
-                          (["images=b", "out=c"], "missing required argument(s): ckpt="),
-                          (["ckpt=a", "images=b", "out=c", "tta=rot8"], "tta='rot8' must be one of"),
-                          (["ckpt=a", "images=b", "out=c", "batch_size=many"], "batch_size='many' must be"),
-                          (["ckpt=a", "images=b", "out=c", "probs=maybe"], "probs='maybe' must be true or false"),
-                          (["ckpt=a", "ckpt=b", "images=b", "out=c"], "'ckpt' given twice"),
-                          (["ckpt", "images=b", "out=c"], "'ckpt' is not key=value"),
-                          (["ckpt=a", "images=b", "out=c", "batch_size=0"], "batch_size=0 must be at least 1")]:
-        with pytest.raises(InferenceError, match=re.escape(message)):
-            parse_args(PredictArgs, argv)
-
-
-def test_arguments_follow_the_training_grammar():
-    """Hydra's override grammar as in training (null, quotes, no sweeps), OmegaConf's types; file names the
-    grammar cannot read are taken verbatim for path keys."""
-    args = parse_args(PredictArgs, ["ckpt=2024", "images='scans,2024'", "out=Ärzte/scan(1).csv",
-                                    "image_dir=null", "batch_size=8"])
-    assert args.ckpt == Path("2024") and args.images == Path("scans,2024") and args.batch_size == 8
-    assert args.out == Path("Ärzte/scan(1).csv") and args.image_dir is None
-    for argv, message in [(["images=b", "out=c", "ckpt=a,b"], "is a sweep; these tools take one value per key"),
-                          (["images=b", "out=c", "ckpt=a", "+batch_size=4"], "plain key=value"),
-                          (["images=b", "out=c", "ckpt=a", "batch_size=2.5"], "batch_size='2.5' must be of type int"),
-                          (["images=b", "out=c", "ckpt=a", "num_workers=x"],
-                           "num_workers='x' must be of type int (or null)"),
-                          (["images=null", "out=c", "ckpt=a"], "images='null' must be of type Path")]:
-        with pytest.raises(InferenceError, match=re.escape(message)):
-            parse_args(PredictArgs, argv)
 
 
 @pytest.mark.e2e

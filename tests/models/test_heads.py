@@ -43,7 +43,7 @@ from ssl_dr.models.metrics import (
     qw_kappa_kaggle,
 )
 from ssl_dr.run_contract import TEST_PREDICTIONS
-from tests.test_predict import TinyRun, one_thread, tiny_run
+from tests.tiny_grader import TinyRun, one_thread, tiny_run
 
 LABELS = [0, 1, 2, 3, 4]
 
