@@ -5,14 +5,13 @@ or foundation weights come from (loaded once up front so a wrong file fails in s
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pandas as pd
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from ssl_dr.config_dir import config_dir
+from ssl_dr.config_dir import pretext_arms
 from ssl_dr.data.records import Record
 from ssl_dr.errors import ConfigError, UserError
 from ssl_dr.models.weights_memo import keeping_reads
@@ -24,12 +23,6 @@ INITS = ("pretext", "random", "imagenet", "foundation", NO_NETWORK)
 """How the grader's backbone starts (``init``, set by the arm): the pretext's weights, random, timm's
 ImageNet weights (``model.backbone.pretrained``), or a foundation model's file (``model.backbone.weights_format``;
 both loaded by ``Backbone`` itself); ``none``: no network (the classical reference arm, probes only)."""
-
-
-def pretext_arms() -> tuple[str, ...]:
-    """Arms named after the pretext they run (``conf/arm/<name>.yaml`` chooses ``conf/pretext/<name>.yaml``): every
-    pretext config's name, so a new pretext needs no list kept here."""
-    return tuple(sorted(p.stem for p in (Path(config_dir()) / "pretext").glob("*.yaml") if not p.stem.startswith("_")))
 
 
 def pretext_pool(records: list[Record], table: pd.DataFrame, pool: str) -> list[Record]:

@@ -250,7 +250,7 @@ def published_scale(name: str, depth: int, decay: float) -> float:
     return decay ** (depth + 1 - layer)
 
 
-ARM_VITS = {  # the arms' ViTs (conf/arm), tiny: name, pooling, input size
+ARM_VITS = {  # the arms' ViTs (conf/model/vit_*.yaml), tiny: name, pooling, input size
     "dinov2_class_token": ("vit_small_patch14_dinov2", "token", 28),
     "dinov2_registers_class_token": ("vit_small_patch14_reg4_dinov2", "token", 28),
     "retfound_average_fc_norm": ("vit_large_patch16_224", "avg", 32),
