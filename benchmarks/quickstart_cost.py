@@ -9,6 +9,7 @@ medians, this checkout over the baseline.
 
     git worktree add /tmp/ssl_dr-base <commit>
     python benchmarks/quickstart_cost.py --baseline /tmp/ssl_dr-base --repeats 2
+    python benchmarks/quickstart_cost.py --baseline . --this-override scale.channels_last=true   # a setting's cost
 """
 
 from __future__ import annotations
@@ -45,13 +46,17 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, required=True, help="another checkout of the project")
     parser.add_argument("--repeats", type=int, default=1, help="runs per checkout (alternating)")
     parser.add_argument("overrides", nargs="*", help="extra overrides for both (e.g. logger=csv)")
+    parser.add_argument("--this-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override for this checkout's runs only (repeatable): what a setting costs or saves")
     args = parser.parse_args()
     times: dict[str, list[float]] = {"baseline": [], "this": []}
     for repeat in range(args.repeats):
         for name, tree in (("baseline", args.baseline.resolve()), ("this", HERE)):
-            seconds, qwk = quick_start(tree, args.overrides)
+            own = args.this_override if name == "this" else []
+            seconds, qwk = quick_start(tree, args.overrides + own)
             times[name].append(seconds)
-            print(f"run {repeat + 1} {name:8s} {seconds:6.1f} s  test/qwk {qwk:.4f}  ({tree})", flush=True)
+            print(f"run {repeat + 1} {name:8s} {seconds:6.1f} s  test/qwk {qwk:.4f}  ({' '.join([str(tree), *own])})",
+                  flush=True)
     base, this = statistics.median(times["baseline"]), statistics.median(times["this"])
     print(f"median: baseline {base:.1f} s, this checkout {this:.1f} s; ratio {this / base:.3f} "
           f"({(this / base - 1) * 100:+.1f} %)")
