@@ -144,9 +144,10 @@ def _grade(cfg: DictConfig, roles: list[list[Record]], external: ExternalSet | N
         chosen = f"the {cfg.protocol.name} probe" + (f" (C {scores['probe/C']:g})" if scores.get("probe/C") else "")
     if is_launch_rank_zero() and (cfg.protocol.name != FINETUNE or external is not None):
         # operating point, calibration, intervals of the prediction files rank 0 wrote (the fine-tune's test fold
-        # has them already, in its W&B run too; the same figures again, with the external set's added)
+        # has them already, in its W&B run too: only the external set's are added)
+        stages = ("test", "external") if cfg.protocol.name != FINETUNE else ("external",)
         scores.update(screen(cfg.evaluation, out_dir, {
-            "test": patients(roles[2]), "external": patients(external.records) if external else {}}))
+            "test": patients(roles[2]), "external": patients(external.records) if external else {}}, stages))
     return scores, chosen
 
 

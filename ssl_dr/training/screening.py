@@ -63,14 +63,17 @@ def check_evaluation(cfg: DictConfig) -> None:
         raise ConfigError(f"evaluation.bootstrap.level={settings.bootstrap.level} must lie in (0, 1), e.g. 0.95")
 
 
-def screen(settings: DictConfig, out_dir: Path, groups: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
+def screen(settings: DictConfig, out_dir: Path, groups: Mapping[str, Mapping[str, str]],
+           stages: Sequence[str] = ("test", "external")) -> dict[str, Any]:
     """The figures of the prediction files in ``out_dir`` (``{}`` without a validation and a test file, as after
-    ``trainer.fast_dev_run``); ``groups[stage]`` maps an image id to its patient (the bootstrap's unit)."""
+    ``trainer.fast_dev_run``) for the validation file and ``stages``; ``groups[stage]`` maps an image id to its
+    patient (the bootstrap's unit)."""
     files = {"val": VAL_PREDICTIONS, "test": TEST_PREDICTIONS, "external": EXTERNAL_PREDICTIONS}
-    tables = {stage: pd.read_csv(out_dir / name) for stage, name in files.items() if (out_dir / name).is_file()}
-    if not {"val", "test"} <= tables.keys():
+    if not all((out_dir / files[stage]).is_file() for stage in ("val", "test")):
         log.info(f"no validation or test predictions in {out_dir}: no operating point, calibration or intervals")
         return {}
+    tables = {stage: pd.read_csv(out_dir / name) for stage, name in files.items()
+              if (stage == "val" or stage in stages) and (out_dir / name).is_file()}
     has_probs = all(c in tables["val"].columns for c in PROBS)
     record: dict[str, Any] = {}
     temperature = None
@@ -177,13 +180,15 @@ def _say(record: dict[str, Any], target: tuple[str, float] | None) -> None:
     parts = []
     if target is not None:
         parts.append(f"operating point {target[0]} {target[1]:g} on validation (threshold "
-                     f"{record['operating_point/threshold']:.4g}): test sensitivity "
-                     f"{record['test/sensitivity_at_operating_point']:.3f}, specificity "
-                     f"{record['test/specificity_at_operating_point']:.3f}")
-    if "test/qwk_ci_low" in record:
-        parts.append(f"test/qwk {record['bootstrap/level']:.0%} interval [{record['test/qwk_ci_low']:.3f}, "
-                     f"{record['test/qwk_ci_high']:.3f}]")
-    if "test/ece" in record:
-        parts.append(f"test ECE {record['test/ece']:.3f}")
+                     f"{record['operating_point/threshold']:.4g})")
+    for stage in ("test", "external"):
+        if target is not None and f"{stage}/sensitivity_at_operating_point" in record:
+            parts.append(f"{stage} sensitivity {record[f'{stage}/sensitivity_at_operating_point']:.3f}, "
+                         f"specificity {record[f'{stage}/specificity_at_operating_point']:.3f}")
+        if f"{stage}/qwk_ci_low" in record:
+            parts.append(f"{stage}/qwk {record['bootstrap/level']:.0%} interval [{record[f'{stage}/qwk_ci_low']:.3f}, "
+                         f"{record[f'{stage}/qwk_ci_high']:.3f}]")
+        if f"{stage}/ece" in record:
+            parts.append(f"{stage} ECE {record[f'{stage}/ece']:.3f}")
     if parts:
         log.info("; ".join(parts))

@@ -108,6 +108,7 @@ def test_job_writes_external_scores_equal_to_scikit_learn_on_its_predictions(ext
     assert saved["external/sensitivity_at_operating_point"] == pytest.approx(figures["sensitivity"], nan_ok=True)
     assert saved["external/specificity_at_operating_point"] == pytest.approx(figures["specificity"], nan_ok=True)
     assert {"external/ece", "external/qwk_ci_low", "external/auroc_referable_ci_high"} <= saved.keys()
+    assert {"test/ece", "test/qwk_ci_low", "test/sensitivity_at_operating_point"} <= saved.keys()  # from the fine-tune
 
 
 @pytest.mark.e2e

@@ -68,6 +68,17 @@ def test_the_threshold_is_chosen_on_validation_and_read_on_test(tmp_path):
         assert (tmp_path / picture).stat().st_size > 0
 
 
+def test_only_the_stages_asked_for_are_read_so_a_fine_tune_adds_its_external_figures_alone(tmp_path):
+    slices(tmp_path)
+    rng = np.random.default_rng(5)
+    prediction_file(tmp_path / "external_predictions.csv", rng.integers(0, 5, 60), rng.normal(size=(60, 5)))
+    both = screen(settings(), tmp_path, {})
+    external_only = screen(settings(), tmp_path, {}, stages=("external",))
+    assert not any(key.startswith("test/") for key in external_only)
+    assert {k: v for k, v in both.items() if not k.startswith("test/")} == external_only
+    assert "external/qwk_ci_low" in external_only
+
+
 def test_changing_the_test_labels_cannot_move_the_threshold(tmp_path):
     val, test = slices(tmp_path)
     before = screen(settings(), tmp_path, {})
