@@ -12,12 +12,14 @@ import pytest
 import timm
 import torch
 
+from ssl_dr.config_dir import pretext_arms
 from ssl_dr.train import CONFIG_DIR
 from tests.conftest import TINY_SYNTHETIC
 
 pytestmark = pytest.mark.e2e  # end to end: the `e2e` tier (.ci/run), not the default run
 
-EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted({p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml")} | set(pretext_arms()))
+"""The files of conf/experiment/ and the experiments derived from conf/pretext/ (ssl_dr.config_dir)."""
 SMALL = [*TINY_SYNTHETIC, "data.image_size=32", "data.batch_size=4", "pretext.batch_size=4"]
 # the paper's sweeps: one job of each (fdr runs every job otherwise; paper_cpu sweeps 3 seeds)
 ONE_JOB = ["data.label_fraction=0.05", "data.fold=0", "arms=[rotation]", "seed=42"]
