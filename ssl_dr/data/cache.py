@@ -30,7 +30,7 @@ from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
 from ssl_dr.data.decode import decode_preprocessed
-from ssl_dr.data.file_hashes import HASHES_DIR, file_hashes
+from ssl_dr.data.file_hashes import HASHES_DIR, add_contents
 from ssl_dr.data.fundus_preprocess import DEFAULT_MASK, MASKS
 from ssl_dr.data.records import Record, bulleted, duplicate_ids
 from ssl_dr.errors import DataError
@@ -58,8 +58,7 @@ def cache_key(records: Sequence[Record], size: int, ben_graham: bool, mask: str 
     if missing:
         raise DataError(_listing(f"{len(missing)} image file(s) cannot be found", missing,
                                  "restore the files or remove their rows"))
-    for rec, content in zip(unique, file_hashes(unique, hashes_dir), strict=True):
-        digest.update(f"{rec.id_code}\t{content}\n".encode())
+    add_contents(digest, unique, hashes_dir)
     return digest.hexdigest()[:20]
 
 

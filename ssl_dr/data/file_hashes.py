@@ -9,6 +9,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ssl_dr.data.records import Record
 from ssl_dr.run_contract import write_atomic
@@ -50,8 +51,12 @@ def pool_fingerprint(records: Sequence[Record], hashes_dir: Path | None = None) 
     """Content address of an image pool: ids and file bytes (SHA-256, stored in ``hashes_dir``), never labels:
     whether a stored pretext was trained on exactly this pool, wherever the files sit now. Labels are left out
     on purpose because the pretext never reads them."""
-    ordered = sorted(records, key=lambda r: r.id_code)
     digest = hashlib.sha256()
-    for rec, content in zip(ordered, file_hashes(ordered, hashes_dir), strict=True):
-        digest.update(f"{rec.id_code}\t{content}\n".encode())
+    add_contents(digest, sorted(records, key=lambda r: r.id_code), hashes_dir)
     return digest.hexdigest()[:16]
+
+
+def add_contents(digest: Any, records: Sequence[Record], hashes_dir: Path | None = None) -> None:
+    """Feed ``digest`` (a hashlib object) one line per record, in the given order: its id and its file's SHA-256."""
+    for rec, content in zip(records, file_hashes(records, hashes_dir), strict=True):
+        digest.update(f"{rec.id_code}\t{content}\n".encode())

@@ -67,8 +67,6 @@ class Screening:
         return math.isfinite(self.referable_threshold)
 
 
-
-
 def read_spec(ckpt: Path) -> InferenceSpec:
     """Check that ``ckpt`` is a DRClassifier checkpoint and return its input pipeline (torch only, cheap)."""
     return read_checkpoint(ckpt)[0]

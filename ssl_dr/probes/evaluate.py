@@ -19,7 +19,8 @@ from ssl_dr.run_contract import EXTERNAL_PREDICTIONS, TEST_PREDICTIONS, VAL_PRED
 
 PROTOCOLS = ("linear", "knn")
 EXTERNAL = "external"
-"""The fine-tune's external-validation file name (``ssl_dr.training.external``, a layer above this one)."""
+"""The external set's stage: its metrics keys' prefix (``external/qwk``), as the fine-tune's
+(``ssl_dr.training.external``, a layer above this one)."""
 
 
 def evaluate_probe(protocol: str, features: FeatureSet, train: Sequence[Record], val: Sequence[Record],

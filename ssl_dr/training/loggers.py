@@ -21,11 +21,10 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_dr.training.environment import describe_environment
+from ssl_dr.training.wandb_offline import HEADER_BYTES
 
 STAGING_VARIABLE = "WANDB_DATA_DIR"
 """W&B's documented variable for where logged tables' and artifacts' files wait for upload."""
-WANDB_HEADER_BYTES = 7
-"""Size of a ``.wandb`` transaction log's header: a file no larger holds no record."""
 _staged_in: str | None = None
 """The value this module gave ``STAGING_VARIABLE`` for the open phase (None: it left the variable alone)."""
 
@@ -100,7 +99,7 @@ def note_continued_run(wandb_dir: Path, run_id: str) -> None:
     earlier = sorted(wandb_dir.glob(f"offline-run-*-{run_id}"))
     if not earlier:
         return
-    empty = [part for part in earlier if all(f.stat().st_size <= WANDB_HEADER_BYTES for f in part.glob("*.wandb"))]
+    empty = [part for part in earlier if all(f.stat().st_size <= HEADER_BYTES for f in part.glob("*.wandb"))]
     if empty:
         log.warning("W&B part(s) %s of run %s hold no record (killed before W&B wrote to them): leave them out of "
                     "`wandb sync`, which stops at such a part", " ".join(p.name for p in empty), run_id)

@@ -172,7 +172,7 @@ def _store_in_checkpoint(ckpt: Path, temperature: float | None, threshold: float
         return
     payload = torch.load(ckpt, map_location="cpu", weights_only=True)
     payload[CHECKPOINT_SCREENING] = {"temperature": temperature, "referable_threshold": threshold,
-                               "referable_target": dict([target]) if target else None}
+                                     "referable_target": dict([target]) if target else None}
     write_atomic(ckpt, lambda tmp: torch.save(payload, tmp))
 
 

@@ -23,6 +23,8 @@ from ssl_dr.errors import DataError
 from ssl_dr.run_contract import write_atomic
 
 HEADER = struct.pack("<4sHB", b":W&B", 0xBEE1, 0)
+HEADER_BYTES = len(HEADER)
+"""A log no longer than this holds no record (a part killed before W&B wrote to it)."""
 BLOCK = 32 * 1024
 CHUNK_HEADER = 7
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
@@ -100,7 +102,7 @@ def log_file(run_dir: Path) -> Path:
 
 def holds_records(run_dir: Path) -> bool:
     """False for a part killed before W&B wrote past the header (``wandb sync`` stops at it)."""
-    return log_file(run_dir).stat().st_size > len(HEADER)
+    return log_file(run_dir).stat().st_size > HEADER_BYTES
 
 
 @dataclass(frozen=True)
