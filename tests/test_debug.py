@@ -23,12 +23,12 @@ EXPERIMENTS = sorted({p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.
 SMALL = [*TINY_SYNTHETIC, "data.image_size=32", "data.batch_size=4", "pretext.batch_size=4"]
 # the paper's sweeps: one job of each (fdr runs every job otherwise; paper_cpu sweeps 3 seeds)
 ONE_JOB = ["data.label_fraction=0.05", "data.fold=0", "arms=[rotation]", "seed=42"]
-SWEEPS = ("paper", "paper_cpu", "real_cpu", "real_probe")
+SWEEPS = ("paper", "paper_cpu", "real_cpu", "real_probe", "real_finetune")
 """Experiments that are sweeps: narrowed to ONE_JOB here."""
 PROBE_EXPERIMENTS = {"real_probe": ["data.split_seed=42", "protocols=[knn]"]}
 """Frozen-feature sweeps: one partition, k-NN (SMALL's 5 % leaves no validation image to choose a linear probe's C on);
 their job fits no network, so fdr limits only the pretext."""
-USER_FOLDERS = ("real_cpu", "real_probe")
+USER_FOLDERS = ("real_cpu", "real_probe", "real_finetune")
 """Experiments whose data is a user's folder: run on the built-in data here."""
 VIT_EXPERIMENTS = ("dinov2", "mae", "retfound", "retfound_dinov2")
 """Run end to end (with a weights file of each layout) by tests/models/test_foundation.py and
