@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ssl_dr.reporting import external, protocols, screening
+from ssl_dr.reporting import external, floor, protocols, screening
 from ssl_dr.reporting import stats as report_stats
 from ssl_dr.reporting.environments import environment_lines
 from ssl_dr.reporting.jobs import Gap, SweepResults, collect
@@ -52,6 +52,8 @@ class ReportFiles:
     screening_csv: Path | None = None
     screening: pd.DataFrame | None = None
     """Per row x fraction: the mean operating-point sensitivity / specificity and ECE (``screening.summarise``)."""
+    floor_csv: Path | None = None
+    """report_floor.csv: every row paired with the classical floor of another sweep (``write_report(floor_dir=)``)."""
 
     @property
     def complete(self) -> bool:
@@ -62,11 +64,11 @@ class ReportFiles:
 
 
 def to_markdown(results: SweepResults, table: pd.DataFrame, paired: pd.DataFrame, table_rows: protocols.Rows,
-                screening_table: pd.DataFrame | None = None) -> str:
+                screening_table: pd.DataFrame | None = None, floor_lines: list[str] | None = None) -> str:
     """The report: warnings first (labels read beyond the fraction, incomplete jobs, collapsed runs), then the
     QWK table (with the external set's columns when jobs graded one, the classical reference's line when the
     sweep has it), labels read and training budget, the screening figures (when ``screening_table`` is given)
-    and the paired differences (one section per protocol)."""
+    and the paired differences (one section per protocol), then ``floor_lines`` (``floor.md_lines``)."""
     lines = [f"# Sweep report: {results.sweep_dir.name}", "", f"Sweep folder: `{results.sweep_dir}`  ",
              f"Expected jobs ({results.expected_from}): {_expected_jobs(results, len(table))}", "",
              *report_stats.fixed_val_warning(results.jobs)]
@@ -89,7 +91,7 @@ def to_markdown(results: SweepResults, table: pd.DataFrame, paired: pd.DataFrame
         lines += [*screening.md_lines(screening_table, table_rows.finished), ""]
     for baseline in paired.baseline.unique():
         lines += [*report_stats.paired_md(paired[paired.baseline == baseline], results.num_folds), ""]
-    return "\n".join(lines)
+    return "\n".join([*lines, *(floor_lines or [])])
 
 
 def _expected_jobs(results: SweepResults, cells: int) -> str:
@@ -168,9 +170,10 @@ def _screening_table(results: SweepResults, table_rows: protocols.Rows) -> pd.Da
     return protocols.with_protocol(table, table_rows)
 
 
-def write_report(sweep_dir: Path, paper_reference: bool = True) -> ReportFiles:
+def write_report(sweep_dir: Path, paper_reference: bool = True, floor_dir: Path | None = None) -> ReportFiles:
     """Collect a sweep and write report.md, report.csv, report_paired.csv, report_screening.csv (jobs with the
-    screening evaluation) and qwk_vs_fraction.png into it."""
+    screening evaluation), report_floor.csv (with ``floor_dir``, a sweep holding the classical arm on the same
+    photographs: ``ssl_dr.reporting.floor``) and qwk_vs_fraction.png into it."""
     sweep_dir = Path(sweep_dir)
     results = collect(sweep_dir)
     table_rows = protocols.rows(results)  # one per arm (x protocol, in a sweep of probes)
@@ -193,7 +196,15 @@ def write_report(sweep_dir: Path, paper_reference: bool = True) -> ReportFiles:
     (sweep_dir / screening.CSV_NAME).unlink(missing_ok=True)  # nor stale screening figures
     if files.screening_csv:
         screening_table.to_csv(files.screening_csv, index=False)
-    files.markdown.write_text(to_markdown(results, table, paired, table_rows, screening_table) + "\n")
+    floor_lines = None
+    (sweep_dir / floor.CSV_NAME).unlink(missing_ok=True)  # nor a stale floor
+    if floor_dir is not None:
+        floor_results = collect(Path(floor_dir))
+        floor_paired = floor.floor_pairs(table_rows, results, floor_results)
+        floor_paired.to_csv(sweep_dir / floor.CSV_NAME, index=False)
+        files.floor_csv = sweep_dir / floor.CSV_NAME
+        floor_lines = floor.md_lines(floor_paired, floor_results, results.num_folds)
+    files.markdown.write_text(to_markdown(results, table, paired, table_rows, screening_table, floor_lines) + "\n")
     status = f"INCOMPLETE: {len(results.gaps)} expected job(s) without result" if results.gaps else "complete"
     plot(table, files.plot, f"Test QWK vs label fraction: {'/'.join(sweep_dir.resolve().parts[-3:])}\n({status})",
          paper_reference)
