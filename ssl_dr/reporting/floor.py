@@ -10,19 +10,14 @@ must be one file, else the report refuses.
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 
 from ssl_dr.reporting import protocols
 from ssl_dr.reporting import stats as report_stats
 from ssl_dr.reporting.identity import CLASSICAL
 from ssl_dr.reporting.jobs import ReportError, SweepResults
-from ssl_dr.run_contract import METRICS
 
 CSV_NAME = "report_floor.csv"
-FOLDS_FILE = "folds_file"
-"""The metrics.json key naming the job's fold assignment file (``folds-k<k>-seed<split seed>-<data hash>.csv``)."""
 
 
 def floor_pairs(table_rows: protocols.Rows, results: SweepResults, floor: SweepResults) -> pd.DataFrame:
@@ -41,7 +36,7 @@ def floor_pairs(table_rows: protocols.Rows, results: SweepResults, floor: SweepR
     if not table_rows.by_protocol:  # name the fine-tune rows by protocol beside the probes' floor rows
         deep = deep.assign(arm=[protocols.row_name(arm, protocol, True)
                                 for arm, protocol in zip(deep.arm, deep.protocol, strict=True)])
-    _check_same_folds(deep, results, classical, floor)
+    _check_same_folds(deep, classical, floor)
     both = pd.concat([deep, classical], ignore_index=True)
     names = list(dict.fromkeys(deep.arm))
     frames = [report_stats.paired_differences(both, [*names, baseline], results.fractions, results.num_folds,
@@ -49,18 +44,13 @@ def floor_pairs(table_rows: protocols.Rows, results: SweepResults, floor: SweepR
     return pd.concat(frames, ignore_index=True)
 
 
-def _folds_file(results: SweepResults, job: str) -> str | None:
-    return json.loads((results.sweep_dir / job / METRICS).read_text()).get(FOLDS_FILE)
-
-
-def _check_same_folds(deep: pd.DataFrame, results: SweepResults, classical: pd.DataFrame,
-                      floor: SweepResults) -> None:
+def _check_same_folds(deep: pd.DataFrame, classical: pd.DataFrame, floor: SweepResults) -> None:
     """Every (split seed, fold) both sweeps hold must come from one folds file: the same data, split the same way."""
-    ours = {(job.split_seed, job.fold): (job.job, _folds_file(results, job.job)) for job in deep.itertuples()}
+    ours = {(job.split_seed, job.fold): (job.job, job.folds_file) for job in deep.itertuples()}
     for job in classical.itertuples():
         if (key := (job.split_seed, job.fold)) not in ours:
             continue
-        mine, theirs = ours[key], _folds_file(floor, job.job)
+        mine, theirs = ours[key], job.folds_file
         if mine[1] != theirs:
             raise ReportError(f"--floor {floor.sweep_dir}: job {job.job} tested split seed {job.split_seed}, fold "
                               f"{job.fold} of {theirs}, this sweep's job {mine[0]} that of {mine[1]}: other "

@@ -104,6 +104,10 @@ class SweepResults:
         return len(self.folds) * len(self.repetitions)
 
 
+FOLDS_FILE = "folds_file"
+"""The metrics.json key naming the job's fold assignment file (``folds-k<k>-seed<split seed>-<data hash>.csv``)."""
+
+
 # ---------------------------------------------------------------- one job folder
 
 
@@ -189,7 +193,8 @@ def _read_job(job_dir: Path) -> dict:
     row = {"job": job_dir.name, **_read_identity(job_dir, metrics), "status": FAILED, "test_qwk": math.nan,
            **report_stats.job_facts(metrics, job_dir / TEST_PREDICTIONS), **external_facts(metrics, job_dir),
            **screening_facts(metrics),
-           "wandb_run_id": (metrics or {}).get("wandb/run_id")}  # its fine-tune's W&B run (None: older runs)
+           "wandb_run_id": (metrics or {}).get("wandb/run_id"),  # its fine-tune's W&B run (None: older runs)
+           "folds_file": (metrics or {}).get(FOLDS_FILE)}  # which data and split its fold numbers index
     if unreadable:
         row["reason"] = unreadable
     elif metrics is None:
