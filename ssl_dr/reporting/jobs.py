@@ -188,13 +188,20 @@ def _job_log(job_dir: Path) -> list[str]:
     return [line.strip() for line in logs[-1].read_text(errors="replace").splitlines() if line.strip()] if logs else []
 
 
+def _folds_name(metrics: dict | None) -> str | None:
+    """The name of the job's folds file (k, split seed and a fingerprint of the labelled data): which data and split
+    its fold numbers index, wherever the cache that held it was."""
+    value = (metrics or {}).get(FOLDS_FILE)
+    return Path(value).name if value else None
+
+
 def _read_job(job_dir: Path) -> dict:
     metrics, unreadable = _read_metrics(job_dir / METRICS)
     row = {"job": job_dir.name, **_read_identity(job_dir, metrics), "status": FAILED, "test_qwk": math.nan,
            **report_stats.job_facts(metrics, job_dir / TEST_PREDICTIONS), **external_facts(metrics, job_dir),
            **screening_facts(metrics),
            "wandb_run_id": (metrics or {}).get("wandb/run_id"),  # its fine-tune's W&B run (None: older runs)
-           "folds_file": (metrics or {}).get(FOLDS_FILE)}  # which data and split its fold numbers index
+           "folds_file": _folds_name(metrics)}
     if unreadable:
         row["reason"] = unreadable
     elif metrics is None:

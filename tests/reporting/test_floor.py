@@ -65,6 +65,18 @@ def test_every_fine_tune_row_is_paired_with_each_classical_probe_by_hand(tmp_pat
     assert "report_floor.csv" in out  # named among the files written
 
 
+def test_the_same_folds_file_in_another_cache_folder_pairs(tmp_path):
+    """metrics.json names the folds file by its absolute path: a sweep run with another paths.cache_dir (or on
+    another machine) used the same split when the file's name (k, split seed, data fingerprint) is the same."""
+    fine_tunes = sweep(tmp_path / "ft", ("baseline", "rotation"), "finetune", data="d4e5")
+    probes = sweep(tmp_path / "probe", ("classical",), "linear", data="d4e5")
+    for folder, cache in ((fine_tunes, "/home/a/cache"), (probes, "/scratch/b/cache")):
+        for metrics in folder.glob("*/metrics.json"):
+            metrics.write_text(metrics.read_text().replace(f'"{folds_file(42)}"', f'"{cache}/folds/{folds_file(42)}"'))
+    assert main([str(fine_tunes), "--floor", str(probes)]) == 0
+    assert len(pd.read_csv(fine_tunes / "report_floor.csv")) == 2 * len(FRACTIONS)
+
+
 def test_a_floor_without_classical_jobs_is_refused(tmp_path, capsys):
     fine_tunes = sweep(tmp_path / "ft", ("baseline", "rotation"), "finetune")
     probes = sweep(tmp_path / "probe", ("baseline", "rotation"), "linear")
