@@ -57,20 +57,23 @@ def test_real_cpu_runs_the_same_settings_on_an_eyepacs_layout():
         assert _without_layout(_run_settings(eyepacs)) == _without_layout(default)
 
 
-def test_real_cpu_gives_every_arm_and_fraction_the_same_fine_tune_and_passes_the_budget_checks():
+def fine_tune_settings(experiment: str, *overrides: str) -> tuple:
+    """What shapes a job's fine-tune (trainer, grader, preprocessing, size, batch, validation rule), after the
+    budget checks a run makes before training."""
     from ssl_dr.training import budget
 
-    def fine_tune(*overrides: str) -> tuple:
-        cfg = _compose("experiment=real_cpu", "data.root=/nonexistent", *overrides)
-        budget.check_budget(cfg)
-        return (OmegaConf.to_container(cfg.trainer), OmegaConf.to_container(cfg.model.classifier),
-                OmegaConf.to_container(cfg.data.preprocess), cfg.data.image_size, cfg.data.batch_size,
-                cfg.data.val_protocol, cfg.data.val_fraction)
+    cfg = _compose(f"experiment={experiment}", "data.root=/nonexistent", *overrides)
+    budget.check_budget(cfg)
+    return (OmegaConf.to_container(cfg.trainer), OmegaConf.to_container(cfg.model.classifier),
+            OmegaConf.to_container(cfg.data.preprocess), cfg.data.image_size, cfg.data.batch_size,
+            cfg.data.val_protocol, cfg.data.val_fraction)
 
-    reference = fine_tune("arm=rotation", "data.label_fraction=1.0")
+
+def test_real_cpu_gives_every_arm_and_fraction_the_same_fine_tune_and_passes_the_budget_checks():
+    reference = fine_tune_settings("real_cpu", "arm=rotation", "data.label_fraction=1.0")
     for arm in ("rotation", "baseline"):
         for fraction in ("0.05", "0.1", "0.25", "0.5", "1.0"):
-            assert fine_tune(f"arm={arm}", f"data.label_fraction={fraction}") == reference
+            assert fine_tune_settings("real_cpu", f"arm={arm}", f"data.label_fraction={fraction}") == reference
 
 
 def _eyepacs_layout(root: Path, patients: int = 30) -> Path:

@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from ssl_dr.data.records import Record
 from ssl_dr.pretexts.store import pretext_description, pretext_key
 from tests.test_paper_preset import _compose
+from tests.test_real_cpu_preset import fine_tune_settings
 
 
 def test_real_finetune_sweeps_baseline_and_rotation_fine_tuned_at_10_and_100_percent():
@@ -29,19 +29,11 @@ def test_real_finetune_sweeps_baseline_and_rotation_fine_tuned_at_10_and_100_per
 
 
 def test_real_finetune_gives_every_arm_and_fraction_the_same_fine_tune():
-    from ssl_dr.training import budget
-
-    def fine_tune(*overrides: str) -> tuple:
-        cfg = _compose("experiment=real_finetune", "data.root=/nonexistent", *overrides)
-        budget.check_budget(cfg)
-        return (OmegaConf.to_container(cfg.trainer), OmegaConf.to_container(cfg.model.classifier),
-                OmegaConf.to_container(cfg.data.preprocess), cfg.data.image_size, cfg.data.batch_size,
-                cfg.data.val_protocol)
-
-    reference = fine_tune("arm=baseline", "data.label_fraction=1.0")
+    reference = fine_tune_settings("real_finetune", "arm=baseline", "data.label_fraction=1.0")
     for arm in ("baseline", "rotation"):
         for fraction in ("0.1", "1.0"):
-            assert fine_tune(f"arm={arm}", f"data.label_fraction={fraction}", "protocol=finetune") == reference
+            assert fine_tune_settings("real_finetune", f"arm={arm}", f"data.label_fraction={fraction}",
+                                      "protocol=finetune") == reference
 
 
 @pytest.mark.parametrize("arm", ["rotation", "simclr"])
