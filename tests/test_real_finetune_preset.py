@@ -12,7 +12,8 @@ import pytest
 
 from ssl_dr.data.records import Record
 from ssl_dr.pretexts.store import pretext_description, pretext_key
-from tests.test_paper_preset import _compose
+from ssl_dr.train import CONFIG_DIR
+from tests.test_paper_preset import _compose, _jobs
 from tests.test_real_cpu_preset import fine_tune_settings
 
 
@@ -26,6 +27,19 @@ def test_real_finetune_sweeps_baseline_and_rotation_fine_tuned_at_10_and_100_per
     assert cfg.model.head == "regression" and cfg.trainer.max_steps == 300
     assert cfg.trainer.max_steps % cfg.trainer.val_check_interval == 0  # the last step is validated
     assert cfg.model.classifier.scheduler.total_steps == cfg.trainer.max_steps
+
+
+def test_the_documented_partitions_command_runs_three_partitions():
+    """The preset's header tells a user how to add partitions. Its override must reach data.split_seed: the
+    first one written there (hydra.sweeper.params.data.split_seed=42,43,44) stopped Hydra with "Sweeping over
+    Hydra's configuration is not supported". Read from the header, so the documented line is the one tested."""
+    header = Path(CONFIG_DIR, "experiment", "real_finetune.yaml").read_text().splitlines()
+    (command,) = [line for line in header if line.startswith("#") and "split_seed" in line and "python -m" in line]
+    sweeps = tuple(word.strip("'\"") for word in command.split() if "split_seed" in word)
+    jobs = _jobs("experiment=real_finetune", "data.root=/nonexistent/idrid", sweeps=sweeps)
+    assert len(jobs) == 3 * 2 * 5 * 2
+    assert [job[0] for job in jobs] == [f"data.split_seed={seed}" for seed in (42, 43, 44) for _ in range(20)]
+    assert jobs[:20] == _jobs("experiment=real_finetune", "data.root=/nonexistent/idrid")  # partition 42 as before
 
 
 def test_real_finetune_gives_every_arm_and_fraction_the_same_fine_tune():
