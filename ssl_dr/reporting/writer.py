@@ -201,8 +201,8 @@ def write_report(sweep_dir: Path, paper_reference: bool = True, floor_dir: Path 
     if floor_dir is not None:
         floor_results = collect(Path(floor_dir))
         floor_paired = floor.floor_pairs(table_rows, results, floor_results)
-        floor_paired.to_csv(sweep_dir / floor.CSV_NAME, index=False)
         files.floor_csv = sweep_dir / floor.CSV_NAME
+        floor_paired.to_csv(files.floor_csv, index=False)
         floor_lines = floor.md_lines(floor_paired, floor_results, results.num_folds)
     files.markdown.write_text(to_markdown(results, table, paired, table_rows, screening_table, floor_lines) + "\n")
     status = f"INCOMPLETE: {len(results.gaps)} expected job(s) without result" if results.gaps else "complete"
